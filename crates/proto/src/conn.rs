@@ -1,0 +1,338 @@
+//! The calling side: a pool of multiplexed connections per peer address. Each connection
+//! has a writer task and a reader task; a call registers its request id, sends its frame
+//! and waits for the matching reply or its deadline. A broken connection fails every call
+//! waiting on it with `ConnectionLost` and is replaced on the next call.
+
+use crate::error::{ProtoError, RpcError};
+use crate::frame::{
+    read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE,
+};
+use crate::messages::{MetaRequest, MetaResponse, StorageRequest, StorageResponse};
+use crate::transport::{Connector, TcpConnector};
+use bytes::Bytes;
+use distfs_types::FsError;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::BufWriter;
+use tokio::sync::{mpsc, oneshot};
+
+/// Tunables of the calling side.
+#[derive(Clone, Debug)]
+pub struct RpcConfig {
+    /// Connections kept per peer; calls are spread over them.
+    pub conns_per_peer: usize,
+    pub connect_timeout: Duration,
+    /// Deadline of a call that does not name its own.
+    pub request_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            conns_per_peer: 2,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
+
+struct Conn {
+    tx: mpsc::Sender<Frame>,
+    pending: Pending,
+    dead: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Conn {
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+}
+
+struct Inner {
+    config: RpcConfig,
+    connector: Arc<dyn Connector>,
+    next_id: AtomicU64,
+    rr: AtomicUsize,
+    pool: Mutex<HashMap<String, Vec<Arc<Conn>>>>,
+}
+
+/// A cheap-to-clone handle to the connection pool.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<Inner>,
+}
+
+impl Default for RpcClient {
+    fn default() -> Self {
+        RpcClient::new(RpcConfig::default())
+    }
+}
+
+impl RpcClient {
+    pub fn new(config: RpcConfig) -> RpcClient {
+        RpcClient::with_connector(config, Arc::new(TcpConnector))
+    }
+
+    pub fn with_connector(config: RpcConfig, connector: Arc<dyn Connector>) -> RpcClient {
+        RpcClient {
+            inner: Arc::new(Inner {
+                config,
+                connector,
+                next_id: AtomicU64::new(1),
+                rr: AtomicUsize::new(0),
+                pool: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RpcConfig {
+        &self.inner.config
+    }
+
+    /// Drops pooled connections to `addr` (after the peer was found dead, say).
+    pub fn forget(&self, addr: &str) {
+        self.inner.pool.lock().expect("pool lock").remove(addr);
+    }
+
+    /// Sends one request frame and returns the reply's typed header and body. A remote
+    /// error comes back as `RpcError::Remote`.
+    pub async fn call_raw(
+        &self,
+        addr: &str,
+        kind: Kind,
+        header: Bytes,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<(Bytes, Bytes), RpcError> {
+        let timeout = timeout.unwrap_or(self.inner.config.request_timeout);
+        let fut = async {
+            let conn = self.conn(addr).await?;
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            conn.pending.lock().expect("pending lock").insert(id, tx);
+            let frame = Frame {
+                kind: kind as u16,
+                flags: 0,
+                request_id: id,
+                header,
+                body,
+            };
+            let guard = PendingGuard {
+                pending: &conn.pending,
+                id,
+            };
+            if conn.tx.send(frame).await.is_err() {
+                return Err(lost(addr, &conn));
+            }
+            let reply = rx.await.map_err(|_| lost(addr, &conn))?;
+            drop(guard);
+            if reply.flags & FLAG_ERROR != 0 {
+                let e: FsError =
+                    crate::decode(&reply.header).map_err(|source| RpcError::Protocol {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+                return Err(RpcError::Remote(e));
+            }
+            Ok((reply.header, reply.body))
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(RpcError::Timeout {
+                addr: addr.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Typed call: encodes `req`, decodes the reply as `Resp`.
+    pub async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        kind: Kind,
+        req: &Req,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<(Resp, Bytes), RpcError> {
+        let (h, b) = self
+            .call_raw(addr, kind, crate::encode(req), body, timeout)
+            .await?;
+        let resp = crate::decode(&h).map_err(|source| RpcError::Protocol {
+            addr: addr.to_string(),
+            source,
+        })?;
+        Ok((resp, b))
+    }
+
+    /// A call to a metadata server.
+    pub async fn meta(
+        &self,
+        addr: &str,
+        req: &MetaRequest,
+        timeout: Option<Duration>,
+    ) -> Result<MetaResponse, RpcError> {
+        self.call(addr, Kind::Meta, req, Bytes::new(), timeout)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// A call to a storage node.
+    pub async fn storage(
+        &self,
+        addr: &str,
+        req: &StorageRequest,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<(StorageResponse, Bytes), RpcError> {
+        self.call(addr, Kind::Storage, req, body, timeout).await
+    }
+
+    async fn conn(&self, addr: &str) -> Result<Arc<Conn>, RpcError> {
+        let n = self.inner.config.conns_per_peer.max(1);
+        {
+            let mut pool = self.inner.pool.lock().expect("pool lock");
+            let conns = pool.entry(addr.to_string()).or_default();
+            conns.retain(|c| !c.is_dead());
+            if conns.len() >= n {
+                let i = self.inner.rr.fetch_add(1, Ordering::Relaxed) % conns.len();
+                return Ok(conns[i].clone());
+            }
+        }
+        let conn = Arc::new(self.connect(addr).await?);
+        let mut pool = self.inner.pool.lock().expect("pool lock");
+        let conns = pool.entry(addr.to_string()).or_default();
+        if conns.len() < n {
+            conns.push(conn.clone());
+        }
+        Ok(conn)
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Conn, RpcError> {
+        let cfg = &self.inner.config;
+        let stream =
+            match tokio::time::timeout(cfg.connect_timeout, self.inner.connector.connect(addr))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Err(RpcError::Connect {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    })
+                }
+                Err(_) => {
+                    return Err(RpcError::Connect {
+                        addr: addr.to_string(),
+                        reason: format!("timed out after {} ms", cfg.connect_timeout.as_millis()),
+                    })
+                }
+            };
+        let (mut rd, wr) = tokio::io::split(stream);
+        let (tx, mut rx) = mpsc::channel::<Frame>(256);
+        let pending: Pending = Arc::default();
+        let dead = Arc::new(AtomicBool::new(false));
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+
+        let (dead_w, failure_w) = (dead.clone(), failure.clone());
+        tokio::spawn(async move {
+            let mut w = BufWriter::with_capacity(64 << 10, wr);
+            while let Some(f) = rx.recv().await {
+                let r = async {
+                    write_frame(&mut w, &f).await?;
+                    if rx.is_empty() {
+                        tokio::io::AsyncWriteExt::flush(&mut w).await?;
+                    }
+                    Ok::<_, std::io::Error>(())
+                }
+                .await;
+                if let Err(e) = r {
+                    failure_w
+                        .lock()
+                        .expect("failure lock")
+                        .get_or_insert(format!("write: {e}"));
+                    dead_w.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        });
+
+        let (pending_r, dead_r, failure_r) = (pending.clone(), dead.clone(), failure.clone());
+        let limits = cfg.limits;
+        tokio::spawn(async move {
+            let reason = loop {
+                match read_frame(&mut rd, &limits).await {
+                    Ok(Some(f)) if f.flags & FLAG_RESPONSE != 0 => {
+                        if f.request_id == 0 && f.flags & FLAG_ERROR != 0 {
+                            // A connection-level error from the server: report it.
+                            let why = crate::decode::<FsError>(&f.header)
+                                .map(|e| e.to_string())
+                                .unwrap_or_else(|_| "server closed the connection".into());
+                            break why;
+                        }
+                        let waiter = pending_r
+                            .lock()
+                            .expect("pending lock")
+                            .remove(&f.request_id);
+                        if let Some(w) = waiter {
+                            let _ = w.send(f);
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        break ProtoError::BadHeader {
+                            reason: "request frame sent to a client".into(),
+                        }
+                        .to_string()
+                    }
+                    Ok(None) => break "closed by peer".to_string(),
+                    Err(ReadError::Io(e)) => break e.to_string(),
+                    Err(ReadError::Proto(e)) => break e.to_string(),
+                }
+            };
+            failure_r
+                .lock()
+                .expect("failure lock")
+                .get_or_insert(reason);
+            dead_r.store(true, Ordering::Release);
+            // Dropping the senders wakes every waiter with `ConnectionLost`.
+            pending_r.lock().expect("pending lock").clear();
+        });
+        Ok(Conn {
+            tx,
+            pending,
+            dead,
+            failure,
+        })
+    }
+}
+
+/// Removes a call's entry when the call is abandoned (timeout or cancellation).
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().expect("pending lock").remove(&self.id);
+    }
+}
+
+fn lost(addr: &str, conn: &Conn) -> RpcError {
+    let reason = conn
+        .failure
+        .lock()
+        .expect("failure lock")
+        .clone()
+        .unwrap_or_else(|| "connection closed".into());
+    RpcError::ConnectionLost {
+        addr: addr.to_string(),
+        reason,
+    }
+}

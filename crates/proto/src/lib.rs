@@ -1,0 +1,32 @@
+//! The DistFS wire protocol (DESIGN §8): one framed binary protocol over a byte stream for
+//! control and data. A frame is a fixed 32-byte header (magic, version, kind, flags,
+//! request id, lengths, CRC32C), a typed header encoded with postcard, and raw body bytes.
+//! Requests are multiplexed by id over pooled connections.
+
+pub mod conn;
+pub mod error;
+pub mod frame;
+pub mod messages;
+pub mod server;
+pub mod transport;
+
+pub use conn::{RpcClient, RpcConfig};
+pub use error::{ProtoError, RpcError};
+pub use frame::{
+    Frame, FrameHeader, Kind, Limits, FLAG_ERROR, FLAG_RESPONSE, MAGIC, PROTOCOL_VERSION,
+};
+pub use messages::*;
+pub use server::{serve, serve_conn, Handler, Incoming, Reply};
+pub use transport::{BoxStream, Connector, TcpConnector};
+
+/// Encodes a typed header. Encoding a value we built ourselves cannot fail short of a bug.
+pub fn encode<T: serde::Serialize>(value: &T) -> bytes::Bytes {
+    bytes::Bytes::from(postcard::to_stdvec(value).expect("postcard encoding of an in-memory value"))
+}
+
+/// Decodes a typed header received from a peer.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtoError> {
+    postcard::from_bytes(bytes).map_err(|e| ProtoError::BadHeader {
+        reason: e.to_string(),
+    })
+}

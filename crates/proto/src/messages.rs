@@ -1,0 +1,308 @@
+//! Typed headers of every service. A request enum per service, a response enum per
+//! service; bulk data never goes in a typed header, it travels as the frame body.
+
+use distfs_types::{
+    Attr, BlockId, BlockRef, DirEntry, InodeId, NodeId, NodeInfo, SetAttr, Slice, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------------------
+// Metadata service
+// ---------------------------------------------------------------------------------------
+
+/// How `Rename` treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameMode {
+    /// POSIX `rename(2)`: atomically replace the target if it exists.
+    Replace,
+    /// `RENAME_NOREPLACE`: fail with `AlreadyExists` if the target exists.
+    NoReplace,
+    /// `RENAME_EXCHANGE`: swap source and target; both must exist.
+    Exchange,
+}
+
+/// A storage node as a client needs it to send or fetch a block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    pub id: NodeId,
+    pub addr: String,
+    /// False when the node is suspect or dead: try it last.
+    pub healthy: bool,
+}
+
+/// A block the client should write, and where (R nodes, ring order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockTarget {
+    pub id: BlockId,
+    pub targets: Vec<NodeAddr>,
+}
+
+/// A block written by the client: the replicas that acknowledged it durably.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenBlock {
+    pub block: BlockRef,
+    pub replicas: Vec<NodeId>,
+}
+
+/// A slice written into one chunk, ready to commit. `blocks` concatenated hold the bytes
+/// of chunk range `[offset, offset + len)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceWrite {
+    pub chunk: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub blocks: Vec<WrittenBlock>,
+}
+
+/// The committed slices of one chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLayout {
+    pub index: u64,
+    pub slices: Vec<Slice>,
+}
+
+/// Replica list of one block in a layout answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockReplicas {
+    pub id: BlockId,
+    /// Nodes that hold a copy the metadata believes good, in no particular order.
+    pub replicas: Vec<NodeId>,
+}
+
+/// Everything a reader needs for a range of a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub attr: Attr,
+    pub chunk_size: u64,
+    pub chunks: Vec<ChunkLayout>,
+    pub blocks: Vec<BlockReplicas>,
+    /// Addresses of every node named in `blocks`.
+    pub nodes: Vec<NodeAddr>,
+}
+
+/// A copy of a block that a client or node found bad.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadReplica {
+    pub block: BlockId,
+    pub node: NodeId,
+    pub reason: String,
+}
+
+/// Cluster-wide summary for `distfs cluster status` and `df`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: u64,
+    pub replication: u32,
+    pub chunk_size: u64,
+    pub block_size: u32,
+    pub nodes: Vec<NodeInfo>,
+    pub files: u64,
+    pub directories: u64,
+    pub blocks: u64,
+    /// Logical bytes referenced by files (one copy).
+    pub logical_bytes: u64,
+    /// Blocks with fewer good replicas than the replication factor.
+    pub under_replicated: u64,
+    /// Replicas reported corrupt or missing, newest last (bounded).
+    pub bad_replicas: Vec<BadReplica>,
+    /// Blocks waiting to be deleted from storage nodes.
+    pub gc_pending: u64,
+}
+
+/// File-system capacity for `df` / `statfs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    pub capacity: u64,
+    pub used: u64,
+    pub available: u64,
+    pub files: u64,
+    pub block_size: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaRequest {
+    // --- namespace --------------------------------------------------------------------
+    Lookup {
+        parent: InodeId,
+        name: String,
+    },
+    /// Resolves an absolute path (`/a/b/c`) without following a final symlink.
+    ResolvePath {
+        path: String,
+    },
+    GetAttr {
+        ino: InodeId,
+    },
+    SetAttr {
+        ino: InodeId,
+        set: SetAttr,
+    },
+    Mkdir {
+        parent: InodeId,
+        name: String,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    },
+    /// Creates a regular file. With `exclusive` an existing name is `AlreadyExists`;
+    /// without, an existing regular file is returned as it is (`O_CREAT`).
+    Create {
+        parent: InodeId,
+        name: String,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    },
+    Symlink {
+        parent: InodeId,
+        name: String,
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
+    Readlink {
+        ino: InodeId,
+    },
+    Link {
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: String,
+    },
+    Unlink {
+        parent: InodeId,
+        name: String,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: String,
+    },
+    Rename {
+        parent: InodeId,
+        name: String,
+        new_parent: InodeId,
+        new_name: String,
+        mode: RenameMode,
+    },
+    /// Lists entries with names strictly after `after`, at most `limit` of them.
+    ReadDir {
+        ino: InodeId,
+        after: Option<String>,
+        limit: u32,
+    },
+    StatFs,
+    // --- data -------------------------------------------------------------------------
+    /// Asks for `count` new block ids and, for each, the nodes to write it to.
+    AllocateBlocks {
+        ino: InodeId,
+        count: u32,
+    },
+    /// Atomically commits written slices: all become visible under one new sequence
+    /// number, or none does. The file grows to at least `min_size`.
+    CommitWrite {
+        ino: InodeId,
+        slices: Vec<SliceWrite>,
+        min_size: u64,
+        mtime: Timestamp,
+        bad: Vec<BadReplica>,
+    },
+    /// Layout of chunks `[first_chunk, last_chunk]`.
+    GetLayout {
+        ino: InodeId,
+        first_chunk: u64,
+        last_chunk: u64,
+    },
+    ReportBadReplica {
+        bad: BadReplica,
+    },
+    // --- node registry ----------------------------------------------------------------
+    /// A storage node announces itself; `node` is its id from an earlier registration.
+    RegisterNode {
+        node: Option<NodeId>,
+        addr: String,
+        zone: String,
+        capacity: u64,
+        used: u64,
+        blocks: u64,
+    },
+    /// Sent every second. `deleted` acknowledges blocks removed on the metadata's request.
+    Heartbeat {
+        node: NodeId,
+        capacity: u64,
+        used: u64,
+        blocks: u64,
+        load: u32,
+        deleted: Vec<BlockId>,
+    },
+    ClusterStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    Attr(Attr),
+    Entries {
+        entries: Vec<DirEntry>,
+        more: bool,
+    },
+    Target(String),
+    Done,
+    Allocated {
+        blocks: Vec<BlockTarget>,
+    },
+    Layout(Layout),
+    StatFs(StatFs),
+    Registered {
+        node: NodeId,
+    },
+    /// Blocks the node should delete (garbage collection).
+    HeartbeatAck {
+        delete: Vec<BlockId>,
+    },
+    Status(ClusterStatus),
+}
+
+// ---------------------------------------------------------------------------------------
+// Storage node
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageRequest {
+    /// Stores the frame body as block `block`. `crcs` holds the CRC32C of every 64 KiB
+    /// of the body; the node verifies them before acknowledging. Acknowledged means
+    /// durable per the node's sync policy.
+    PutBlock {
+        block: BlockId,
+        crcs: Vec<u32>,
+    },
+    /// Reads `[offset, offset+len)` of a block. The answer covers the range widened to
+    /// 64 KiB boundaries, with the CRC32C of each 64 KiB piece, so the reader verifies
+    /// every byte end to end.
+    GetBlock {
+        block: BlockId,
+        offset: u32,
+        len: u32,
+    },
+    DeleteBlocks {
+        blocks: Vec<BlockId>,
+    },
+    Ping,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageResponse {
+    Stored,
+    /// Body holds the bytes from `offset` (64 KiB aligned); `crcs[i]` covers body bytes
+    /// `[i*64KiB, min((i+1)*64KiB, body.len()))`.
+    Block {
+        offset: u32,
+        crcs: Vec<u32>,
+    },
+    Deleted {
+        count: u32,
+    },
+    Pong {
+        node: Option<NodeId>,
+    },
+}
