@@ -7,6 +7,7 @@ pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod meta_client;
 pub mod server;
 pub mod transport;
 
@@ -16,6 +17,7 @@ pub use frame::{
     Frame, FrameHeader, Kind, Limits, FLAG_ERROR, FLAG_RESPONSE, MAGIC, PROTOCOL_VERSION,
 };
 pub use messages::*;
+pub use meta_client::MetaClient;
 pub use server::{serve, serve_conn, Handler, Incoming, Reply};
 pub use transport::{BoxStream, Connector, TcpConnector};
 

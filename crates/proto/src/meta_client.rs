@@ -1,0 +1,131 @@
+//! `MetaClient`: calls the metadata service given every server's address. It remembers
+//! the leader, follows `NotLeader` hints, retries transient failures with capped
+//! exponential backoff, and gives up with a clear error after a deadline, so a caller
+//! never hangs on a cluster without a leader.
+
+use crate::conn::RpcClient;
+use crate::error::RpcError;
+use crate::messages::{MetaRequest, MetaResponse};
+use distfs_types::error::Retry;
+use distfs_types::FsError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+#[derive(Clone)]
+pub struct MetaClient {
+    rpc: RpcClient,
+    addrs: Arc<Mutex<Vec<String>>>,
+    leader: Arc<AtomicUsize>,
+    /// How long one logical call may keep retrying before it fails.
+    pub deadline: Duration,
+    /// Deadline of one attempt.
+    pub attempt_timeout: Duration,
+}
+
+impl MetaClient {
+    pub fn new(rpc: RpcClient, addrs: Vec<String>) -> MetaClient {
+        MetaClient {
+            rpc,
+            addrs: Arc::new(Mutex::new(addrs)),
+            leader: Arc::new(AtomicUsize::new(0)),
+            deadline: Duration::from_secs(15),
+            attempt_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn with_deadline(mut self, deadline: Duration) -> MetaClient {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn rpc(&self) -> &RpcClient {
+        &self.rpc
+    }
+
+    /// The address believed to be the leader's.
+    pub fn leader_addr(&self) -> Option<String> {
+        let addrs = self.addrs.lock().expect("addrs lock");
+        addrs
+            .get(self.leader.load(Ordering::Relaxed) % addrs.len().max(1))
+            .cloned()
+    }
+
+    /// Sends `req` to the leader, following hints and retrying until `deadline`.
+    /// Remote errors that retrying cannot fix are returned at once.
+    pub async fn call(&self, req: &MetaRequest) -> Result<MetaResponse, RpcError> {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (idx, addr) = {
+                let addrs = self.addrs.lock().expect("addrs lock");
+                if addrs.is_empty() {
+                    return Err(RpcError::Remote(FsError::Unavailable {
+                        reason: "no metadata server address configured".into(),
+                    }));
+                }
+                let i = self.leader.load(Ordering::Relaxed) % addrs.len();
+                (i, addrs[i].clone())
+            };
+            let left = self.deadline.saturating_sub(start.elapsed());
+            let err = match self
+                .rpc
+                .meta(
+                    &addr,
+                    req,
+                    Some(self.attempt_timeout.min(left.max(Duration::from_millis(1)))),
+                )
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            match &err {
+                RpcError::Remote(FsError::NotLeader { leader: Some(hint) }) => {
+                    let mut addrs = self.addrs.lock().expect("addrs lock");
+                    let i = match addrs.iter().position(|a| a == hint) {
+                        Some(i) => i,
+                        None => {
+                            addrs.push(hint.clone());
+                            addrs.len() - 1
+                        }
+                    };
+                    self.leader.store(i, Ordering::Relaxed);
+                    debug!(leader = %hint, "following metadata leader hint");
+                    // A hint is worth following at once, but not forever in a loop.
+                    if attempt % 4 != 0 {
+                        continue;
+                    }
+                }
+                RpcError::Remote(e) if e.retry() == Retry::Never => return Err(err),
+                _ if !err.is_transient() => return Err(err),
+                _ => {
+                    // Try the next server: the leader may be elsewhere or down.
+                    let _ = self.leader.compare_exchange(
+                        idx,
+                        idx + 1,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            if start.elapsed() + backoff >= self.deadline {
+                warn!(error = %err, attempts = attempt, "giving up on metadata call");
+                return Err(RpcError::Remote(FsError::Unavailable {
+                    reason: format!(
+                        "no metadata leader answered within {:.1}s after {attempt} attempts (last error: {err})",
+                        self.deadline.as_secs_f64()
+                    ),
+                }));
+            }
+            if attempt == 3 {
+                warn!(error = %err, "no metadata leader yet, retrying");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+}
