@@ -114,6 +114,10 @@ impl MetaClient {
             }
             if start.elapsed() + backoff >= self.deadline {
                 warn!(error = %err, attempts = attempt, "giving up on metadata call");
+                if let RpcError::Remote(FsError::Unavailable { .. }) = err {
+                    // The leader answered: its reason is the one to show.
+                    return Err(err);
+                }
                 return Err(RpcError::Remote(FsError::Unavailable {
                     reason: format!(
                         "no metadata leader answered within {:.1}s after {attempt} attempts (last error: {err})",

@@ -1,0 +1,300 @@
+//! The read path (DESIGN §4). A `FileReader` fetches the layout of the chunks a read
+//! touches, resolves overlapping slices (`plan::read_segments`), and reads every block
+//! piece from the best replica, verifying the CRC32C of each 64 KiB it receives. On an
+//! error, a timeout or a checksum mismatch it moves to the next replica; a bad copy is
+//! reported to the metadata service.
+
+use crate::error::Result;
+use crate::ns::expect_resp;
+use crate::plan::{order_replicas, read_segments, Segment, Source};
+use crate::{Client, ClientError};
+use bytes::{Bytes, BytesMut};
+use distfs_proto::{
+    BadReplica, ChunkLayout, MetaRequest, MetaResponse, NodeAddr, RpcError, StorageRequest,
+    StorageResponse,
+};
+use distfs_types::{Attr, BlockId, FsError, InodeId, NodeId, CRC_CHUNK};
+use futures::stream::{self, StreamExt};
+use std::collections::HashMap;
+use std::time::Instant;
+use tracing::warn;
+
+/// Chunks fetched per layout request when reading sequentially.
+const LAYOUT_WINDOW: u64 = 16;
+
+/// Reads one file as it was when the reader was opened (close-to-open consistency).
+pub struct FileReader {
+    client: Client,
+    attr: Attr,
+    chunk_size: u64,
+    chunks: HashMap<u64, ChunkLayout>,
+    replicas: HashMap<BlockId, Vec<NodeId>>,
+    nodes: HashMap<NodeId, NodeAddr>,
+}
+
+impl Client {
+    /// Opens `ino` for reading: its size and layout are fixed at this point.
+    pub async fn reader(&self, ino: InodeId) -> Result<FileReader> {
+        let mut r = FileReader {
+            client: self.clone(),
+            attr: self.getattr(ino).await?,
+            chunk_size: 0,
+            chunks: HashMap::new(),
+            replicas: HashMap::new(),
+            nodes: HashMap::new(),
+        };
+        r.fetch_layout(0, LAYOUT_WINDOW - 1).await?;
+        Ok(r)
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    pub async fn read_at(&self, ino: InodeId, offset: u64, len: u64) -> Result<Bytes> {
+        self.reader(ino).await?.read_at(offset, len).await
+    }
+}
+
+impl FileReader {
+    pub fn attr(&self) -> &Attr {
+        &self.attr
+    }
+
+    pub fn size(&self) -> u64 {
+        self.attr.size
+    }
+
+    async fn fetch_layout(&mut self, first_chunk: u64, last_chunk: u64) -> Result<()> {
+        let req = MetaRequest::GetLayout {
+            ino: self.attr.ino,
+            first_chunk,
+            last_chunk,
+        };
+        let r = self.client.meta_call(req).await?;
+        let layout = expect_resp!(r, MetaResponse::Layout(l) => l, "GetLayout")?;
+        if layout.chunk_size == 0 {
+            return Err(FsError::Protocol {
+                reason: "metadata reports a zero chunk size".into(),
+            }
+            .into());
+        }
+        self.chunk_size = layout.chunk_size;
+        // Mark every requested chunk known, also those without slices (holes).
+        for i in first_chunk..=last_chunk {
+            self.chunks.entry(i).or_insert(ChunkLayout {
+                index: i,
+                slices: Vec::new(),
+            });
+        }
+        for c in layout.chunks {
+            self.chunks.insert(c.index, c);
+        }
+        for b in layout.blocks {
+            self.replicas.insert(b.id, b.replicas);
+        }
+        for n in layout.nodes {
+            self.nodes.insert(n.id, n);
+        }
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `offset`, clipped to the size at open.
+    pub async fn read_at(&mut self, offset: u64, len: u64) -> Result<Bytes> {
+        if offset >= self.attr.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let len = len.min(self.attr.size - offset);
+        let (first, last) = (
+            offset / self.chunk_size,
+            (offset + len - 1) / self.chunk_size,
+        );
+        if (first..=last).any(|c| !self.chunks.contains_key(&c)) {
+            self.fetch_layout(first, last.max(first + LAYOUT_WINDOW - 1))
+                .await?;
+        }
+        let chunks: Vec<ChunkLayout> = (first..=last)
+            .filter_map(|c| self.chunks.get(&c).cloned())
+            .collect();
+        let segments = read_segments(&chunks, self.chunk_size, offset, len);
+        let this = &*self;
+        let pieces: Vec<Result<(Segment, Bytes)>> = stream::iter(segments)
+            .map(|seg| async move {
+                match seg.source {
+                    Source::Hole => Ok((seg, Bytes::new())),
+                    Source::Block { id, block_offset } => this
+                        .read_block(id, block_offset, seg.len as u32)
+                        .await
+                        .map(|b| (seg, b)),
+                }
+            })
+            .buffered(self.client.config.read_parallelism.max(1))
+            .collect()
+            .await;
+        let mut out = BytesMut::with_capacity(len as usize);
+        for p in pieces {
+            let (seg, bytes) = p?;
+            match seg.source {
+                Source::Hole => out.resize(out.len() + seg.len as usize, 0),
+                Source::Block { .. } => out.extend_from_slice(&bytes),
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Reads `[offset, offset+len)` of a block from the best replica that answers with
+    /// bytes that verify.
+    async fn read_block(&self, id: BlockId, offset: u32, len: u32) -> Result<Bytes> {
+        let replicas = self.replicas.get(&id).cloned().unwrap_or_default();
+        let order = order_replicas(
+            &replicas,
+            |n| self.nodes.get(&n).is_some_and(|a| a.healthy),
+            |n| self.client.latency_of(n),
+            offset as u64 ^ id.0 as u64,
+        );
+        let mut attempts: Vec<(NodeId, String)> = Vec::new();
+        for node in order {
+            let Some(addr) = self.nodes.get(&node).map(|a| a.addr.clone()) else {
+                attempts.push((node, "address unknown".into()));
+                continue;
+            };
+            let t0 = Instant::now();
+            let req = StorageRequest::GetBlock {
+                block: id,
+                offset,
+                len,
+            };
+            let r = self
+                .client
+                .rpc
+                .storage(
+                    &addr,
+                    &req,
+                    Bytes::new(),
+                    Some(self.client.config.block_timeout),
+                )
+                .await;
+            let outcome = match r {
+                Ok((
+                    StorageResponse::Block {
+                        offset: got_off,
+                        crcs,
+                    },
+                    body,
+                )) => verify(id, offset, len, got_off, &crcs, body),
+                Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+                Err(RpcError::Remote(
+                    e @ (FsError::Corrupt { .. } | FsError::BlockNotFound { .. }),
+                )) => {
+                    self.report_bad(id, node, e.to_string());
+                    attempts.push((node, e.to_string()));
+                    continue;
+                }
+                Err(e) => {
+                    if let RpcError::Connect { .. } | RpcError::ConnectionLost { .. } = e {
+                        self.client.rpc.forget(&addr);
+                    }
+                    attempts.push((node, e.to_string()));
+                    continue;
+                }
+            };
+            match outcome {
+                Ok(bytes) => {
+                    self.client
+                        .note_latency(node, t0.elapsed().as_micros() as u64);
+                    return Ok(bytes);
+                }
+                Err(why) => {
+                    // The node answered with bytes that do not match their checksums.
+                    warn!(block = %id, %node, reason = %why, "bad copy read; trying the next replica");
+                    self.report_bad(id, node, why.clone());
+                    attempts.push((node, why));
+                }
+            }
+        }
+        Err(ClientError::AllReplicasFailed {
+            block: id,
+            attempts,
+        })
+    }
+
+    /// Tells the metadata service about a bad copy, without holding up the read.
+    fn report_bad(&self, block: BlockId, node: NodeId, reason: String) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let req = MetaRequest::ReportBadReplica {
+                bad: BadReplica {
+                    block,
+                    node,
+                    reason,
+                },
+            };
+            if let Err(e) = client.meta_call(req).await {
+                warn!(%block, %node, error = %e, "could not report a bad replica");
+            }
+        });
+    }
+}
+
+/// Checks a `GetBlock` answer: aligned start, covers the request, every 64 KiB piece
+/// matches its CRC. Returns exactly the requested bytes.
+fn verify(
+    id: BlockId,
+    offset: u32,
+    len: u32,
+    got_off: u32,
+    crcs: &[u32],
+    body: Bytes,
+) -> std::result::Result<Bytes, String> {
+    if got_off % CRC_CHUNK != 0 || got_off > offset {
+        return Err(format!(
+            "block {id}: answer starts at {got_off}, not a 64 KiB boundary at or before {offset}"
+        ));
+    }
+    let skip = (offset - got_off) as usize;
+    if body.len() < skip + len as usize {
+        return Err(format!(
+            "block {id}: answer has {} bytes, {} needed",
+            body.len(),
+            skip + len as usize
+        ));
+    }
+    let pieces = body.len().div_ceil(CRC_CHUNK as usize);
+    if crcs.len() != pieces {
+        return Err(format!(
+            "block {id}: {} checksums for {pieces} pieces",
+            crcs.len()
+        ));
+    }
+    for (i, (piece, want)) in body.chunks(CRC_CHUNK as usize).zip(crcs).enumerate() {
+        let got = crc32c::crc32c(piece);
+        if got != *want {
+            return Err(format!("block {id}: checksum mismatch in piece {i} (expected {want:#010x}, got {got:#010x})"));
+        }
+    }
+    Ok(body.slice(skip..skip + len as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_accepts_good_and_rejects_flipped_bytes() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+        let crcs = crate::write::crcs_of(&data);
+        let body = Bytes::from(data.clone());
+        let got = verify(
+            BlockId(1),
+            70_000,
+            1000,
+            65_536,
+            &crcs[1..],
+            body.slice(65_536..),
+        )
+        .unwrap();
+        assert_eq!(&got[..], &data[70_000..71_000]);
+        let mut bad = data.clone();
+        bad[150_000] ^= 1;
+        assert!(verify(BlockId(1), 0, 200_000, 0, &crcs, Bytes::from(bad)).is_err());
+        assert!(verify(BlockId(1), 0, 10, 5, &crcs, body.clone()).is_err());
+        assert!(verify(BlockId(1), 0, 200_000, 0, &crcs[..2], body).is_err());
+    }
+}

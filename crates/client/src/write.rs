@@ -1,0 +1,424 @@
+//! The write path (DESIGN §4). A `FileWriter` cuts bytes into blocks that never straddle a
+//! chunk, writes each block to its R targets in parallel (several blocks in flight), counts
+//! a block written once W = floor(R/2)+1 replicas acknowledged it durably, and commits the
+//! written slices in one metadata operation on `commit`/`close`. Until that commit nothing
+//! of the write is visible; a failed write leaves the file as it was.
+
+use crate::error::Result;
+use crate::ns::expect_resp;
+use crate::plan::block_capacity;
+use crate::{Client, ClientError};
+use bytes::{Bytes, BytesMut};
+use distfs_proto::{
+    BlockTarget, MetaRequest, MetaResponse, RpcError, SliceWrite, StorageRequest, StorageResponse,
+    WrittenBlock,
+};
+use distfs_types::{Attr, BlockRef, FsError, InodeId, NodeId, Timestamp, CRC_CHUNK};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+/// Cluster geometry a writer needs; fixed when the file system was formatted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub chunk_size: u64,
+    pub block_size: u64,
+    pub replication: u32,
+}
+
+impl Geometry {
+    /// Acknowledgements needed for a block to count as written.
+    pub fn write_quorum(&self) -> usize {
+        self.replication as usize / 2 + 1
+    }
+}
+
+/// Commit after this many written blocks even before close, to bound a commit's size.
+const MAX_BLOCKS_PER_COMMIT: usize = 256;
+/// Attempts (each with freshly allocated targets) before a block write fails.
+const BLOCK_ATTEMPTS: u32 = 3;
+
+type BlockTask = JoinHandle<Result<(u64, WrittenBlock)>>;
+
+/// Buffers and writes one file's bytes; see the module docs.
+pub struct FileWriter {
+    client: Client,
+    ino: InodeId,
+    geo: Geometry,
+    /// File offset of the first byte in `buf`.
+    buf_start: u64,
+    buf: BytesMut,
+    inflight: FuturesUnordered<BlockTask>,
+    written: Vec<(u64, WrittenBlock)>,
+    targets: VecDeque<BlockTarget>,
+    /// Highest file offset written (exclusive) since the last commit.
+    end: u64,
+}
+
+impl Client {
+    /// Chunk size, block size and replication of the cluster (fetched once).
+    pub async fn geometry(&self) -> Result<Geometry> {
+        let geo = self
+            .geometry
+            .get_or_try_init(|| async {
+                let st = self.cluster_status().await?;
+                Ok::<_, ClientError>(Geometry {
+                    chunk_size: st.chunk_size,
+                    block_size: st.block_size as u64,
+                    replication: st.replication,
+                })
+            })
+            .await?;
+        Ok(*geo)
+    }
+
+    /// A writer for `ino` positioned at `offset`.
+    pub async fn writer(&self, ino: InodeId, offset: u64) -> Result<FileWriter> {
+        let geo = self.geometry().await?;
+        if geo.chunk_size == 0 || geo.block_size == 0 {
+            return Err(FsError::Protocol {
+                reason: "metadata reports a zero chunk or block size".into(),
+            }
+            .into());
+        }
+        Ok(FileWriter {
+            client: self.clone(),
+            ino,
+            geo,
+            buf_start: offset,
+            buf: BytesMut::new(),
+            inflight: FuturesUnordered::new(),
+            written: Vec::new(),
+            targets: VecDeque::new(),
+            end: 0,
+        })
+    }
+
+    /// Writes `data` at `offset` and commits it: one atomic version.
+    pub async fn write_at(&self, ino: InodeId, offset: u64, data: &[u8]) -> Result<Attr> {
+        let mut w = self.writer(ino, offset).await?;
+        w.write(data).await?;
+        w.commit().await
+    }
+
+    /// Appends `data` at the current end of the file.
+    pub async fn append(&self, ino: InodeId, data: &[u8]) -> Result<Attr> {
+        let size = self.getattr(ino).await?.size;
+        self.write_at(ino, size, data).await
+    }
+}
+
+impl FileWriter {
+    /// File offset the next `write` goes to.
+    pub fn position(&self) -> u64 {
+        self.buf_start + self.buf.len() as u64
+    }
+
+    /// Moves the write position; buffered bytes are sent first.
+    pub async fn seek(&mut self, offset: u64) -> Result<()> {
+        if offset != self.position() {
+            self.flush_block().await?;
+            self.buf_start = offset;
+        }
+        Ok(())
+    }
+
+    /// Buffers `data` at the current position, sending every full block.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let cap =
+                block_capacity(self.buf_start, self.geo.chunk_size, self.geo.block_size) as usize;
+            if self.buf.capacity() < cap {
+                self.buf.reserve(cap - self.buf.len());
+            }
+            let take = (cap - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == cap {
+                self.flush_block().await?;
+                if self.written.len() + self.inflight.len() >= MAX_BLOCKS_PER_COMMIT {
+                    self.commit().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the buffered bytes as one block (possibly short).
+    async fn flush_block(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = self.buf.split().freeze();
+        let offset = self.buf_start;
+        self.buf_start += data.len() as u64;
+        self.end = self.end.max(self.buf_start);
+        // Keep at most `write_parallelism` blocks in flight.
+        while self.inflight.len() >= self.client.config.write_parallelism.max(1) {
+            self.reap_one().await?;
+        }
+        let target = self.next_target().await?;
+        let (client, geo) = (self.client.clone(), self.geo);
+        let ino = self.ino;
+        self.inflight.push(tokio::spawn(async move {
+            let wb = put_block_with_retries(&client, ino, geo, target, data).await?;
+            Ok((offset, wb))
+        }));
+        Ok(())
+    }
+
+    async fn reap_one(&mut self) -> Result<()> {
+        if let Some(r) = self.inflight.next().await {
+            let (offset, wb) = r.map_err(|e| {
+                ClientError::Fs(FsError::internal(format!("block writer task failed: {e}")))
+            })??;
+            self.written.push((offset, wb));
+        }
+        Ok(())
+    }
+
+    async fn next_target(&mut self) -> Result<BlockTarget> {
+        if self.targets.is_empty() {
+            let want = self.client.config.write_parallelism.clamp(1, 16) as u32;
+            self.targets
+                .extend(allocate(&self.client, self.ino, want).await?);
+        }
+        self.targets.pop_front().ok_or_else(|| {
+            FsError::Protocol {
+                reason: "metadata allocated no blocks".into(),
+            }
+            .into()
+        })
+    }
+
+    /// Sends what is buffered, waits for every block, and commits all written slices in
+    /// one metadata operation. Returns the file's attributes after the commit.
+    pub async fn commit(&mut self) -> Result<Attr> {
+        self.flush_block().await?;
+        while !self.inflight.is_empty() {
+            self.reap_one().await?;
+        }
+        let slices = slices_of(std::mem::take(&mut self.written), self.geo.chunk_size);
+        let req = MetaRequest::CommitWrite {
+            ino: self.ino,
+            slices,
+            min_size: self.end,
+            mtime: Timestamp::now(),
+            bad: Vec::new(),
+        };
+        let r = self.client.meta_call(req).await?;
+        expect_resp!(r, MetaResponse::Attr(a) => a, "CommitWrite")
+    }
+
+    /// Commits and ends the writer.
+    pub async fn close(mut self) -> Result<Attr> {
+        self.commit().await
+    }
+}
+
+async fn allocate(client: &Client, ino: InodeId, count: u32) -> Result<Vec<BlockTarget>> {
+    let r = client
+        .meta_call(MetaRequest::AllocateBlocks { ino, count })
+        .await?;
+    expect_resp!(r, MetaResponse::Allocated { blocks } => blocks, "AllocateBlocks")
+}
+
+/// Groups written blocks (file offset, block) into per-chunk slices of contiguous blocks.
+fn slices_of(mut written: Vec<(u64, WrittenBlock)>, chunk_size: u64) -> Vec<SliceWrite> {
+    written.sort_by_key(|(o, _)| *o);
+    let mut out: Vec<SliceWrite> = Vec::new();
+    let mut next_off = u64::MAX;
+    for (off, wb) in written {
+        let chunk = off / chunk_size;
+        let len = wb.block.len as u64;
+        match out.last_mut() {
+            Some(s) if s.chunk == chunk && off == next_off => {
+                s.len += len;
+                s.blocks.push(wb);
+            }
+            _ => out.push(SliceWrite {
+                chunk,
+                offset: off % chunk_size,
+                len,
+                blocks: vec![wb],
+            }),
+        }
+        next_off = off + len;
+    }
+    out
+}
+
+/// CRC32C of every 64 KiB piece of `data`.
+pub fn crcs_of(data: &[u8]) -> Vec<u32> {
+    data.chunks(CRC_CHUNK as usize)
+        .map(crc32c::crc32c)
+        .collect()
+}
+
+/// Writes one block, re-allocating targets and retrying when fewer than W replicas
+/// acknowledged (a node may have died before the metadata noticed).
+async fn put_block_with_retries(
+    client: &Client,
+    ino: InodeId,
+    geo: Geometry,
+    mut target: BlockTarget,
+    data: Bytes,
+) -> Result<WrittenBlock> {
+    let crcs = crcs_of(&data);
+    let mut attempt = 1;
+    loop {
+        match put_block(client, geo, &target, &data, &crcs).await {
+            Ok(done) => return Ok(done),
+            Err(e) if attempt < BLOCK_ATTEMPTS => {
+                warn!(block = %target.id, attempt, error = %e, "block write failed; retrying on new targets");
+                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                target = allocate(client, ino, 1)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| {
+                        ClientError::Fs(FsError::Protocol {
+                            reason: "metadata allocated no blocks".into(),
+                        })
+                    })?;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends one block to all its targets at once; succeeds when W acknowledged. After the
+/// W-th ack, stragglers get `straggler_grace` to finish; those that fail or are still
+/// running are left out of the replica list (the metadata sees the block under-replicated).
+async fn put_block(
+    client: &Client,
+    geo: Geometry,
+    target: &BlockTarget,
+    data: &Bytes,
+    crcs: &[u32],
+) -> Result<WrittenBlock> {
+    let needed = geo.write_quorum();
+    let block = BlockRef {
+        id: target.id,
+        len: data.len() as u32,
+    };
+    let mut puts: FuturesUnordered<_> = target
+        .targets
+        .iter()
+        .map(|t| {
+            let (rpc, req, body) = (
+                client.rpc.clone(),
+                StorageRequest::PutBlock {
+                    block: target.id,
+                    crcs: crcs.to_vec(),
+                },
+                data.clone(),
+            );
+            let (node, addr) = (t.id, t.addr.clone());
+            let timeout = client.config.block_timeout;
+            async move {
+                let t0 = Instant::now();
+                let r = rpc.storage(&addr, &req, body, Some(timeout)).await;
+                (node, t0.elapsed(), r)
+            }
+        })
+        .collect();
+    let mut acked: Vec<NodeId> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut grace_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace_deadline {
+            None => puts.next().await,
+            Some(d) => match tokio::time::timeout_at(d, puts.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    debug!(block = %target.id, left = puts.len(), "stragglers left behind after quorum");
+                    break;
+                }
+            },
+        };
+        let Some((node, took, r)) = next else { break };
+        match r {
+            Ok((StorageResponse::Stored, _)) => {
+                client.note_latency(node, took.as_micros() as u64);
+                acked.push(node);
+                if acked.len() >= needed && grace_deadline.is_none() {
+                    let grace = client.config.straggler_grace.max(took);
+                    grace_deadline = Some(tokio::time::Instant::now() + grace);
+                }
+            }
+            Ok((other, _)) => errors.push(format!("{node}: unexpected answer {other:?}")),
+            Err(e) => {
+                if let RpcError::Connect { .. } | RpcError::ConnectionLost { .. } = e {
+                    // Do not keep a pooled connection to a node that just failed.
+                    if let Some(t) = target.targets.iter().find(|t| t.id == node) {
+                        client.rpc.forget(&t.addr);
+                    }
+                }
+                errors.push(format!("{node}: {e}"));
+            }
+        }
+    }
+    if acked.len() < needed {
+        return Err(FsError::NotEnoughReplicas {
+            block: target.id,
+            acked: acked.len(),
+            needed,
+            detail: errors.join("; "),
+        }
+        .into());
+    }
+    Ok(WrittenBlock {
+        block,
+        replicas: acked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distfs_types::BlockId;
+
+    fn wb(id: u128, len: u32) -> WrittenBlock {
+        WrittenBlock {
+            block: BlockRef {
+                id: BlockId(id),
+                len,
+            },
+            replicas: vec![NodeId(1)],
+        }
+    }
+
+    #[test]
+    fn contiguous_blocks_in_a_chunk_make_one_slice() {
+        let written = vec![
+            (200, wb(3, 50)),
+            (0, wb(1, 100)),
+            (100, wb(2, 100)),
+            (1000, wb(4, 10)),
+            (500, wb(5, 10)),
+        ];
+        let s = slices_of(written, 1000);
+        let shape: Vec<(u64, u64, u64, usize)> = s
+            .iter()
+            .map(|s| (s.chunk, s.offset, s.len, s.blocks.len()))
+            .collect();
+        assert_eq!(shape, vec![(0, 0, 250, 3), (0, 500, 10, 1), (1, 0, 10, 1)]);
+    }
+
+    #[test]
+    fn quorum_is_a_majority() {
+        let g = |r| Geometry {
+            chunk_size: 1,
+            block_size: 1,
+            replication: r,
+        };
+        assert_eq!(g(3).write_quorum(), 2);
+        assert_eq!(g(1).write_quorum(), 1);
+        assert_eq!(g(5).write_quorum(), 3);
+        assert_eq!(g(2).write_quorum(), 2);
+    }
+}
