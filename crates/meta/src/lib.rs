@@ -1,1 +1,10 @@
-//! placeholder
+//! The DistFS metadata service (DESIGN §6): namespace and block map as a Raft-replicated
+//! state machine over redb, placement on a consistent-hash ring, storage-node liveness,
+//! and the `Kind::Meta` / `Kind::Raft` request handlers behind `MetaServer`.
+
+pub mod config;
+pub mod error;
+pub mod placement;
+
+pub use config::{MetaConfig, RaftConfig};
+pub use error::MetaError;

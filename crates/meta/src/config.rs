@@ -1,0 +1,235 @@
+//! `MetaConfig`: the metadata server's TOML configuration, its defaults and `validate()`.
+//! Every key is documented in `meta.example.toml`, which a test keeps equal to the defaults.
+
+use crate::error::MetaError;
+use distfs_types::{ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Configuration of one metadata server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetaConfig {
+    /// Raft node id of this server; unique in the metadata cluster.
+    pub id: u64,
+    /// Address to listen on for clients, storage nodes and Raft peers.
+    pub listen: String,
+    /// Address given to others (leader hints, Raft membership); default: the bound address.
+    pub advertise: Option<String>,
+    /// Directory holding the Raft log and the state machine.
+    pub data_dir: PathBuf,
+    /// Replication factor R (fixed when the file system is formatted).
+    pub replication: u32,
+    /// Chunk size (fixed when the file system is formatted).
+    pub chunk_size: ByteSize,
+    /// Maximum block size (fixed when the file system is formatted).
+    pub block_size: ByteSize,
+    /// A storage node silent this long is Suspect (no new writes).
+    pub suspect_after: HumanDuration,
+    /// A storage node silent this long is Dead.
+    pub dead_after: HumanDuration,
+    pub raft: RaftConfig,
+}
+
+/// Raft timing and log compaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    pub heartbeat_interval: HumanDuration,
+    pub election_timeout_min: HumanDuration,
+    pub election_timeout_max: HumanDuration,
+    /// Build a state-machine snapshot (and purge the log) after this many entries.
+    pub snapshot_after_logs: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_interval: HumanDuration::from_millis(250),
+            election_timeout_min: HumanDuration::from_secs(1),
+            election_timeout_max: HumanDuration::from_secs(2),
+            snapshot_after_logs: 10_000,
+        }
+    }
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        MetaConfig {
+            id: 1,
+            listen: "127.0.0.1:7400".into(),
+            advertise: None,
+            data_dir: PathBuf::from("./distfs-meta"),
+            replication: 3,
+            chunk_size: ByteSize(64 << 20),
+            block_size: ByteSize(4 << 20),
+            suspect_after: HumanDuration::from_secs(2),
+            dead_after: HumanDuration::from_secs(6),
+            raft: RaftConfig::default(),
+        }
+    }
+}
+
+const KIB64: u64 = 64 << 10;
+
+impl MetaConfig {
+    /// Parses a TOML document; unknown keys are errors.
+    pub fn from_toml_str(s: &str) -> Result<MetaConfig, MetaError> {
+        toml::from_str(s).map_err(|e| MetaError::Config {
+            key: "toml".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<MetaConfig, MetaError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| MetaError::Config {
+            key: path.display().to_string(),
+            reason: format!("cannot read config file: {e}"),
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Checks every key; the first bad one is reported with the reason.
+    pub fn validate(&self) -> Result<(), MetaError> {
+        let bad = |key: &str, reason: String| {
+            Err(MetaError::Config {
+                key: key.into(),
+                reason,
+            })
+        };
+        if self.id == 0 {
+            return bad("id", "must be at least 1".into());
+        }
+        if self.listen.trim().is_empty() {
+            return bad(
+                "listen",
+                "must be an address such as \"127.0.0.1:7400\"".into(),
+            );
+        }
+        if let Some(a) = &self.advertise {
+            if a.trim().is_empty() || !a.contains(':') {
+                return bad("advertise", format!("`{a}` is not a host:port address"));
+            }
+        }
+        if !(1..=7).contains(&self.replication) {
+            return bad(
+                "replication",
+                format!("must be between 1 and 7, got {}", self.replication),
+            );
+        }
+        let (bs, cs) = (self.block_size.0, self.chunk_size.0);
+        if bs < KIB64 || bs > 16 << 20 || bs % KIB64 != 0 {
+            return bad(
+                "block_size",
+                format!(
+                    "must be a multiple of 64KiB between 64KiB and 16MiB, got {}",
+                    self.block_size
+                ),
+            );
+        }
+        if cs == 0 || cs % bs != 0 {
+            return bad(
+                "chunk_size",
+                format!(
+                    "must be a non-zero multiple of block_size ({}), got {}",
+                    self.block_size, self.chunk_size
+                ),
+            );
+        }
+        if cs > 1 << 30 {
+            return bad(
+                "chunk_size",
+                format!("must be at most 1GiB, got {}", self.chunk_size),
+            );
+        }
+        if self.suspect_after.0.is_zero() {
+            return bad("suspect_after", "must be more than 0".into());
+        }
+        if self.suspect_after >= self.dead_after {
+            return bad(
+                "dead_after",
+                format!(
+                    "must be longer than suspect_after ({}), got {}",
+                    self.suspect_after, self.dead_after
+                ),
+            );
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval.0.is_zero() {
+            return bad("raft.heartbeat_interval", "must be more than 0".into());
+        }
+        if r.election_timeout_min <= r.heartbeat_interval {
+            return bad(
+                "raft.election_timeout_min",
+                "must be longer than raft.heartbeat_interval".into(),
+            );
+        }
+        if r.election_timeout_max <= r.election_timeout_min {
+            return bad(
+                "raft.election_timeout_max",
+                "must be longer than raft.election_timeout_min".into(),
+            );
+        }
+        if r.snapshot_after_logs == 0 {
+            return bad("raft.snapshot_after_logs", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration derived from `raft`.
+    pub fn openraft_config(&self) -> Result<openraft::Config, MetaError> {
+        let ms = |d: HumanDuration| d.0.as_millis() as u64;
+        let c = openraft::Config {
+            cluster_name: "distfs-meta".into(),
+            heartbeat_interval: ms(self.raft.heartbeat_interval),
+            election_timeout_min: ms(self.raft.election_timeout_min),
+            election_timeout_max: ms(self.raft.election_timeout_max),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.raft.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        c.validate().map_err(|e| MetaError::Config {
+            key: "raft".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_equals_defaults() {
+        let text = include_str!("../meta.example.toml");
+        let parsed = MetaConfig::from_toml_str(text).expect("example parses");
+        assert_eq!(parsed, MetaConfig::default());
+        parsed.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let cases = [
+            (
+                "block_size = \"3MiB\"\nchunk_size = \"64MiB\"",
+                "chunk_size",
+            ),
+            ("block_size = \"100KiB\"", "block_size"),
+            ("block_size = \"32MiB\"", "block_size"),
+            ("replication = 0", "replication"),
+            ("replication = 8", "replication"),
+            ("suspect_after = \"6s\"\ndead_after = \"2s\"", "dead_after"),
+        ];
+        for (toml, key) in cases {
+            let c = MetaConfig::from_toml_str(toml).expect("parses");
+            match c.validate() {
+                Err(MetaError::Config { key: k, .. }) => assert_eq!(k, key, "{toml}"),
+                other => panic!("{toml}: expected error on {key}, got {other:?}"),
+            }
+        }
+        assert!(MetaConfig::from_toml_str("no_such_key = 1").is_err());
+        assert!(MetaConfig::from_toml_str("[raft]\nbogus = 1").is_err());
+    }
+}
