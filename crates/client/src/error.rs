@@ -12,14 +12,8 @@ pub enum ClientError {
     #[error(transparent)]
     Fs(#[from] FsError),
     /// Every replica of a block failed; `attempts` lists each node and why.
-    #[error(
-        "no replica of block {block} could be read: {}",
-        fmt_attempts(attempts)
-    )]
-    AllReplicasFailed {
-        block: BlockId,
-        attempts: Vec<(NodeId, String)>,
-    },
+    #[error("no replica of block {block} could be read: {}", fmt_attempts(attempts))]
+    AllReplicasFailed { block: BlockId, attempts: Vec<(NodeId, String)> },
     /// The metadata answered with a message this client did not expect.
     #[error("unexpected answer from the metadata service to {request}")]
     Unexpected { request: &'static str },
@@ -29,10 +23,7 @@ fn fmt_attempts(a: &[(NodeId, String)]) -> String {
     if a.is_empty() {
         return "no replica is recorded".into();
     }
-    a.iter()
-        .map(|(n, e)| format!("{n}: {e}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+    a.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; ")
 }
 
 impl From<RpcError> for ClientError {
@@ -46,12 +37,8 @@ impl ClientError {
     pub fn as_fs(&self) -> FsError {
         match self {
             ClientError::Fs(e) => e.clone(),
-            ClientError::AllReplicasFailed { .. } => FsError::Io {
-                reason: self.to_string(),
-            },
-            ClientError::Unexpected { .. } => FsError::Protocol {
-                reason: self.to_string(),
-            },
+            ClientError::AllReplicasFailed { .. } => FsError::Io { reason: self.to_string() },
+            ClientError::Unexpected { .. } => FsError::Protocol { reason: self.to_string() },
         }
     }
 }

@@ -73,15 +73,8 @@ impl Client {
             request_timeout: config.block_timeout,
             ..RpcConfig::default()
         });
-        let meta =
-            MetaClient::new(rpc.clone(), config.meta.clone()).with_deadline(config.meta_deadline);
-        Client {
-            meta,
-            rpc,
-            config: Arc::new(config),
-            latency: Arc::default(),
-            geometry: Arc::default(),
-        }
+        let meta = MetaClient::new(rpc.clone(), config.meta.clone()).with_deadline(config.meta_deadline);
+        Client { meta, rpc, config: Arc::new(config), latency: Arc::default(), geometry: Arc::default() }
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -100,10 +93,6 @@ impl Client {
     }
 
     pub(crate) fn latency_of(&self, node: NodeId) -> Option<u64> {
-        self.latency
-            .lock()
-            .expect("latency lock")
-            .get(&node)
-            .copied()
+        self.latency.lock().expect("latency lock").get(&node).copied()
     }
 }

@@ -13,21 +13,16 @@ pub fn split(path: &str) -> Result<Option<(String, String)>> {
         return Ok(None);
     }
     let idx = norm.rfind('/').expect("normalized paths start with '/'");
-    let parent = if idx == 0 {
-        "/".to_string()
-    } else {
-        norm[..idx].to_string()
-    };
+    let parent = if idx == 0 { "/".to_string() } else { norm[..idx].to_string() };
     Ok(Some((parent, norm[idx + 1..].to_string())))
 }
 
 /// Makes a path canonical: absolute, no empty or `.` components, `..` resolved lexically.
 pub fn normalize(path: &str) -> Result<String> {
     if !path.starts_with('/') {
-        return Err(FsError::invalid(format!(
-            "`{path}` is not an absolute path in the file system (start it with /)"
-        ))
-        .into());
+        return Err(
+            FsError::invalid(format!("`{path}` is not an absolute path in the file system (start it with /)")).into()
+        );
     }
     let mut parts: Vec<&str> = Vec::new();
     for p in path.split('/') {
@@ -69,12 +64,7 @@ impl Client {
     }
 
     pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr> {
-        let r = self
-            .meta_call(MetaRequest::Lookup {
-                parent,
-                name: name.to_string(),
-            })
-            .await?;
+        let r = self.meta_call(MetaRequest::Lookup { parent, name: name.to_string() }).await?;
         expect_resp!(r, MetaResponse::Attr(a) => a, "Lookup")
     }
 
@@ -90,27 +80,12 @@ impl Client {
 
     /// Truncates or extends a file to `size` bytes.
     pub async fn truncate(&self, ino: InodeId, size: u64) -> Result<Attr> {
-        self.setattr(
-            ino,
-            SetAttr {
-                size: Some(size),
-                ..Default::default()
-            },
-        )
-        .await
+        self.setattr(ino, SetAttr { size: Some(size), ..Default::default() }).await
     }
 
     pub async fn mkdir(&self, parent: InodeId, name: &str, perm: u32) -> Result<Attr> {
         let (uid, gid) = ids();
-        let r = self
-            .meta_call(MetaRequest::Mkdir {
-                parent,
-                name: name.to_string(),
-                perm,
-                uid,
-                gid,
-            })
-            .await?;
+        let r = self.meta_call(MetaRequest::Mkdir { parent, name: name.to_string(), perm, uid, gid }).await?;
         expect_resp!(r, MetaResponse::Attr(a) => a, "Mkdir")
     }
 
@@ -125,53 +100,29 @@ impl Client {
                     match self.mkdir(cur.ino, part, perm).await {
                         Ok(a) => a,
                         // Lost a race with another creator: use theirs.
-                        Err(ClientError::Fs(FsError::AlreadyExists { .. })) => {
-                            self.lookup(cur.ino, part).await?
-                        }
+                        Err(ClientError::Fs(FsError::AlreadyExists { .. })) => self.lookup(cur.ino, part).await?,
                         Err(e) => return Err(e),
                     }
                 }
                 Err(e) => return Err(e),
             };
             if cur.kind != distfs_types::FileKind::Dir {
-                return Err(FsError::NotADirectory {
-                    what: part.to_string(),
-                }
-                .into());
+                return Err(FsError::NotADirectory { what: part.to_string() }.into());
             }
         }
         Ok(cur)
     }
 
-    pub async fn create(
-        &self,
-        parent: InodeId,
-        name: &str,
-        perm: u32,
-        exclusive: bool,
-    ) -> Result<Attr> {
+    pub async fn create(&self, parent: InodeId, name: &str, perm: u32, exclusive: bool) -> Result<Attr> {
         let (uid, gid) = ids();
-        let req = MetaRequest::Create {
-            parent,
-            name: name.to_string(),
-            perm,
-            uid,
-            gid,
-            exclusive,
-        };
+        let req = MetaRequest::Create { parent, name: name.to_string(), perm, uid, gid, exclusive };
         let r = self.meta_call(req).await?;
         expect_resp!(r, MetaResponse::Attr(a) => a, "Create")
     }
 
     pub async fn symlink(&self, parent: InodeId, name: &str, target: &str) -> Result<Attr> {
         let (uid, gid) = ids();
-        let req = MetaRequest::Symlink {
-            parent,
-            name: name.to_string(),
-            target: target.to_string(),
-            uid,
-            gid,
-        };
+        let req = MetaRequest::Symlink { parent, name: name.to_string(), target: target.to_string(), uid, gid };
         let r = self.meta_call(req).await?;
         expect_resp!(r, MetaResponse::Attr(a) => a, "Symlink")
     }
@@ -182,33 +133,17 @@ impl Client {
     }
 
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> Result<Attr> {
-        let r = self
-            .meta_call(MetaRequest::Link {
-                ino,
-                new_parent,
-                new_name: new_name.to_string(),
-            })
-            .await?;
+        let r = self.meta_call(MetaRequest::Link { ino, new_parent, new_name: new_name.to_string() }).await?;
         expect_resp!(r, MetaResponse::Attr(a) => a, "Link")
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &str) -> Result<()> {
-        let r = self
-            .meta_call(MetaRequest::Unlink {
-                parent,
-                name: name.to_string(),
-            })
-            .await?;
+        let r = self.meta_call(MetaRequest::Unlink { parent, name: name.to_string() }).await?;
         expect_resp!(r, MetaResponse::Done => (), "Unlink")
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<()> {
-        let r = self
-            .meta_call(MetaRequest::Rmdir {
-                parent,
-                name: name.to_string(),
-            })
-            .await?;
+        let r = self.meta_call(MetaRequest::Rmdir { parent, name: name.to_string() }).await?;
         expect_resp!(r, MetaResponse::Done => (), "Rmdir")
     }
 
@@ -220,27 +155,15 @@ impl Client {
         new_name: &str,
         mode: RenameMode,
     ) -> Result<()> {
-        let req = MetaRequest::Rename {
-            parent,
-            name: name.to_string(),
-            new_parent,
-            new_name: new_name.to_string(),
-            mode,
-        };
+        let req =
+            MetaRequest::Rename { parent, name: name.to_string(), new_parent, new_name: new_name.to_string(), mode };
         let r = self.meta_call(req).await?;
         expect_resp!(r, MetaResponse::Done => (), "Rename")
     }
 
     /// One page of a directory listing: entries after `after`, and whether more follow.
-    pub async fn readdir_page(
-        &self,
-        ino: InodeId,
-        after: Option<String>,
-        limit: u32,
-    ) -> Result<(Vec<DirEntry>, bool)> {
-        let r = self
-            .meta_call(MetaRequest::ReadDir { ino, after, limit })
-            .await?;
+    pub async fn readdir_page(&self, ino: InodeId, after: Option<String>, limit: u32) -> Result<(Vec<DirEntry>, bool)> {
+        let r = self.meta_call(MetaRequest::ReadDir { ino, after, limit }).await?;
         expect_resp!(r, MetaResponse::Entries { entries, more } => (entries, more), "ReadDir")
     }
 

@@ -25,12 +25,7 @@ pub struct Segment {
 
 /// Splits the file range `[offset, offset+len)` (already clipped to the file size) into
 /// segments, each inside one block or one hole, in file order, covering the range exactly.
-pub fn read_segments(
-    chunks: &[ChunkLayout],
-    chunk_size: u64,
-    offset: u64,
-    len: u64,
-) -> Vec<Segment> {
+pub fn read_segments(chunks: &[ChunkLayout], chunk_size: u64, offset: u64, len: u64) -> Vec<Segment> {
     let end = offset + len;
     let mut out = Vec::new();
     let mut pos = offset;
@@ -58,10 +53,7 @@ pub fn read_segments(
                         covered.push(Segment {
                             offset: at,
                             len: take,
-                            source: Source::Block {
-                                id: b.id,
-                                block_offset: (data_off - block_start) as u32,
-                            },
+                            source: Source::Block { id: b.id, block_offset: (data_off - block_start) as u32 },
                         });
                         at += take;
                         data_off += take;
@@ -71,32 +63,20 @@ pub fn read_segments(
                 if at < e {
                     // The slice claims more bytes than its blocks hold: read them as a hole
                     // rather than inventing data (the metadata never commits such a slice).
-                    covered.push(Segment {
-                        offset: at,
-                        len: e - at,
-                        source: Source::Hole,
-                    });
+                    covered.push(Segment { offset: at, len: e - at, source: Source::Hole });
                 }
             }
         }
         covered.sort_by_key(|s| s.offset);
         for seg in covered {
             if seg.offset > pos {
-                out.push(Segment {
-                    offset: pos,
-                    len: seg.offset - pos,
-                    source: Source::Hole,
-                });
+                out.push(Segment { offset: pos, len: seg.offset - pos, source: Source::Hole });
             }
             pos = seg.offset + seg.len;
             out.push(seg);
         }
         if pos < chunk_end {
-            out.push(Segment {
-                offset: pos,
-                len: chunk_end - pos,
-                source: Source::Hole,
-            });
+            out.push(Segment { offset: pos, len: chunk_end - pos, source: Source::Hole });
             pos = chunk_end;
         }
     }
@@ -134,94 +114,35 @@ mod tests {
     use distfs_types::{BlockRef, Seq, Slice};
 
     fn slice(offset: u64, seq: u64, blocks: &[(u128, u32)]) -> Slice {
-        let blocks: Vec<BlockRef> = blocks
-            .iter()
-            .map(|&(id, len)| BlockRef {
-                id: BlockId(id),
-                len,
-            })
-            .collect();
+        let blocks: Vec<BlockRef> = blocks.iter().map(|&(id, len)| BlockRef { id: BlockId(id), len }).collect();
         let len = blocks.iter().map(|b| b.len as u64).sum();
-        Slice {
-            offset,
-            len,
-            seq: Seq(seq),
-            blocks,
-        }
+        Slice { offset, len, seq: Seq(seq), blocks }
     }
 
     fn blk(id: u128, off: u32) -> Source {
-        Source::Block {
-            id: BlockId(id),
-            block_offset: off,
-        }
+        Source::Block { id: BlockId(id), block_offset: off }
     }
 
     #[test]
     fn segments_cover_range_exactly_with_holes_and_overwrites() {
         // chunk 0: blocks 1 (0..100) and 2 (100..200); an overwrite (block 3) at 150..170.
         let chunks = vec![
-            ChunkLayout {
-                index: 0,
-                slices: vec![
-                    slice(0, 1, &[(1, 100), (2, 100)]),
-                    slice(150, 2, &[(3, 20)]),
-                ],
-            },
-            ChunkLayout {
-                index: 2,
-                slices: vec![slice(10, 3, &[(4, 10)])],
-            },
+            ChunkLayout { index: 0, slices: vec![slice(0, 1, &[(1, 100), (2, 100)]), slice(150, 2, &[(3, 20)])] },
+            ChunkLayout { index: 2, slices: vec![slice(10, 3, &[(4, 10)])] },
         ];
         let segs = read_segments(&chunks, 1000, 50, 2000);
         assert_eq!(
             segs,
             vec![
-                Segment {
-                    offset: 50,
-                    len: 50,
-                    source: blk(1, 50)
-                },
-                Segment {
-                    offset: 100,
-                    len: 50,
-                    source: blk(2, 0)
-                },
-                Segment {
-                    offset: 150,
-                    len: 20,
-                    source: blk(3, 0)
-                },
-                Segment {
-                    offset: 170,
-                    len: 30,
-                    source: blk(2, 70)
-                },
-                Segment {
-                    offset: 200,
-                    len: 800,
-                    source: Source::Hole
-                },
-                Segment {
-                    offset: 1000,
-                    len: 1000,
-                    source: Source::Hole
-                },
-                Segment {
-                    offset: 2000,
-                    len: 10,
-                    source: Source::Hole
-                },
-                Segment {
-                    offset: 2010,
-                    len: 10,
-                    source: blk(4, 0)
-                },
-                Segment {
-                    offset: 2020,
-                    len: 30,
-                    source: Source::Hole
-                },
+                Segment { offset: 50, len: 50, source: blk(1, 50) },
+                Segment { offset: 100, len: 50, source: blk(2, 0) },
+                Segment { offset: 150, len: 20, source: blk(3, 0) },
+                Segment { offset: 170, len: 30, source: blk(2, 70) },
+                Segment { offset: 200, len: 800, source: Source::Hole },
+                Segment { offset: 1000, len: 1000, source: Source::Hole },
+                Segment { offset: 2000, len: 10, source: Source::Hole },
+                Segment { offset: 2010, len: 10, source: blk(4, 0) },
+                Segment { offset: 2020, len: 30, source: Source::Hole },
             ]
         );
         let total: u64 = segs.iter().map(|s| s.len).sum();
@@ -232,28 +153,12 @@ mod tests {
     fn truncated_slice_reads_only_its_visible_length() {
         let mut s = slice(0, 1, &[(1, 100)]);
         s.len = 40;
-        let segs = read_segments(
-            &[ChunkLayout {
-                index: 0,
-                slices: vec![s],
-            }],
-            1000,
-            0,
-            100,
-        );
+        let segs = read_segments(&[ChunkLayout { index: 0, slices: vec![s] }], 1000, 0, 100);
         assert_eq!(
             segs,
             vec![
-                Segment {
-                    offset: 0,
-                    len: 40,
-                    source: blk(1, 0)
-                },
-                Segment {
-                    offset: 40,
-                    len: 60,
-                    source: Source::Hole
-                }
+                Segment { offset: 0, len: 40, source: blk(1, 0) },
+                Segment { offset: 40, len: 60, source: Source::Hole }
             ]
         );
     }

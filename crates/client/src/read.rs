@@ -10,8 +10,7 @@ use crate::plan::{order_replicas, read_segments, Segment, Source};
 use crate::{Client, ClientError};
 use bytes::{Bytes, BytesMut};
 use distfs_proto::{
-    BadReplica, ChunkLayout, MetaRequest, MetaResponse, NodeAddr, RpcError, StorageRequest,
-    StorageResponse,
+    BadReplica, ChunkLayout, Layout, MetaRequest, MetaResponse, NodeAddr, RpcError, StorageRequest, StorageResponse,
 };
 use distfs_types::{Attr, BlockId, FsError, InodeId, NodeId, CRC_CHUNK};
 use futures::stream::{self, StreamExt};
@@ -47,6 +46,13 @@ impl Client {
         Ok(r)
     }
 
+    /// Slices of chunks `[first_chunk, last_chunk]` of `ino`, with block replicas and
+    /// node addresses.
+    pub async fn layout(&self, ino: InodeId, first_chunk: u64, last_chunk: u64) -> Result<Layout> {
+        let r = self.meta_call(MetaRequest::GetLayout { ino, first_chunk, last_chunk }).await?;
+        expect_resp!(r, MetaResponse::Layout(l) => l, "GetLayout")
+    }
+
     /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
     pub async fn read_at(&self, ino: InodeId, offset: u64, len: u64) -> Result<Bytes> {
         self.reader(ino).await?.read_at(offset, len).await
@@ -63,26 +69,14 @@ impl FileReader {
     }
 
     async fn fetch_layout(&mut self, first_chunk: u64, last_chunk: u64) -> Result<()> {
-        let req = MetaRequest::GetLayout {
-            ino: self.attr.ino,
-            first_chunk,
-            last_chunk,
-        };
-        let r = self.client.meta_call(req).await?;
-        let layout = expect_resp!(r, MetaResponse::Layout(l) => l, "GetLayout")?;
+        let layout = self.client.layout(self.attr.ino, first_chunk, last_chunk).await?;
         if layout.chunk_size == 0 {
-            return Err(FsError::Protocol {
-                reason: "metadata reports a zero chunk size".into(),
-            }
-            .into());
+            return Err(FsError::Protocol { reason: "metadata reports a zero chunk size".into() }.into());
         }
         self.chunk_size = layout.chunk_size;
         // Mark every requested chunk known, also those without slices (holes).
         for i in first_chunk..=last_chunk {
-            self.chunks.entry(i).or_insert(ChunkLayout {
-                index: i,
-                slices: Vec::new(),
-            });
+            self.chunks.entry(i).or_insert(ChunkLayout { index: i, slices: Vec::new() });
         }
         for c in layout.chunks {
             self.chunks.insert(c.index, c);
@@ -102,27 +96,20 @@ impl FileReader {
             return Ok(Bytes::new());
         }
         let len = len.min(self.attr.size - offset);
-        let (first, last) = (
-            offset / self.chunk_size,
-            (offset + len - 1) / self.chunk_size,
-        );
+        let (first, last) = (offset / self.chunk_size, (offset + len - 1) / self.chunk_size);
         if (first..=last).any(|c| !self.chunks.contains_key(&c)) {
-            self.fetch_layout(first, last.max(first + LAYOUT_WINDOW - 1))
-                .await?;
+            self.fetch_layout(first, last.max(first + LAYOUT_WINDOW - 1)).await?;
         }
-        let chunks: Vec<ChunkLayout> = (first..=last)
-            .filter_map(|c| self.chunks.get(&c).cloned())
-            .collect();
+        let chunks: Vec<ChunkLayout> = (first..=last).filter_map(|c| self.chunks.get(&c).cloned()).collect();
         let segments = read_segments(&chunks, self.chunk_size, offset, len);
         let this = &*self;
         let pieces: Vec<Result<(Segment, Bytes)>> = stream::iter(segments)
             .map(|seg| async move {
                 match seg.source {
                     Source::Hole => Ok((seg, Bytes::new())),
-                    Source::Block { id, block_offset } => this
-                        .read_block(id, block_offset, seg.len as u32)
-                        .await
-                        .map(|b| (seg, b)),
+                    Source::Block { id, block_offset } => {
+                        this.read_block(id, block_offset, seg.len as u32).await.map(|b| (seg, b))
+                    }
                 }
             })
             .buffered(self.client.config.read_parallelism.max(1))
@@ -156,33 +143,14 @@ impl FileReader {
                 continue;
             };
             let t0 = Instant::now();
-            let req = StorageRequest::GetBlock {
-                block: id,
-                offset,
-                len,
-            };
-            let r = self
-                .client
-                .rpc
-                .storage(
-                    &addr,
-                    &req,
-                    Bytes::new(),
-                    Some(self.client.config.block_timeout),
-                )
-                .await;
+            let req = StorageRequest::GetBlock { block: id, offset, len };
+            let r = self.client.rpc.storage(&addr, &req, Bytes::new(), Some(self.client.config.block_timeout)).await;
             let outcome = match r {
-                Ok((
-                    StorageResponse::Block {
-                        offset: got_off,
-                        crcs,
-                    },
-                    body,
-                )) => verify(id, offset, len, got_off, &crcs, body),
+                Ok((StorageResponse::Block { offset: got_off, crcs }, body)) => {
+                    verify(id, offset, len, got_off, &crcs, body)
+                }
                 Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
-                Err(RpcError::Remote(
-                    e @ (FsError::Corrupt { .. } | FsError::BlockNotFound { .. }),
-                )) => {
+                Err(RpcError::Remote(e @ (FsError::Corrupt { .. } | FsError::BlockNotFound { .. }))) => {
                     self.report_bad(id, node, e.to_string());
                     attempts.push((node, e.to_string()));
                     continue;
@@ -197,8 +165,7 @@ impl FileReader {
             };
             match outcome {
                 Ok(bytes) => {
-                    self.client
-                        .note_latency(node, t0.elapsed().as_micros() as u64);
+                    self.client.note_latency(node, t0.elapsed().as_micros() as u64);
                     return Ok(bytes);
                 }
                 Err(why) => {
@@ -209,23 +176,14 @@ impl FileReader {
                 }
             }
         }
-        Err(ClientError::AllReplicasFailed {
-            block: id,
-            attempts,
-        })
+        Err(ClientError::AllReplicasFailed { block: id, attempts })
     }
 
     /// Tells the metadata service about a bad copy, without holding up the read.
     fn report_bad(&self, block: BlockId, node: NodeId, reason: String) {
         let client = self.client.clone();
         tokio::spawn(async move {
-            let req = MetaRequest::ReportBadReplica {
-                bad: BadReplica {
-                    block,
-                    node,
-                    reason,
-                },
-            };
+            let req = MetaRequest::ReportBadReplica { bad: BadReplica { block, node, reason } };
             if let Err(e) = client.meta_call(req).await {
                 warn!(%block, %node, error = %e, "could not report a bad replica");
             }
@@ -244,24 +202,15 @@ fn verify(
     body: Bytes,
 ) -> std::result::Result<Bytes, String> {
     if got_off % CRC_CHUNK != 0 || got_off > offset {
-        return Err(format!(
-            "block {id}: answer starts at {got_off}, not a 64 KiB boundary at or before {offset}"
-        ));
+        return Err(format!("block {id}: answer starts at {got_off}, not a 64 KiB boundary at or before {offset}"));
     }
     let skip = (offset - got_off) as usize;
     if body.len() < skip + len as usize {
-        return Err(format!(
-            "block {id}: answer has {} bytes, {} needed",
-            body.len(),
-            skip + len as usize
-        ));
+        return Err(format!("block {id}: answer has {} bytes, {} needed", body.len(), skip + len as usize));
     }
     let pieces = body.len().div_ceil(CRC_CHUNK as usize);
     if crcs.len() != pieces {
-        return Err(format!(
-            "block {id}: {} checksums for {pieces} pieces",
-            crcs.len()
-        ));
+        return Err(format!("block {id}: {} checksums for {pieces} pieces", crcs.len()));
     }
     for (i, (piece, want)) in body.chunks(CRC_CHUNK as usize).zip(crcs).enumerate() {
         let got = crc32c::crc32c(piece);
@@ -281,15 +230,7 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
         let crcs = crate::write::crcs_of(&data);
         let body = Bytes::from(data.clone());
-        let got = verify(
-            BlockId(1),
-            70_000,
-            1000,
-            65_536,
-            &crcs[1..],
-            body.slice(65_536..),
-        )
-        .unwrap();
+        let got = verify(BlockId(1), 70_000, 1000, 65_536, &crcs[1..], body.slice(65_536..)).unwrap();
         assert_eq!(&got[..], &data[70_000..71_000]);
         let mut bad = data.clone();
         bad[150_000] ^= 1;

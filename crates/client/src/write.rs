@@ -10,8 +10,7 @@ use crate::plan::block_capacity;
 use crate::{Client, ClientError};
 use bytes::{Bytes, BytesMut};
 use distfs_proto::{
-    BlockTarget, MetaRequest, MetaResponse, RpcError, SliceWrite, StorageRequest, StorageResponse,
-    WrittenBlock,
+    BlockTarget, MetaRequest, MetaResponse, RpcError, SliceWrite, StorageRequest, StorageResponse, WrittenBlock,
 };
 use distfs_types::{Attr, BlockRef, FsError, InodeId, NodeId, Timestamp, CRC_CHUNK};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -78,10 +77,7 @@ impl Client {
     pub async fn writer(&self, ino: InodeId, offset: u64) -> Result<FileWriter> {
         let geo = self.geometry().await?;
         if geo.chunk_size == 0 || geo.block_size == 0 {
-            return Err(FsError::Protocol {
-                reason: "metadata reports a zero chunk or block size".into(),
-            }
-            .into());
+            return Err(FsError::Protocol { reason: "metadata reports a zero chunk or block size".into() }.into());
         }
         Ok(FileWriter {
             client: self.clone(),
@@ -128,8 +124,7 @@ impl FileWriter {
     /// Buffers `data` at the current position, sending every full block.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
-            let cap =
-                block_capacity(self.buf_start, self.geo.chunk_size, self.geo.block_size) as usize;
+            let cap = block_capacity(self.buf_start, self.geo.chunk_size, self.geo.block_size) as usize;
             if self.buf.capacity() < cap {
                 self.buf.reserve(cap - self.buf.len());
             }
@@ -171,9 +166,8 @@ impl FileWriter {
 
     async fn reap_one(&mut self) -> Result<()> {
         if let Some(r) = self.inflight.next().await {
-            let (offset, wb) = r.map_err(|e| {
-                ClientError::Fs(FsError::internal(format!("block writer task failed: {e}")))
-            })??;
+            let (offset, wb) =
+                r.map_err(|e| ClientError::Fs(FsError::internal(format!("block writer task failed: {e}"))))??;
             self.written.push((offset, wb));
         }
         Ok(())
@@ -182,15 +176,11 @@ impl FileWriter {
     async fn next_target(&mut self) -> Result<BlockTarget> {
         if self.targets.is_empty() {
             let want = self.client.config.write_parallelism.clamp(1, 16) as u32;
-            self.targets
-                .extend(allocate(&self.client, self.ino, want).await?);
+            self.targets.extend(allocate(&self.client, self.ino, want).await?);
         }
-        self.targets.pop_front().ok_or_else(|| {
-            FsError::Protocol {
-                reason: "metadata allocated no blocks".into(),
-            }
-            .into()
-        })
+        self.targets
+            .pop_front()
+            .ok_or_else(|| FsError::Protocol { reason: "metadata allocated no blocks".into() }.into())
     }
 
     /// Sends what is buffered, waits for every block, and commits all written slices in
@@ -219,9 +209,7 @@ impl FileWriter {
 }
 
 async fn allocate(client: &Client, ino: InodeId, count: u32) -> Result<Vec<BlockTarget>> {
-    let r = client
-        .meta_call(MetaRequest::AllocateBlocks { ino, count })
-        .await?;
+    let r = client.meta_call(MetaRequest::AllocateBlocks { ino, count }).await?;
     expect_resp!(r, MetaResponse::Allocated { blocks } => blocks, "AllocateBlocks")
 }
 
@@ -238,12 +226,7 @@ fn slices_of(mut written: Vec<(u64, WrittenBlock)>, chunk_size: u64) -> Vec<Slic
                 s.len += len;
                 s.blocks.push(wb);
             }
-            _ => out.push(SliceWrite {
-                chunk,
-                offset: off % chunk_size,
-                len,
-                blocks: vec![wb],
-            }),
+            _ => out.push(SliceWrite { chunk, offset: off % chunk_size, len, blocks: vec![wb] }),
         }
         next_off = off + len;
     }
@@ -252,9 +235,7 @@ fn slices_of(mut written: Vec<(u64, WrittenBlock)>, chunk_size: u64) -> Vec<Slic
 
 /// CRC32C of every 64 KiB piece of `data`.
 pub fn crcs_of(data: &[u8]) -> Vec<u32> {
-    data.chunks(CRC_CHUNK as usize)
-        .map(crc32c::crc32c)
-        .collect()
+    data.chunks(CRC_CHUNK as usize).map(crc32c::crc32c).collect()
 }
 
 /// Writes one block, re-allocating targets and retrying when fewer than W replicas
@@ -274,15 +255,9 @@ async fn put_block_with_retries(
             Err(e) if attempt < BLOCK_ATTEMPTS => {
                 warn!(block = %target.id, attempt, error = %e, "block write failed; retrying on new targets");
                 tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
-                target = allocate(client, ino, 1)
-                    .await?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| {
-                        ClientError::Fs(FsError::Protocol {
-                            reason: "metadata allocated no blocks".into(),
-                        })
-                    })?;
+                target = allocate(client, ino, 1).await?.into_iter().next().ok_or_else(|| {
+                    ClientError::Fs(FsError::Protocol { reason: "metadata allocated no blocks".into() })
+                })?;
                 attempt += 1;
             }
             Err(e) => return Err(e),
@@ -301,22 +276,13 @@ async fn put_block(
     crcs: &[u32],
 ) -> Result<WrittenBlock> {
     let needed = geo.write_quorum();
-    let block = BlockRef {
-        id: target.id,
-        len: data.len() as u32,
-    };
+    let block = BlockRef { id: target.id, len: data.len() as u32 };
     let mut puts: FuturesUnordered<_> = target
         .targets
         .iter()
         .map(|t| {
-            let (rpc, req, body) = (
-                client.rpc.clone(),
-                StorageRequest::PutBlock {
-                    block: target.id,
-                    crcs: crcs.to_vec(),
-                },
-                data.clone(),
-            );
+            let (rpc, req, body) =
+                (client.rpc.clone(), StorageRequest::PutBlock { block: target.id, crcs: crcs.to_vec() }, data.clone());
             let (node, addr) = (t.id, t.addr.clone());
             let timeout = client.config.block_timeout;
             async move {
@@ -371,10 +337,7 @@ async fn put_block(
         }
         .into());
     }
-    Ok(WrittenBlock {
-        block,
-        replicas: acked,
-    })
+    Ok(WrittenBlock { block, replicas: acked })
 }
 
 #[cfg(test)]
@@ -383,39 +346,20 @@ mod tests {
     use distfs_types::BlockId;
 
     fn wb(id: u128, len: u32) -> WrittenBlock {
-        WrittenBlock {
-            block: BlockRef {
-                id: BlockId(id),
-                len,
-            },
-            replicas: vec![NodeId(1)],
-        }
+        WrittenBlock { block: BlockRef { id: BlockId(id), len }, replicas: vec![NodeId(1)] }
     }
 
     #[test]
     fn contiguous_blocks_in_a_chunk_make_one_slice() {
-        let written = vec![
-            (200, wb(3, 50)),
-            (0, wb(1, 100)),
-            (100, wb(2, 100)),
-            (1000, wb(4, 10)),
-            (500, wb(5, 10)),
-        ];
+        let written = vec![(200, wb(3, 50)), (0, wb(1, 100)), (100, wb(2, 100)), (1000, wb(4, 10)), (500, wb(5, 10))];
         let s = slices_of(written, 1000);
-        let shape: Vec<(u64, u64, u64, usize)> = s
-            .iter()
-            .map(|s| (s.chunk, s.offset, s.len, s.blocks.len()))
-            .collect();
+        let shape: Vec<(u64, u64, u64, usize)> = s.iter().map(|s| (s.chunk, s.offset, s.len, s.blocks.len())).collect();
         assert_eq!(shape, vec![(0, 0, 250, 3), (0, 500, 10, 1), (1, 0, 10, 1)]);
     }
 
     #[test]
     fn quorum_is_a_majority() {
-        let g = |r| Geometry {
-            chunk_size: 1,
-            block_size: 1,
-            replication: r,
-        };
+        let g = |r| Geometry { chunk_size: 1, block_size: 1, replication: r };
         assert_eq!(g(3).write_quorum(), 2);
         assert_eq!(g(1).write_quorum(), 1);
         assert_eq!(g(5).write_quorum(), 3);

@@ -1,1 +1,300 @@
-//! placeholder
+//! Test harness: a DistFS cluster made of the real `distfs-meta` and `distfs-storage`
+//! processes on loopback, in a temporary directory. Tests kill nodes with SIGKILL, restart
+//! them, corrupt their files, and wait on observable cluster state with timeouts (never a
+//! bare sleep). Child processes are killed when the cluster is dropped; their logs are
+//! printed if the test is failing.
+
+use distfs_client::{Client, ClientConfig};
+use distfs_types::{NodeInfo, NodeState};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Paths of the three programs (from `env!("CARGO_BIN_EXE_...")` in the calling test).
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub meta: PathBuf,
+    pub storage: PathBuf,
+    pub cli: PathBuf,
+}
+
+/// Knobs of a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    pub storage_nodes: usize,
+    pub replication: u32,
+    pub sync: &'static str,
+    pub suspect_after: &'static str,
+    pub dead_after: &'static str,
+    pub heartbeat_interval: &'static str,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            storage_nodes: 3,
+            replication: 3,
+            sync: "none",
+            suspect_after: "1500ms",
+            dead_after: "4s",
+            heartbeat_interval: "300ms",
+        }
+    }
+}
+
+pub struct ProcessCluster {
+    pub bins: Bins,
+    pub opts: ClusterOpts,
+    dir: tempfile::TempDir,
+    meta_addr: String,
+    meta: Option<Child>,
+    storage: Vec<Option<Child>>,
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    l.local_addr().expect("local addr of a bound listener").port()
+}
+
+/// Polls `probe` until it yields `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl ProcessCluster {
+    /// Starts one metadata server and `opts.storage_nodes` storage nodes and waits until
+    /// every storage node is registered and up.
+    pub async fn start(bins: Bins, opts: ClusterOpts) -> ProcessCluster {
+        let dir = tempfile::Builder::new().prefix("distfs-test-").tempdir().expect("create a temp dir");
+        let meta_addr = format!("127.0.0.1:{}", free_port());
+        let mut c = ProcessCluster { bins, opts, dir, meta_addr, meta: None, storage: Vec::new() };
+        c.write_configs();
+        c.start_meta();
+        for i in 0..c.opts.storage_nodes {
+            c.storage.push(None);
+            c.start_storage(i);
+        }
+        c.wait_nodes_up(c.opts.storage_nodes).await;
+        c
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn meta_addr(&self) -> &str {
+        &self.meta_addr
+    }
+
+    pub fn storage_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("storage-{i}"))
+    }
+
+    fn write_configs(&self) {
+        let o = &self.opts;
+        let meta = format!(
+            "listen = \"{}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\n",
+            self.meta_addr,
+            self.dir.path().join("meta").display(),
+            o.replication,
+            o.suspect_after,
+            o.dead_after
+        );
+        std::fs::write(self.dir.path().join("meta.toml"), meta).expect("write meta config");
+        for i in 0..o.storage_nodes {
+            let s = format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nmeta = [\"{}\"]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n",
+                self.storage_dir(i).display(),
+                self.meta_addr,
+                o.sync,
+                o.heartbeat_interval
+            );
+            std::fs::write(self.dir.path().join(format!("storage-{i}.toml")), s).expect("write storage config");
+        }
+    }
+
+    fn spawn(&self, bin: &Path, config: &str, log: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log))
+            .expect("open a log file");
+        Command::new(bin)
+            .arg("--config")
+            .arg(self.dir.path().join(config))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+    }
+
+    pub fn start_meta(&mut self) {
+        assert!(self.meta.is_none(), "metadata server already running");
+        self.meta = Some(self.spawn(&self.bins.meta.clone(), "meta.toml", "meta.log"));
+    }
+
+    pub fn start_storage(&mut self, i: usize) {
+        assert!(self.storage[i].is_none(), "storage node {i} already running");
+        self.storage[i] =
+            Some(self.spawn(&self.bins.storage.clone(), &format!("storage-{i}.toml"), &format!("storage-{i}.log")));
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill_storage(&mut self, i: usize) {
+        if let Some(mut c) = self.storage[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kill_meta(&mut self) {
+        if let Some(mut c) = self.meta.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (bounded).
+    pub fn stop_all(&mut self) {
+        let mut children: Vec<Child> = self.storage.iter_mut().filter_map(Option::take).collect();
+        children.extend(self.meta.take());
+        for c in &children {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        for mut c in children {
+            let start = Instant::now();
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if start.elapsed() > Duration::from_secs(15) => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        panic!("a node did not stop within 15s of SIGTERM");
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+
+    /// Starts every process again on the same directories.
+    pub async fn restart_all(&mut self) {
+        self.start_meta();
+        for i in 0..self.storage.len() {
+            self.start_storage(i);
+        }
+        self.wait_nodes_up(self.storage.len()).await;
+    }
+
+    /// A client with short deadlines, so failures show quickly in tests.
+    pub fn client(&self) -> Client {
+        Client::new(ClientConfig {
+            meta: vec![self.meta_addr.clone()],
+            meta_deadline: Duration::from_secs(10),
+            block_timeout: Duration::from_secs(10),
+            ..ClientConfig::default()
+        })
+    }
+
+    /// The `distfs` tool, pointed at this cluster.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(&self.bins.cli);
+        c.env("DISTFS_META", &self.meta_addr).env("RUST_LOG", "warn");
+        c
+    }
+
+    pub async fn nodes(&self) -> Option<Vec<NodeInfo>> {
+        self.client().cluster_status().await.ok().map(|s| s.nodes)
+    }
+
+    /// Waits until `n` storage nodes are registered and up.
+    pub async fn wait_nodes_up(&self, n: usize) {
+        let what = format!("{n} storage nodes up");
+        wait_for(&what, Duration::from_secs(30), || async {
+            let nodes = self.nodes().await?;
+            (nodes.iter().filter(|x| x.state == NodeState::Up).count() >= n).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until the metadata service sees exactly `n` nodes in `state`.
+    pub async fn wait_nodes_in_state(&self, state: NodeState, n: usize, timeout: Duration) {
+        let what = format!("{n} storage nodes {state}");
+        wait_for(&what, timeout, || async {
+            let nodes = self.nodes().await?;
+            (nodes.iter().filter(|x| x.state == state).count() == n).then_some(())
+        })
+        .await
+    }
+
+    /// The id the metadata service issued to storage node `i` (from its `node_id` file).
+    pub fn node_id(&self, i: usize) -> Option<distfs_types::NodeId> {
+        let text = std::fs::read_to_string(self.storage_dir(i).join("node_id")).ok()?;
+        text.trim().strip_prefix("distfs-node-id v1 ")?.parse().ok().map(distfs_types::NodeId)
+    }
+
+    /// Every block file stored by storage node `i`.
+    pub fn block_files(&self, i: usize) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.storage_dir(i).join("blocks")];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn dump_logs(&self) {
+        let Ok(rd) = std::fs::read_dir(self.dir.path()) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("----- {} (last {} lines) -----", p.display(), tail.len());
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for c in self.storage.iter_mut().filter_map(Option::take).chain(self.meta.take()) {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}
