@@ -62,10 +62,7 @@ impl Default for Limits {
     fn default() -> Self {
         // A body carries at most one block (4 MiB by default, 16 MiB at most) or one Raft
         // snapshot chunk; typed headers are small, listings are paginated.
-        Limits {
-            max_header: 1 << 20,
-            max_body: 16 << 20,
-        }
+        Limits { max_header: 1 << 20, max_body: 16 << 20 }
     }
 }
 
@@ -93,10 +90,7 @@ impl FrameHeader {
         }
         let version = u16_at(4);
         if version != PROTOCOL_VERSION {
-            return Err(ProtoError::UnsupportedVersion {
-                peer: version,
-                ours: PROTOCOL_VERSION,
-            });
+            return Err(ProtoError::UnsupportedVersion { peer: version, ours: PROTOCOL_VERSION });
         }
         let reserved = u16_at(10);
         if reserved != 0 {
@@ -104,9 +98,7 @@ impl FrameHeader {
         }
         let flags = u16_at(8);
         if flags & !KNOWN_FLAGS != 0 {
-            return Err(ProtoError::BadHeader {
-                reason: format!("unknown flags {flags:#06x}"),
-            });
+            return Err(ProtoError::BadHeader { reason: format!("unknown flags {flags:#06x}") });
         }
         let header_len = u32_at(20);
         let body_len = u32_at(24);
@@ -118,11 +110,7 @@ impl FrameHeader {
             });
         }
         if body_len > limits.max_body {
-            return Err(ProtoError::TooLong {
-                what: "body",
-                len: body_len as u64,
-                max: limits.max_body as u64,
-            });
+            return Err(ProtoError::TooLong { what: "body", len: body_len as u64, max: limits.max_body as u64 });
         }
         let mut id = [0u8; 8];
         id.copy_from_slice(&buf[12..20]);
@@ -158,10 +146,7 @@ impl Frame {
         b[12..20].copy_from_slice(&self.request_id.to_le_bytes());
         b[20..24].copy_from_slice(&(self.header.len() as u32).to_le_bytes());
         b[24..28].copy_from_slice(&(self.body.len() as u32).to_le_bytes());
-        let crc = crc32c::crc32c_append(
-            crc32c::crc32c_append(crc32c::crc32c(&b[..28]), &self.header),
-            &self.body,
-        );
+        let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&b[..28]), &self.header), &self.body);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -206,49 +191,27 @@ impl From<std::io::Error> for ReadError {
 /// Reads one frame. `Ok(None)` is a clean end of stream between frames. Buffers are sized
 /// by the validated lengths; bodies above 1 MiB grow as bytes arrive, so a peer that lies
 /// about a length costs at most what it actually sends.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    limits: &Limits,
-) -> Result<Option<Frame>, ReadError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits) -> Result<Option<Frame>, ReadError> {
     let mut fixed = [0u8; FIXED_LEN];
     let mut got = 0;
     while got < FIXED_LEN {
         let n = r.read(&mut fixed[got..]).await?;
         if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(ReadError::Proto(ProtoError::Truncated))
-            };
+            return if got == 0 { Ok(None) } else { Err(ReadError::Proto(ProtoError::Truncated)) };
         }
         got += n;
     }
     let h = FrameHeader::parse(&fixed, limits).map_err(ReadError::Proto)?;
     let header = read_exact_bounded(r, h.header_len as usize).await?;
     let body = read_exact_bounded(r, h.body_len as usize).await?;
-    let computed = crc32c::crc32c_append(
-        crc32c::crc32c_append(crc32c::crc32c(&fixed[..28]), &header),
-        &body,
-    );
+    let computed = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&fixed[..28]), &header), &body);
     if computed != h.crc {
-        return Err(ReadError::Proto(ProtoError::BadChecksum {
-            expected: h.crc,
-            computed,
-        }));
+        return Err(ReadError::Proto(ProtoError::BadChecksum { expected: h.crc, computed }));
     }
-    Ok(Some(Frame {
-        kind: h.kind,
-        flags: h.flags,
-        request_id: h.request_id,
-        header,
-        body,
-    }))
+    Ok(Some(Frame { kind: h.kind, flags: h.flags, request_id: h.request_id, header, body }))
 }
 
-async fn read_exact_bounded<R: AsyncRead + Unpin>(
-    r: &mut R,
-    len: usize,
-) -> Result<Bytes, ReadError> {
+async fn read_exact_bounded<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Bytes, ReadError> {
     const EAGER: usize = 1 << 20;
     let mut buf = BytesMut::with_capacity(len.min(EAGER));
     while buf.len() < len {
@@ -317,10 +280,7 @@ mod tests {
         let mut b = frame().to_bytes();
         b[4] = 9;
         match read_all(&b).await {
-            Err(ReadError::Proto(ProtoError::UnsupportedVersion {
-                peer: 9,
-                ours: PROTOCOL_VERSION,
-            })) => {}
+            Err(ReadError::Proto(ProtoError::UnsupportedVersion { peer: 9, ours: PROTOCOL_VERSION })) => {}
             other => panic!("{other:?}"),
         }
         let mut b = frame().to_bytes();
@@ -331,6 +291,45 @@ mod tests {
         }
     }
 
+    /// Mutated and random inputs never panic and never decode into a different frame.
+    #[tokio::test]
+    async fn mutated_frames_are_rejected_or_identical() {
+        let base = Frame {
+            kind: Kind::Meta as u16,
+            flags: FLAG_RESPONSE,
+            request_id: 7,
+            header: Bytes::from_static(b"some typed header"),
+            body: Bytes::from(vec![3u8; 300]),
+        };
+        let bytes = base.to_bytes();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut b = bytes.clone();
+            match next() % 4 {
+                0 => {
+                    let i = next() as usize % b.len();
+                    b[i] ^= 1 << (next() % 8);
+                }
+                1 => b.truncate(next() as usize % b.len()),
+                2 => {
+                    let i = next() as usize % b.len();
+                    b.insert(i, next() as u8);
+                }
+                _ => b = (0..(next() % 200)).map(|_| next() as u8).collect(),
+            }
+            if let Ok(Some(f)) = read_all(&b).await {
+                // Only an unchanged prefix can decode, and then to the same frame.
+                assert_eq!(f, base, "a mutated frame decoded to something else");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn lying_length_allocates_only_what_arrives() {
         // Claims a 16 MiB body but sends 10 bytes: must fail as truncated, quickly.
@@ -338,9 +337,6 @@ mod tests {
         b[20..24].copy_from_slice(&0u32.to_le_bytes());
         b[24..28].copy_from_slice(&(16u32 << 20).to_le_bytes());
         b.extend_from_slice(&[0u8; 10]);
-        assert!(matches!(
-            read_all(&b).await,
-            Err(ReadError::Proto(ProtoError::Truncated))
-        ));
+        assert!(matches!(read_all(&b).await, Err(ReadError::Proto(ProtoError::Truncated))));
     }
 }
