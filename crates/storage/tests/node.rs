@@ -27,6 +27,8 @@ struct FakeState {
     heartbeats: Vec<(NodeId, u64, u64, Vec<BlockId>)>,
     /// Handed out in the next heartbeat answer, once.
     delete_once: Vec<BlockId>,
+    /// Answer the next heartbeat with "unknown node" (a metadata service that lost it).
+    forget_once: bool,
 }
 
 #[derive(Clone, Default)]
@@ -53,6 +55,9 @@ impl Handler for FakeMeta {
                     NodeId(s.next_id)
                 });
                 Ok(MetaResponse::Registered { node })
+            }
+            MetaRequest::Heartbeat { node, .. } if std::mem::take(&mut s.forget_once) => {
+                Err(FsError::not_found(format!("node {node}")))
             }
             MetaRequest::Heartbeat { node, used, blocks, deleted, .. } => {
                 s.heartbeats.push((node, used, blocks, deleted));
@@ -185,7 +190,16 @@ async fn node_registers_serves_heartbeats_and_collects_garbage() {
     let acks = fake.with(|s| s.heartbeats.iter().filter(|h| h.3.contains(&a)).count());
     assert_eq!(acks, 1, "a delete is acknowledged once");
 
-    // Phase 5: restart on the same directory: same id, blocks still there.
+    // Phase 5: a metadata service that forgot the node gets a new registration, same id.
+    let before = fake.with(|s| {
+        s.forget_once = true;
+        s.registrations.len()
+    });
+    wait_until("a re-registration", || fake.with(|s| s.registrations.len() > before)).await;
+    assert_eq!(fake.with(|s| s.registrations.last().map(|r| r.0)), Some(Some(id)));
+    assert_eq!(node.node_id(), Some(id));
+
+    // Phase 6: restart on the same directory: same id, blocks still there.
     tokio::time::timeout(WAIT, node.shutdown()).await.expect("clean shutdown");
     let node = StorageNode::start(config(dir.path(), &meta_addr), cancel.clone()).await.expect("restart node");
     assert_eq!(node.node_id(), None, "not registered in this run yet");

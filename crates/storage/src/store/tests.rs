@@ -262,3 +262,62 @@ async fn batch_policy_group_commits_concurrent_puts() {
     assert!(matches!(e, StorageError::ShuttingDown), "{e}");
     assert_eq!(files_in(store.tmp_dir()), 0);
 }
+
+/// A disk whose writes fail with ENOSPC after `budget` successful ones.
+struct FullDisk {
+    budget: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::disk::Disk for FullDisk {
+    fn write_new(&self, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
+        let left = self.budget.load(Ordering::SeqCst);
+        if left == 0 {
+            // A torn write: part of the file exists when the error comes back.
+            std::fs::write(path, parts.first().copied().unwrap_or_default())?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.budget.store(left - 1, Ordering::SeqCst);
+        crate::disk::StdDisk.write_new(path, parts, sync)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn crate::disk::ReadFile>> {
+        crate::disk::StdDisk.open(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        crate::disk::StdDisk.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        crate::disk::StdDisk.remove(path)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<bool> {
+        crate::disk::StdDisk.create_dir(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<crate::disk::Entry>> {
+        crate::disk::StdDisk.list(dir)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        crate::disk::StdDisk.exists(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        crate::disk::StdDisk.sync_dir(dir)
+    }
+    fn sync_fs(&self, path: &Path) -> io::Result<()> {
+        crate::disk::StdDisk.sync_fs(path)
+    }
+    fn stat_fs(&self, path: &Path) -> io::Result<crate::disk::FsStats> {
+        crate::disk::StdDisk.stat_fs(path)
+    }
+}
+
+#[tokio::test]
+async fn enospc_from_the_disk_is_no_space_and_the_temp_file_is_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = Arc::new(FullDisk { budget: 1.into() });
+    let (store, _) = BlockStore::open(opts(dir.path(), SyncPolicy::Always), disk).await.expect("open");
+    put(&store, BlockId(1), &data(1000, 1)).await.expect("first write fits");
+    let e = put(&store, BlockId(2), &data(1000, 2)).await.unwrap_err();
+    assert!(matches!(e, StorageError::NoSpace { why: NoSpaceWhy::Disk, .. }), "{e}");
+    assert!(matches!(e.to_fs(distfs_types::NodeId(1)), distfs_types::FsError::NoSpace { .. }));
+    assert_eq!(files_in(store.tmp_dir()), 0);
+    assert!(!store.block_path(BlockId(2)).exists());
+    assert_eq!(store.block_count(), 1);
+}
