@@ -4,9 +4,7 @@
 //! waiting on it with `ConnectionLost` and is replaced on the next call.
 
 use crate::error::{ProtoError, RpcError};
-use crate::frame::{
-    read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE,
-};
+use crate::frame::{read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE};
 use crate::messages::{MetaRequest, MetaResponse, StorageRequest, StorageResponse};
 use crate::transport::{Connector, TcpConnector};
 use bytes::Bytes;
@@ -117,38 +115,23 @@ impl RpcClient {
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             conn.pending.lock().expect("pending lock").insert(id, tx);
-            let frame = Frame {
-                kind: kind as u16,
-                flags: 0,
-                request_id: id,
-                header,
-                body,
-            };
-            let guard = PendingGuard {
-                pending: &conn.pending,
-                id,
-            };
+            let frame = Frame { kind: kind as u16, flags: 0, request_id: id, header, body };
+            let guard = PendingGuard { pending: &conn.pending, id };
             if conn.tx.send(frame).await.is_err() {
                 return Err(lost(addr, &conn));
             }
             let reply = rx.await.map_err(|_| lost(addr, &conn))?;
             drop(guard);
             if reply.flags & FLAG_ERROR != 0 {
-                let e: FsError =
-                    crate::decode(&reply.header).map_err(|source| RpcError::Protocol {
-                        addr: addr.to_string(),
-                        source,
-                    })?;
+                let e: FsError = crate::decode(&reply.header)
+                    .map_err(|source| RpcError::Protocol { addr: addr.to_string(), source })?;
                 return Err(RpcError::Remote(e));
             }
             Ok((reply.header, reply.body))
         };
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(RpcError::Timeout {
-                addr: addr.to_string(),
-                timeout_ms: timeout.as_millis() as u64,
-            }),
+            Err(_) => Err(RpcError::Timeout { addr: addr.to_string(), timeout_ms: timeout.as_millis() as u64 }),
         }
     }
 
@@ -161,13 +144,8 @@ impl RpcClient {
         body: Bytes,
         timeout: Option<Duration>,
     ) -> Result<(Resp, Bytes), RpcError> {
-        let (h, b) = self
-            .call_raw(addr, kind, crate::encode(req), body, timeout)
-            .await?;
-        let resp = crate::decode(&h).map_err(|source| RpcError::Protocol {
-            addr: addr.to_string(),
-            source,
-        })?;
+        let (h, b) = self.call_raw(addr, kind, crate::encode(req), body, timeout).await?;
+        let resp = crate::decode(&h).map_err(|source| RpcError::Protocol { addr: addr.to_string(), source })?;
         Ok((resp, b))
     }
 
@@ -178,9 +156,7 @@ impl RpcClient {
         req: &MetaRequest,
         timeout: Option<Duration>,
     ) -> Result<MetaResponse, RpcError> {
-        self.call(addr, Kind::Meta, req, Bytes::new(), timeout)
-            .await
-            .map(|(r, _)| r)
+        self.call(addr, Kind::Meta, req, Bytes::new(), timeout).await.map(|(r, _)| r)
     }
 
     /// A call to a storage node.
@@ -216,24 +192,16 @@ impl RpcClient {
 
     async fn connect(&self, addr: &str) -> Result<Conn, RpcError> {
         let cfg = &self.inner.config;
-        let stream =
-            match tokio::time::timeout(cfg.connect_timeout, self.inner.connector.connect(addr))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return Err(RpcError::Connect {
-                        addr: addr.to_string(),
-                        reason: e.to_string(),
-                    })
-                }
-                Err(_) => {
-                    return Err(RpcError::Connect {
-                        addr: addr.to_string(),
-                        reason: format!("timed out after {} ms", cfg.connect_timeout.as_millis()),
-                    })
-                }
-            };
+        let stream = match tokio::time::timeout(cfg.connect_timeout, self.inner.connector.connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(RpcError::Connect { addr: addr.to_string(), reason: e.to_string() }),
+            Err(_) => {
+                return Err(RpcError::Connect {
+                    addr: addr.to_string(),
+                    reason: format!("timed out after {} ms", cfg.connect_timeout.as_millis()),
+                })
+            }
+        };
         let (mut rd, wr) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Frame>(256);
         let pending: Pending = Arc::default();
@@ -253,10 +221,7 @@ impl RpcClient {
                 }
                 .await;
                 if let Err(e) = r {
-                    failure_w
-                        .lock()
-                        .expect("failure lock")
-                        .get_or_insert(format!("write: {e}"));
+                    failure_w.lock().expect("failure lock").get_or_insert(format!("write: {e}"));
                     dead_w.store(true, Ordering::Release);
                     return;
                 }
@@ -276,39 +241,25 @@ impl RpcClient {
                                 .unwrap_or_else(|_| "server closed the connection".into());
                             break why;
                         }
-                        let waiter = pending_r
-                            .lock()
-                            .expect("pending lock")
-                            .remove(&f.request_id);
+                        let waiter = pending_r.lock().expect("pending lock").remove(&f.request_id);
                         if let Some(w) = waiter {
                             let _ = w.send(f);
                         }
                     }
                     Ok(Some(_)) => {
-                        break ProtoError::BadHeader {
-                            reason: "request frame sent to a client".into(),
-                        }
-                        .to_string()
+                        break ProtoError::BadHeader { reason: "request frame sent to a client".into() }.to_string()
                     }
                     Ok(None) => break "closed by peer".to_string(),
                     Err(ReadError::Io(e)) => break e.to_string(),
                     Err(ReadError::Proto(e)) => break e.to_string(),
                 }
             };
-            failure_r
-                .lock()
-                .expect("failure lock")
-                .get_or_insert(reason);
+            failure_r.lock().expect("failure lock").get_or_insert(reason);
             dead_r.store(true, Ordering::Release);
             // Dropping the senders wakes every waiter with `ConnectionLost`.
             pending_r.lock().expect("pending lock").clear();
         });
-        Ok(Conn {
-            tx,
-            pending,
-            dead,
-            failure,
-        })
+        Ok(Conn { tx, pending, dead, failure })
     }
 }
 
@@ -325,14 +276,6 @@ impl Drop for PendingGuard<'_> {
 }
 
 fn lost(addr: &str, conn: &Conn) -> RpcError {
-    let reason = conn
-        .failure
-        .lock()
-        .expect("failure lock")
-        .clone()
-        .unwrap_or_else(|| "connection closed".into());
-    RpcError::ConnectionLost {
-        addr: addr.to_string(),
-        reason,
-    }
+    let reason = conn.failure.lock().expect("failure lock").clone().unwrap_or_else(|| "connection closed".into());
+    RpcError::ConnectionLost { addr: addr.to_string(), reason }
 }

@@ -12,11 +12,7 @@ pub enum ProtoError {
     #[error("unsupported protocol version {peer} (this side speaks version {ours})")]
     UnsupportedVersion { peer: u16, ours: u16 },
     #[error("{what} length {len} exceeds the limit of {max}")]
-    TooLong {
-        what: &'static str,
-        len: u64,
-        max: u64,
-    },
+    TooLong { what: &'static str, len: u64, max: u64 },
     #[error("frame checksum mismatch (expected {expected:#010x}, computed {computed:#010x})")]
     BadChecksum { expected: u32, computed: u32 },
     #[error("unknown message kind {kind}")]
@@ -53,9 +49,7 @@ impl RpcError {
     pub fn is_transient(&self) -> bool {
         match self {
             RpcError::Remote(e) => e.retry() != distfs_types::error::Retry::Never,
-            RpcError::Connect { .. }
-            | RpcError::Timeout { .. }
-            | RpcError::ConnectionLost { .. } => true,
+            RpcError::Connect { .. } | RpcError::Timeout { .. } | RpcError::ConnectionLost { .. } => true,
             RpcError::Protocol { .. } | RpcError::Unexpected { .. } => false,
         }
     }
@@ -64,14 +58,10 @@ impl RpcError {
     pub fn into_fs(self) -> FsError {
         match self {
             RpcError::Remote(e) => e,
-            RpcError::Connect { .. }
-            | RpcError::Timeout { .. }
-            | RpcError::ConnectionLost { .. } => FsError::Unavailable {
-                reason: self.to_string(),
-            },
-            RpcError::Protocol { .. } | RpcError::Unexpected { .. } => FsError::Protocol {
-                reason: self.to_string(),
-            },
+            RpcError::Connect { .. } | RpcError::Timeout { .. } | RpcError::ConnectionLost { .. } => {
+                FsError::Unavailable { reason: self.to_string() }
+            }
+            RpcError::Protocol { .. } | RpcError::Unexpected { .. } => FsError::Protocol { reason: self.to_string() },
         }
     }
 }

@@ -13,9 +13,7 @@ pub mod transport;
 
 pub use conn::{RpcClient, RpcConfig};
 pub use error::{ProtoError, RpcError};
-pub use frame::{
-    Frame, FrameHeader, Kind, Limits, FLAG_ERROR, FLAG_RESPONSE, MAGIC, PROTOCOL_VERSION,
-};
+pub use frame::{Frame, FrameHeader, Kind, Limits, FLAG_ERROR, FLAG_RESPONSE, MAGIC, PROTOCOL_VERSION};
 pub use messages::*;
 pub use meta_client::MetaClient;
 pub use server::{serve, serve_conn, Handler, Incoming, Reply};
@@ -28,7 +26,5 @@ pub fn encode<T: serde::Serialize>(value: &T) -> bytes::Bytes {
 
 /// Decodes a typed header received from a peer.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtoError> {
-    postcard::from_bytes(bytes).map_err(|e| ProtoError::BadHeader {
-        reason: e.to_string(),
-    })
+    postcard::from_bytes(bytes).map_err(|e| ProtoError::BadHeader { reason: e.to_string() })
 }

@@ -1,9 +1,7 @@
 //! Typed headers of every service. A request enum per service, a response enum per
 //! service; bulk data never goes in a typed header, it travels as the frame body.
 
-use distfs_types::{
-    Attr, BlockId, BlockRef, DirEntry, InodeId, NodeId, NodeInfo, SetAttr, Slice, Timestamp,
-};
+use distfs_types::{Attr, BlockId, BlockRef, DirEntry, InodeId, NodeId, NodeInfo, SetAttr, Slice, Timestamp};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------

@@ -47,9 +47,7 @@ impl MetaClient {
     /// The address believed to be the leader's.
     pub fn leader_addr(&self) -> Option<String> {
         let addrs = self.addrs.lock().expect("addrs lock");
-        addrs
-            .get(self.leader.load(Ordering::Relaxed) % addrs.len().max(1))
-            .cloned()
+        addrs.get(self.leader.load(Ordering::Relaxed) % addrs.len().max(1)).cloned()
     }
 
     /// Sends `req` to the leader, following hints and retrying until `deadline`.
@@ -73,11 +71,7 @@ impl MetaClient {
             let left = self.deadline.saturating_sub(start.elapsed());
             let err = match self
                 .rpc
-                .meta(
-                    &addr,
-                    req,
-                    Some(self.attempt_timeout.min(left.max(Duration::from_millis(1)))),
-                )
+                .meta(&addr, req, Some(self.attempt_timeout.min(left.max(Duration::from_millis(1)))))
                 .await
             {
                 Ok(r) => return Ok(r),
@@ -104,12 +98,7 @@ impl MetaClient {
                 _ if !err.is_transient() => return Err(err),
                 _ => {
                     // Try the next server: the leader may be elsewhere or down.
-                    let _ = self.leader.compare_exchange(
-                        idx,
-                        idx + 1,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    let _ = self.leader.compare_exchange(idx, idx + 1, Ordering::Relaxed, Ordering::Relaxed);
                 }
             }
             if start.elapsed() + backoff >= self.deadline {

@@ -4,9 +4,7 @@
 //! not affected.
 
 use crate::error::ProtoError;
-use crate::frame::{
-    read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE,
-};
+use crate::frame::{read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE};
 use bytes::Bytes;
 use distfs_types::FsError;
 use std::future::Future;
@@ -36,16 +34,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn new<T: serde::Serialize>(value: &T) -> Reply {
-        Reply {
-            header: crate::encode(value),
-            body: Bytes::new(),
-        }
+        Reply { header: crate::encode(value), body: Bytes::new() }
     }
     pub fn with_body<T: serde::Serialize>(value: &T, body: Bytes) -> Reply {
-        Reply {
-            header: crate::encode(value),
-            body,
-        }
+        Reply { header: crate::encode(value), body }
     }
 }
 
@@ -55,12 +47,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Accepts connections until `shutdown` fires.
-pub async fn serve<H: Handler>(
-    listener: TcpListener,
-    handler: Arc<H>,
-    limits: Limits,
-    shutdown: CancellationToken,
-) {
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, limits: Limits, shutdown: CancellationToken) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -115,22 +102,14 @@ where
             Ok(None) => break,
             Ok(Some(frame)) => {
                 if frame.flags & FLAG_RESPONSE != 0 {
-                    let _ = tx
-                        .send(error_frame(
-                            frame.kind,
-                            frame.request_id,
-                            &unexpected_response(),
-                        ))
-                        .await;
+                    let _ = tx.send(error_frame(frame.kind, frame.request_id, &unexpected_response())).await;
                     break;
                 }
                 let kind = match Kind::from_u16(frame.kind) {
                     Ok(k) => k,
                     Err(e) => {
                         // The frame was well formed: answer it, keep the connection.
-                        let _ = tx
-                            .send(error_frame(frame.kind, frame.request_id, &proto_fs(&e)))
-                            .await;
+                        let _ = tx.send(error_frame(frame.kind, frame.request_id, &proto_fs(&e))).await;
                         continue;
                     }
                 };
@@ -138,12 +117,7 @@ where
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let id = frame.request_id;
-                    let req = Incoming {
-                        kind,
-                        header: frame.header,
-                        body: frame.body,
-                        peer,
-                    };
+                    let req = Incoming { kind, header: frame.header, body: frame.body, peer };
                     let reply = match handler.handle(req).await {
                         Ok(r) => Frame {
                             kind: kind as u16,
@@ -173,23 +147,13 @@ where
 }
 
 fn unexpected_response() -> FsError {
-    FsError::Protocol {
-        reason: "a response frame was sent to a server".into(),
-    }
+    FsError::Protocol { reason: "a response frame was sent to a server".into() }
 }
 
 fn proto_fs(e: &ProtoError) -> FsError {
-    FsError::Protocol {
-        reason: e.to_string(),
-    }
+    FsError::Protocol { reason: e.to_string() }
 }
 
 fn error_frame(kind: u16, request_id: u64, e: &FsError) -> Frame {
-    Frame {
-        kind,
-        flags: FLAG_RESPONSE | FLAG_ERROR,
-        request_id,
-        header: crate::encode(e),
-        body: Bytes::new(),
-    }
+    Frame { kind, flags: FLAG_RESPONSE | FLAG_ERROR, request_id, header: crate::encode(e), body: Bytes::new() }
 }

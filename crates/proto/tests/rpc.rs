@@ -13,20 +13,12 @@ struct Echo;
 
 impl Handler for Echo {
     async fn handle(&self, req: Incoming) -> Result<Reply, FsError> {
-        match decode::<StorageRequest>(&req.header).map_err(|e| FsError::Protocol {
-            reason: e.to_string(),
-        })? {
+        match decode::<StorageRequest>(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })? {
             StorageRequest::Ping => Ok(Reply::new(&StorageResponse::Pong { node: None })),
             StorageRequest::GetBlock { len, .. } => {
                 // Answer slowly for long reads so replies come back out of order.
                 tokio::time::sleep(Duration::from_millis(len as u64 % 50)).await;
-                Ok(Reply::with_body(
-                    &StorageResponse::Block {
-                        offset: 0,
-                        crcs: vec![],
-                    },
-                    req.body,
-                ))
+                Ok(Reply::with_body(&StorageResponse::Block { offset: 0, crcs: vec![] }, req.body))
             }
             _ => Err(FsError::not_found("nothing here")),
         }
@@ -50,38 +42,17 @@ async fn multiplexed_calls_get_their_own_answers() {
         let (c, addr) = (c.clone(), addr.clone());
         tasks.push(tokio::spawn(async move {
             let body = Bytes::from(vec![i as u8; 1000 + i as usize]);
-            let req = StorageRequest::GetBlock {
-                block: distfs_types::BlockId(1),
-                offset: 0,
-                len: i * 7,
-            };
+            let req = StorageRequest::GetBlock { block: distfs_types::BlockId(1), offset: 0, len: i * 7 };
             let (resp, got) = c.storage(&addr, &req, body.clone(), None).await.unwrap();
-            assert_eq!(
-                resp,
-                StorageResponse::Block {
-                    offset: 0,
-                    crcs: vec![]
-                }
-            );
+            assert_eq!(resp, StorageResponse::Block { offset: 0, crcs: vec![] });
             assert_eq!(got, body);
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    let err = c
-        .storage(
-            &addr,
-            &StorageRequest::DeleteBlocks { blocks: vec![] },
-            Bytes::new(),
-            None,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RpcError::Remote(FsError::NotFound { .. })),
-        "{err:?}"
-    );
+    let err = c.storage(&addr, &StorageRequest::DeleteBlocks { blocks: vec![] }, Bytes::new(), None).await.unwrap_err();
+    assert!(matches!(err, RpcError::Remote(FsError::NotFound { .. })), "{err:?}");
 }
 
 #[tokio::test]
@@ -91,53 +62,22 @@ async fn garbage_gets_an_error_and_the_server_keeps_serving() {
     let cases: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         {
-            let mut f = Frame {
-                kind: 2,
-                flags: 0,
-                request_id: 9,
-                header: encode(&StorageRequest::Ping),
-                body: Bytes::new(),
-            }
-            .to_bytes();
+            let mut f =
+                Frame { kind: 2, flags: 0, request_id: 9, header: encode(&StorageRequest::Ping), body: Bytes::new() }
+                    .to_bytes();
             f[4] = 77; // wrong version
             f
         },
         {
-            let mut f = Frame {
-                kind: 2,
-                flags: 0,
-                request_id: 9,
-                header: Bytes::new(),
-                body: Bytes::new(),
-            }
-            .to_bytes();
+            let mut f = Frame { kind: 2, flags: 0, request_id: 9, header: Bytes::new(), body: Bytes::new() }.to_bytes();
             f[24..28].copy_from_slice(&u32::MAX.to_le_bytes()); // oversized body
             f
         },
-        Frame {
-            kind: 2,
-            flags: 0,
-            request_id: 9,
-            header: Bytes::from_static(&[0xff; 40]),
-            body: Bytes::new(),
-        }
-        .to_bytes(),
-        Frame {
-            kind: 999,
-            flags: 0,
-            request_id: 9,
-            header: Bytes::new(),
-            body: Bytes::new(),
-        }
-        .to_bytes(),
-        Frame {
-            kind: 2,
-            flags: 0,
-            request_id: 9,
-            header: encode(&StorageRequest::Ping),
-            body: Bytes::new(),
-        }
-        .to_bytes()[..20]
+        Frame { kind: 2, flags: 0, request_id: 9, header: Bytes::from_static(&[0xff; 40]), body: Bytes::new() }
+            .to_bytes(),
+        Frame { kind: 999, flags: 0, request_id: 9, header: Bytes::new(), body: Bytes::new() }.to_bytes(),
+        Frame { kind: 2, flags: 0, request_id: 9, header: encode(&StorageRequest::Ping), body: Bytes::new() }
+            .to_bytes()[..20]
             .to_vec(),
     ];
     for (i, bytes) in cases.into_iter().enumerate() {
@@ -150,37 +90,25 @@ async fn garbage_gets_an_error_and_the_server_keeps_serving() {
             .unwrap_or_else(|_| panic!("case {i}: server neither answered nor closed"))
             .unwrap();
         if !answer.is_empty() {
-            let f = frame::read_frame(&mut answer.as_slice(), &Limits::default())
-                .await
-                .unwrap()
-                .unwrap();
+            let f = frame::read_frame(&mut answer.as_slice(), &Limits::default()).await.unwrap().unwrap();
             assert_ne!(f.flags & FLAG_ERROR, 0, "case {i}: expected an error frame");
             let e: FsError = decode(&f.header).unwrap();
             assert!(matches!(e, FsError::Protocol { .. }), "case {i}: {e:?}");
         }
         // Another client is still served.
-        let (pong, _) = c
-            .storage(&addr, &StorageRequest::Ping, Bytes::new(), None)
-            .await
-            .unwrap();
+        let (pong, _) = c.storage(&addr, &StorageRequest::Ping, Bytes::new(), None).await.unwrap();
         assert_eq!(pong, StorageResponse::Pong { node: None }, "case {i}");
     }
 }
 
 #[tokio::test]
 async fn unreachable_peer_is_a_connect_error_and_silence_a_timeout() {
-    let c = RpcClient::new(RpcConfig {
-        connect_timeout: Duration::from_millis(500),
-        ..Default::default()
-    });
+    let c = RpcClient::new(RpcConfig { connect_timeout: Duration::from_millis(500), ..Default::default() });
     // A port nobody listens on.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = l.local_addr().unwrap().to_string();
     drop(l);
-    let err = c
-        .storage(&dead, &StorageRequest::Ping, Bytes::new(), None)
-        .await
-        .unwrap_err();
+    let err = c.storage(&dead, &StorageRequest::Ping, Bytes::new(), None).await.unwrap_err();
     assert!(matches!(err, RpcError::Connect { .. }), "{err:?}");
     assert!(err.is_transient());
 
@@ -193,14 +121,7 @@ async fn unreachable_peer_is_a_connect_error_and_silence_a_timeout() {
             held.push(s);
         }
     });
-    let err = c
-        .storage(
-            &addr,
-            &StorageRequest::Ping,
-            Bytes::new(),
-            Some(Duration::from_millis(300)),
-        )
-        .await
-        .unwrap_err();
+    let err =
+        c.storage(&addr, &StorageRequest::Ping, Bytes::new(), Some(Duration::from_millis(300))).await.unwrap_err();
     assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
 }

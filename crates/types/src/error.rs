@@ -48,18 +48,9 @@ pub enum FsError {
     #[error("service unavailable, retry later: {reason}")]
     Unavailable { reason: String },
     #[error("write not acknowledged: {acked} of {needed} required replicas stored block {block} ({detail})")]
-    NotEnoughReplicas {
-        block: BlockId,
-        acked: usize,
-        needed: usize,
-        detail: String,
-    },
+    NotEnoughReplicas { block: BlockId, acked: usize, needed: usize, detail: String },
     #[error("block {block} is corrupt on node {node}: {detail}")]
-    Corrupt {
-        block: BlockId,
-        node: NodeId,
-        detail: String,
-    },
+    Corrupt { block: BlockId, node: NodeId, detail: String },
     #[error("block {block} not found on node {node}")]
     BlockNotFound { block: BlockId, node: NodeId },
     #[error("I/O error: {reason}")]
@@ -82,26 +73,18 @@ impl FsError {
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> FsError {
-        FsError::NotFound {
-            what: what.to_string(),
-        }
+        FsError::NotFound { what: what.to_string() }
     }
 
     pub fn invalid(reason: impl std::fmt::Display) -> FsError {
-        FsError::InvalidArgument {
-            reason: reason.to_string(),
-        }
+        FsError::InvalidArgument { reason: reason.to_string() }
     }
 
     pub fn internal(reason: impl std::fmt::Display) -> FsError {
-        FsError::Internal {
-            reason: reason.to_string(),
-        }
+        FsError::Internal { reason: reason.to_string() }
     }
 
     pub fn io(reason: impl std::fmt::Display) -> FsError {
-        FsError::Io {
-            reason: reason.to_string(),
-        }
+        FsError::Io { reason: reason.to_string() }
     }
 }

@@ -80,12 +80,7 @@ pub fn visible_extents(slices: &[Slice]) -> Vec<Extent> {
                 {
                     last.len += end - start;
                 }
-                _ => out.push(Extent {
-                    offset: start,
-                    len: end - start,
-                    slice: idx,
-                    slice_offset,
-                }),
+                _ => out.push(Extent { offset: start, len: end - start, slice: idx, slice_offset }),
             }
         }
     }
@@ -105,15 +100,7 @@ mod tests {
     use super::*;
 
     fn slice(offset: u64, len: u64, seq: u64) -> Slice {
-        Slice {
-            offset,
-            len,
-            seq: Seq(seq),
-            blocks: vec![BlockRef {
-                id: BlockId(seq as u128),
-                len: len as u32,
-            }],
-        }
+        Slice { offset, len, seq: Seq(seq), blocks: vec![BlockRef { id: BlockId(seq as u128), len: len as u32 }] }
     }
 
     #[test]
@@ -123,24 +110,9 @@ mod tests {
         assert_eq!(
             ext,
             vec![
-                Extent {
-                    offset: 0,
-                    len: 40,
-                    slice: 0,
-                    slice_offset: 0
-                },
-                Extent {
-                    offset: 40,
-                    len: 20,
-                    slice: 1,
-                    slice_offset: 0
-                },
-                Extent {
-                    offset: 60,
-                    len: 40,
-                    slice: 0,
-                    slice_offset: 60
-                },
+                Extent { offset: 0, len: 40, slice: 0, slice_offset: 0 },
+                Extent { offset: 40, len: 20, slice: 1, slice_offset: 0 },
+                Extent { offset: 60, len: 40, slice: 0, slice_offset: 60 },
             ]
         );
     }
@@ -152,30 +124,10 @@ mod tests {
         assert_eq!(
             ext,
             vec![
-                Extent {
-                    offset: 0,
-                    len: 10,
-                    slice: 1,
-                    slice_offset: 0
-                },
-                Extent {
-                    offset: 10,
-                    len: 10,
-                    slice: 0,
-                    slice_offset: 0
-                },
-                Extent {
-                    offset: 20,
-                    len: 10,
-                    slice: 1,
-                    slice_offset: 20
-                },
-                Extent {
-                    offset: 50,
-                    len: 10,
-                    slice: 2,
-                    slice_offset: 0
-                },
+                Extent { offset: 0, len: 10, slice: 1, slice_offset: 0 },
+                Extent { offset: 10, len: 10, slice: 0, slice_offset: 0 },
+                Extent { offset: 20, len: 10, slice: 1, slice_offset: 20 },
+                Extent { offset: 50, len: 10, slice: 2, slice_offset: 0 },
             ]
         );
     }
@@ -185,9 +137,7 @@ mod tests {
         let a = vec![slice(0, 100, 1), slice(40, 20, 2)];
         let b = vec![slice(40, 20, 2), slice(0, 100, 1)];
         let map = |v: &[Slice], e: Vec<Extent>| -> Vec<(u64, u64, Seq)> {
-            e.into_iter()
-                .map(|x| (x.offset, x.len, v[x.slice].seq))
-                .collect()
+            e.into_iter().map(|x| (x.offset, x.len, v[x.slice].seq)).collect()
         };
         assert_eq!(map(&a, visible_extents(&a)), map(&b, visible_extents(&b)));
     }

@@ -13,8 +13,7 @@ pub use attr::{Attr, DirEntry, FileKind, SetAttr, Timestamp};
 pub use error::{FsError, FsResult};
 pub use ids::{BlockId, InodeId, NodeId, Seq};
 pub use layout::{
-    visible_extents, BlockLocation, BlockRef, Extent, Slice, BLOCK_SIZE_DEFAULT,
-    CHUNK_SIZE_DEFAULT, CRC_CHUNK,
+    visible_extents, BlockLocation, BlockRef, Extent, Slice, BLOCK_SIZE_DEFAULT, CHUNK_SIZE_DEFAULT, CRC_CHUNK,
 };
 pub use node::{NodeInfo, NodeState};
 pub use units::{ByteSize, Duration as HumanDuration};
