@@ -75,10 +75,7 @@ const KIB64: u64 = 64 << 10;
 impl MetaConfig {
     /// Parses a TOML document; unknown keys are errors.
     pub fn from_toml_str(s: &str) -> Result<MetaConfig, MetaError> {
-        toml::from_str(s).map_err(|e| MetaError::Config {
-            key: "toml".into(),
-            reason: e.to_string(),
-        })
+        toml::from_str(s).map_err(|e| MetaError::Config { key: "toml".into(), reason: e.to_string() })
     }
 
     /// Reads and parses a TOML file.
@@ -93,20 +90,12 @@ impl MetaConfig {
 
     /// Checks every key; the first bad one is reported with the reason.
     pub fn validate(&self) -> Result<(), MetaError> {
-        let bad = |key: &str, reason: String| {
-            Err(MetaError::Config {
-                key: key.into(),
-                reason,
-            })
-        };
+        let bad = |key: &str, reason: String| Err(MetaError::Config { key: key.into(), reason });
         if self.id == 0 {
             return bad("id", "must be at least 1".into());
         }
         if self.listen.trim().is_empty() {
-            return bad(
-                "listen",
-                "must be an address such as \"127.0.0.1:7400\"".into(),
-            );
+            return bad("listen", "must be an address such as \"127.0.0.1:7400\"".into());
         }
         if let Some(a) = &self.advertise {
             if a.trim().is_empty() || !a.contains(':') {
@@ -114,35 +103,23 @@ impl MetaConfig {
             }
         }
         if !(1..=7).contains(&self.replication) {
-            return bad(
-                "replication",
-                format!("must be between 1 and 7, got {}", self.replication),
-            );
+            return bad("replication", format!("must be between 1 and 7, got {}", self.replication));
         }
         let (bs, cs) = (self.block_size.0, self.chunk_size.0);
         if bs < KIB64 || bs > 16 << 20 || bs % KIB64 != 0 {
             return bad(
                 "block_size",
-                format!(
-                    "must be a multiple of 64KiB between 64KiB and 16MiB, got {}",
-                    self.block_size
-                ),
+                format!("must be a multiple of 64KiB between 64KiB and 16MiB, got {}", self.block_size),
             );
         }
         if cs == 0 || cs % bs != 0 {
             return bad(
                 "chunk_size",
-                format!(
-                    "must be a non-zero multiple of block_size ({}), got {}",
-                    self.block_size, self.chunk_size
-                ),
+                format!("must be a non-zero multiple of block_size ({}), got {}", self.block_size, self.chunk_size),
             );
         }
         if cs > 1 << 30 {
-            return bad(
-                "chunk_size",
-                format!("must be at most 1GiB, got {}", self.chunk_size),
-            );
+            return bad("chunk_size", format!("must be at most 1GiB, got {}", self.chunk_size));
         }
         if self.suspect_after.0.is_zero() {
             return bad("suspect_after", "must be more than 0".into());
@@ -150,10 +127,7 @@ impl MetaConfig {
         if self.suspect_after >= self.dead_after {
             return bad(
                 "dead_after",
-                format!(
-                    "must be longer than suspect_after ({}), got {}",
-                    self.suspect_after, self.dead_after
-                ),
+                format!("must be longer than suspect_after ({}), got {}", self.suspect_after, self.dead_after),
             );
         }
         let r = &self.raft;
@@ -161,16 +135,10 @@ impl MetaConfig {
             return bad("raft.heartbeat_interval", "must be more than 0".into());
         }
         if r.election_timeout_min <= r.heartbeat_interval {
-            return bad(
-                "raft.election_timeout_min",
-                "must be longer than raft.heartbeat_interval".into(),
-            );
+            return bad("raft.election_timeout_min", "must be longer than raft.heartbeat_interval".into());
         }
         if r.election_timeout_max <= r.election_timeout_min {
-            return bad(
-                "raft.election_timeout_max",
-                "must be longer than raft.election_timeout_min".into(),
-            );
+            return bad("raft.election_timeout_max", "must be longer than raft.election_timeout_min".into());
         }
         if r.snapshot_after_logs == 0 {
             return bad("raft.snapshot_after_logs", "must be at least 1".into());
@@ -190,10 +158,7 @@ impl MetaConfig {
             max_in_snapshot_log_to_keep: 1000,
             ..Default::default()
         };
-        c.validate().map_err(|e| MetaError::Config {
-            key: "raft".into(),
-            reason: e.to_string(),
-        })
+        c.validate().map_err(|e| MetaError::Config { key: "raft".into(), reason: e.to_string() })
     }
 }
 
@@ -212,10 +177,7 @@ mod tests {
     #[test]
     fn bad_keys_are_named() {
         let cases = [
-            (
-                "block_size = \"3MiB\"\nchunk_size = \"64MiB\"",
-                "chunk_size",
-            ),
+            ("block_size = \"3MiB\"\nchunk_size = \"64MiB\"", "chunk_size"),
             ("block_size = \"100KiB\"", "block_size"),
             ("block_size = \"32MiB\"", "block_size"),
             ("replication = 0", "replication"),

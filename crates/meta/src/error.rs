@@ -35,10 +35,7 @@ pub enum MetaError {
 
 impl MetaError {
     pub fn storage(what: &'static str, e: impl Into<redb::Error>) -> MetaError {
-        MetaError::Storage {
-            what,
-            source: e.into(),
-        }
+        MetaError::Storage { what, source: e.into() }
     }
 }
 
@@ -46,12 +43,8 @@ impl From<MetaError> for FsError {
     fn from(e: MetaError) -> FsError {
         match e {
             MetaError::Config { .. } => FsError::invalid(e),
-            MetaError::Raft { .. } | MetaError::Timeout { .. } => FsError::Unavailable {
-                reason: e.to_string(),
-            },
-            MetaError::Storage { .. } | MetaError::Io { .. } | MetaError::Bind { .. } => {
-                FsError::io(e)
-            }
+            MetaError::Raft { .. } | MetaError::Timeout { .. } => FsError::Unavailable { reason: e.to_string() },
+            MetaError::Storage { .. } | MetaError::Io { .. } | MetaError::Bind { .. } => FsError::io(e),
             MetaError::Corrupt { .. } => FsError::internal(e),
         }
     }

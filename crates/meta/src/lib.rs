@@ -8,3 +8,11 @@ pub mod placement;
 
 pub use config::{MetaConfig, RaftConfig};
 pub use error::MetaError;
+pub mod liveness;
+pub mod raft;
+pub mod server;
+mod service;
+pub mod state;
+
+pub use liveness::{Clock, TokioClock};
+pub use server::MetaServer;

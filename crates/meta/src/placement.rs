@@ -89,12 +89,7 @@ impl Ring {
 /// The replica set of `block`: walk clockwise from its hash and take the first `r`
 /// distinct eligible nodes, first in distinct zones, then filling from any zone. Returns
 /// fewer than `r` nodes when fewer are eligible.
-pub fn place(
-    ring: &Ring,
-    block: BlockId,
-    r: usize,
-    eligible: impl Fn(NodeId) -> bool,
-) -> Vec<NodeId> {
+pub fn place(ring: &Ring, block: BlockId, r: usize, eligible: impl Fn(NodeId) -> bool) -> Vec<NodeId> {
     let mut out: Vec<NodeId> = Vec::with_capacity(r);
     if ring.points.is_empty() || r == 0 {
         return out;
@@ -147,13 +142,7 @@ mod tests {
     const TIB: u64 = 1 << 40;
 
     fn nodes(n: u64, cap: u64) -> Vec<RingNode> {
-        (1..=n)
-            .map(|i| RingNode {
-                id: NodeId(i),
-                zone: format!("z{i}"),
-                capacity: cap,
-            })
-            .collect()
+        (1..=n).map(|i| RingNode { id: NodeId(i), zone: format!("z{i}"), capacity: cap }).collect()
     }
 
     fn block(i: u64) -> BlockId {
@@ -182,10 +171,7 @@ mod tests {
             let expect = BLOCKS as f64 / n as f64;
             for (id, c) in count {
                 let dev = (c as f64 - expect).abs() / expect;
-                assert!(
-                    dev < 0.10,
-                    "n={n}: node {id} got {c} blocks, expected ~{expect}"
-                );
+                assert!(dev < 0.10, "n={n}: node {id} got {c} blocks, expected ~{expect}");
             }
         }
     }
@@ -201,10 +187,7 @@ mod tests {
             *count.entry(p[0]).or_default() += 1;
         }
         let share = count[&NodeId(1)] as f64 / BLOCKS as f64;
-        assert!(
-            (share - 0.5).abs() < 0.05,
-            "2x node share {share}, want ~0.5"
-        );
+        assert!((share - 0.5).abs() < 0.05, "2x node share {share}, want ~0.5");
     }
 
     #[test]
@@ -234,27 +217,16 @@ mod tests {
             let want = 1.0 / (n + 1) as f64;
             let p = primary_moved as f64 / total;
             let m = member_moved as f64 / (total * r as f64);
-            assert!(
-                (p - want).abs() < want * 0.25,
-                "n={n}: primary moved {p}, want ~{want}"
-            );
-            assert!(
-                (m - want).abs() < want * 0.25,
-                "n={n}: membership moved {m}, want ~{want}"
-            );
+            assert!((p - want).abs() < want * 0.25, "n={n}: primary moved {p}, want ~{want}");
+            assert!((m - want).abs() < want * 0.25, "n={n}: membership moved {m}, want ~{want}");
         }
     }
 
     #[test]
     fn zones_are_spread() {
         // Six nodes in three zones: every replica set of three covers all three zones.
-        let ns: Vec<RingNode> = (1..=6)
-            .map(|i| RingNode {
-                id: NodeId(i),
-                zone: format!("zone{}", i % 3),
-                capacity: TIB,
-            })
-            .collect();
+        let ns: Vec<RingNode> =
+            (1..=6).map(|i| RingNode { id: NodeId(i), zone: format!("zone{}", i % 3), capacity: TIB }).collect();
         let zone_of: HashMap<NodeId, String> = ns.iter().map(|n| (n.id, n.zone.clone())).collect();
         let ring = Ring::new(ns);
         for i in 0..10_000 {
@@ -263,13 +235,8 @@ mod tests {
             assert_eq!(zones.len(), 3, "{p:?}");
         }
         // Two zones only: the third replica still goes somewhere, on distinct nodes.
-        let ns: Vec<RingNode> = (1..=4)
-            .map(|i| RingNode {
-                id: NodeId(i),
-                zone: format!("zone{}", i % 2),
-                capacity: TIB,
-            })
-            .collect();
+        let ns: Vec<RingNode> =
+            (1..=4).map(|i| RingNode { id: NodeId(i), zone: format!("zone{}", i % 2), capacity: TIB }).collect();
         let ring = Ring::new(ns);
         for i in 0..1000 {
             let p = place(&ring, block(i), 3, |_| true);

@@ -1,0 +1,224 @@
+//! `MetaServer`: starts one metadata server (stores, Raft, listener, formatting of a new
+//! file system) and stops it cleanly. The handle exposes the bound and advertised
+//! addresses, the Raft handle and readiness waits on observable state.
+
+use crate::config::MetaConfig;
+use crate::error::MetaError;
+use crate::liveness::{Clock, TokioClock};
+use crate::raft::{LogStore, MetaRaft, Network, StateMachine};
+use crate::service::{MetaHandler, Service};
+use crate::state::{Command, Format, Reader, StateStore};
+use distfs_proto::{Limits, RpcClient, RpcConfig};
+use distfs_types::Timestamp;
+use openraft::storage::RaftLogStorage;
+use openraft::{BasicNode, RaftMetrics};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+/// A running metadata server.
+pub struct MetaServer {
+    service: Arc<Service>,
+    local_addr: SocketAddr,
+    advertised: String,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl MetaServer {
+    /// Starts a server with the production clock and a TCP RPC client.
+    pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> Result<MetaServer, MetaError> {
+        Self::start_with(config, shutdown, Arc::new(TokioClock), RpcClient::new(RpcConfig::default())).await
+    }
+
+    /// Starts a server with the given clock and RPC client (for Raft peers): the seams
+    /// the test cluster and the simulator replace.
+    pub async fn start_with(
+        config: MetaConfig,
+        shutdown: CancellationToken,
+        clock: Arc<dyn Clock>,
+        rpc: RpcClient,
+    ) -> Result<MetaServer, MetaError> {
+        config.validate()?;
+        let raft_config = Arc::new(config.openraft_config()?);
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| MetaError::Io { path: config.data_dir.display().to_string(), source })?;
+        let mut log = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
+        let store = StateStore::open(&config.data_dir.join("state.redb"))?;
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| MetaError::Bind { addr: config.listen.clone(), source })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| MetaError::Bind { addr: config.listen.clone(), source })?;
+        let advertised = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+
+        let fresh = {
+            let state = log.get_log_state().await.map_err(|e| MetaError::Raft { reason: e.to_string() })?;
+            let vote = log.read_vote().await.map_err(|e| MetaError::Raft { reason: e.to_string() })?;
+            state.last_log_id.is_none() && vote.is_none()
+        };
+        let sm = StateMachine::new(store.clone());
+        let raft = MetaRaft::new(config.id, raft_config, Network { rpc }, log, sm)
+            .await
+            .map_err(|e| MetaError::Raft { reason: e.to_string() })?;
+        if fresh {
+            let members = BTreeMap::from([(config.id, BasicNode { addr: advertised.clone() })]);
+            raft.initialize(members)
+                .await
+                .map_err(|e| MetaError::Raft { reason: format!("initialize single-member cluster: {e}") })?;
+            info!(id = config.id, addr = %advertised, "initialized a new single-member metadata cluster");
+        }
+
+        let service = Arc::new(Service::new(config.id, raft, store, config.clone(), clock));
+        let mut tasks = Vec::new();
+        let handler = Arc::new(MetaHandler(service.clone()));
+        tasks.push(tokio::spawn(
+            distfs_proto::serve(listener, handler, Limits::default(), shutdown.clone())
+                .instrument(tracing::info_span!("meta_serve", id = config.id, addr = %local_addr)),
+        ));
+        tasks.push(tokio::spawn(
+            format_when_leader(service.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("meta_format", id = config.id)),
+        ));
+        info!(id = config.id, addr = %local_addr, advertised = %advertised, "metadata server started");
+        Ok(MetaServer { service, local_addr, advertised, shutdown, tasks })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn advertised_addr(&self) -> &str {
+        &self.advertised
+    }
+
+    pub fn id(&self) -> u64 {
+        self.service.id
+    }
+
+    pub fn raft(&self) -> &MetaRaft {
+        &self.service.raft
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
+        self.service.raft.metrics().borrow().clone()
+    }
+
+    /// The state store (read-only use: inspection in tests and tools).
+    pub fn state(&self) -> &StateStore {
+        &self.service.store
+    }
+
+    /// Waits until a leader is known and the local state machine holds a formatted file
+    /// system; returns the leader's id.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<u64, MetaError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.service.raft.metrics();
+        loop {
+            let leader = rx.borrow().current_leader;
+            if let Some(l) = leader {
+                if self.service.store.read().and_then(|r| r.format()).ok().flatten().is_some() {
+                    return Ok(l);
+                }
+            }
+            // Formatting is applied without a metrics change of its own in some cases: poll too.
+            let changed = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)),
+                rx.changed(),
+            );
+            if let Ok(Err(_)) = changed.await {
+                return Err(MetaError::Raft { reason: "raft stopped".into() });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetaError::Timeout { what: format!("a metadata leader (server {})", self.service.id) });
+            }
+        }
+    }
+
+    /// Waits until this server is the leader (and the file system is formatted).
+    pub async fn wait_is_leader(&self, timeout: Duration) -> Result<(), MetaError> {
+        let leader = self.wait_leader(timeout).await?;
+        if leader == self.service.id {
+            return Ok(());
+        }
+        self.service
+            .raft
+            .wait(Some(timeout))
+            .current_leader(self.service.id, "wait for leadership")
+            .await
+            .map(|_| ())
+            .map_err(|e| MetaError::Timeout { what: format!("leadership of server {}: {e}", self.service.id) })
+    }
+
+    /// Stops serving, shuts Raft down and makes the state durable.
+    pub async fn shutdown(mut self) -> Result<(), MetaError> {
+        self.shutdown.cancel();
+        self.stop().await
+    }
+
+    /// Waits for the shutdown token, then stops like `shutdown`.
+    pub async fn stopped(mut self) -> Result<(), MetaError> {
+        self.shutdown.cancelled().await;
+        self.stop().await
+    }
+
+    async fn stop(&mut self) -> Result<(), MetaError> {
+        for t in self.tasks.drain(..) {
+            if let Err(e) = t.await {
+                warn!(error = %e, "metadata server task ended abnormally");
+            }
+        }
+        self.service.raft.shutdown().await.map_err(|e| MetaError::Raft { reason: format!("shutdown: {e}") })?;
+        self.service.store.flush().map_err(|e| MetaError::Raft { reason: format!("final flush: {e}") })?;
+        info!(id = self.service.id, "metadata server stopped");
+        Ok(())
+    }
+}
+
+/// Formats a new file system (root directory, fixed chunk/block size and replication)
+/// once this server leads a cluster whose state is not formatted yet.
+async fn format_when_leader(service: Arc<Service>, shutdown: CancellationToken) {
+    let mut rx = service.raft.metrics();
+    loop {
+        let is_leader = rx.borrow().current_leader == Some(service.id);
+        if is_leader {
+            match service.store.read().and_then(|r| r.format()) {
+                Ok(Some(f)) => {
+                    let c = &service.config;
+                    if f.chunk_size != c.chunk_size.0
+                        || f.block_size as u64 != c.block_size.0
+                        || f.replication != c.replication
+                    {
+                        warn!(?f, "configured chunk_size/block_size/replication differ from the formatted ones; the formatted ones stay");
+                    }
+                    return;
+                }
+                Ok(None) => {
+                    let c = &service.config;
+                    let format = Format {
+                        chunk_size: c.chunk_size.0,
+                        block_size: c.block_size.0 as u32,
+                        replication: c.replication,
+                    };
+                    match service.write(Command::Format { format, now: Timestamp::now() }).await {
+                        Ok(_) => {
+                            info!(?format, "formatted a new file system");
+                            return;
+                        }
+                        Err(e) => warn!(error = %e, "formatting failed; will retry"),
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the state; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The request handlers: every `MetaRequest` variant. Mutations become `Command`s through
+//! `raft.client_write`; reads run on the leader's local state after `ensure_linearizable`;
+//! block allocation and liveness are leader-local. Raft frames go to `raft::handle_raft_rpc`.
+
+use crate::config::MetaConfig;
+use crate::liveness::{Clock, Liveness, Report};
+use crate::placement::{place, Ring, RingNode};
+use crate::raft::{handle_raft_rpc, MetaRaft, RaftRpc};
+use crate::state::{Command, CommandResult, Format, Reader, StateStore};
+use distfs_proto::{
+    BlockReplicas, BlockTarget, ChunkLayout, ClusterStatus, Handler, Incoming, Kind, Layout, MetaRequest, MetaResponse,
+    NodeAddr, Reply, StatFs,
+};
+use distfs_types::{Attr, BlockId, FileKind, FsError, FsResult, InodeId, NodeId, NodeInfo, NodeState, Timestamp};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use tracing::Instrument;
+
+/// Most blocks handed to a node for deletion per heartbeat.
+pub const GC_BATCH: usize = 1000;
+/// Most blocks one `AllocateBlocks` may ask for.
+pub const MAX_ALLOCATE: u32 = 4096;
+/// Most chunks one `GetLayout` may span.
+pub const MAX_LAYOUT_CHUNKS: u64 = 4096;
+/// Most entries one `ReadDir` returns.
+pub const MAX_READDIR: u32 = 10_000;
+/// Most symlinks followed while resolving a path.
+const MAX_SYMLINKS: usize = 40;
+
+pub(crate) struct Service {
+    pub id: u64,
+    pub raft: MetaRaft,
+    pub store: StateStore,
+    pub config: MetaConfig,
+    pub clock: Arc<dyn Clock>,
+    live: Mutex<Liveness>,
+    ring: Mutex<Option<(Vec<RingNode>, Arc<Ring>)>>,
+}
+
+fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
+    FsError::NotLeader { leader: node.into().map(|n| n.addr) }
+}
+
+impl Service {
+    pub fn new(id: u64, raft: MetaRaft, store: StateStore, config: MetaConfig, clock: Arc<dyn Clock>) -> Service {
+        let live = Liveness::new(config.suspect_after.0, config.dead_after.0, clock.now());
+        Service { id, raft, store, config, clock, live: Mutex::new(live), ring: Mutex::new(None) }
+    }
+
+    /// Proposes a command and waits until it is applied.
+    pub async fn write(&self, cmd: Command) -> FsResult<CommandResult> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => resp.data.0,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f.leader_node)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(FsError::internal(e)),
+            Err(RaftError::Fatal(e)) => Err(FsError::Unavailable { reason: format!("metadata raft stopped: {e}") }),
+        }
+    }
+
+    /// Makes a following local read linearizable; a follower answers `NotLeader`.
+    async fn read_barrier(&self) -> FsResult<()> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_node)),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(FsError::Unavailable { reason: format!("no quorum of metadata servers: {e}") })
+            }
+            Err(RaftError::Fatal(e)) => Err(FsError::Unavailable { reason: format!("metadata raft stopped: {e}") }),
+        }
+    }
+
+    /// The liveness table, reset for a new term.
+    fn live(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        let term = self.raft.metrics().borrow().current_term;
+        let mut l = self.live.lock().expect("liveness lock");
+        l.observe_term(term, self.clock.now());
+        l
+    }
+
+    fn ring(&self, nodes: &[(NodeId, crate::state::NodeRec)]) -> Arc<Ring> {
+        let want: Vec<RingNode> =
+            nodes.iter().map(|(id, n)| RingNode { id: *id, zone: n.zone.clone(), capacity: n.capacity }).collect();
+        let mut cache = self.ring.lock().expect("ring lock");
+        if let Some((have, ring)) = cache.as_ref() {
+            if *have == want {
+                return ring.clone();
+            }
+        }
+        let ring = Arc::new(Ring::new(want.clone()));
+        *cache = Some((want, ring.clone()));
+        ring
+    }
+
+    fn attr(r: &impl Reader, ino: InodeId) -> FsResult<Attr> {
+        r.inode(ino)?.map(|i| i.attr).ok_or_else(|| FsError::not_found(format!("inode {ino}")))
+    }
+
+    fn attr_of(res: CommandResult) -> FsResult<MetaResponse> {
+        match res {
+            CommandResult::Attr(a) => Ok(MetaResponse::Attr(a)),
+            other => Err(FsError::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    pub async fn handle_meta(&self, req: MetaRequest) -> FsResult<MetaResponse> {
+        let now = Timestamp::now();
+        match req {
+            MetaRequest::Lookup { parent, name } => {
+                self.read_barrier().await?;
+                let r = self.store.read()?;
+                let p = Self::attr(&r, parent)?;
+                if p.kind != FileKind::Dir {
+                    return Err(FsError::NotADirectory { what: format!("inode {parent}") });
+                }
+                let d = r
+                    .dentry(parent, &name)?
+                    .ok_or_else(|| FsError::not_found(format!("`{name}` in directory {parent}")))?;
+                Ok(MetaResponse::Attr(Self::attr(&r, d.ino)?))
+            }
+            MetaRequest::ResolvePath { path } => {
+                self.read_barrier().await?;
+                let r = self.store.read()?;
+                Ok(MetaResponse::Attr(resolve_path(&r, &path)?))
+            }
+            MetaRequest::GetAttr { ino } => {
+                self.read_barrier().await?;
+                Ok(MetaResponse::Attr(Self::attr(&self.store.read()?, ino)?))
+            }
+            MetaRequest::SetAttr { ino, set } => Self::attr_of(self.write(Command::SetAttr { ino, set, now }).await?),
+            MetaRequest::Mkdir { parent, name, perm, uid, gid } => {
+                Self::attr_of(self.write(Command::Mkdir { parent, name, perm, uid, gid, now }).await?)
+            }
+            MetaRequest::Create { parent, name, perm, uid, gid, exclusive } => {
+                Self::attr_of(self.write(Command::Create { parent, name, perm, uid, gid, exclusive, now }).await?)
+            }
+            MetaRequest::Symlink { parent, name, target, uid, gid } => {
+                Self::attr_of(self.write(Command::Symlink { parent, name, target, uid, gid, now }).await?)
+            }
+            MetaRequest::Readlink { ino } => {
+                self.read_barrier().await?;
+                let r = self.store.read()?;
+                let i = r.inode(ino)?.ok_or_else(|| FsError::not_found(format!("inode {ino}")))?;
+                i.target
+                    .map(MetaResponse::Target)
+                    .ok_or_else(|| FsError::invalid(format!("inode {ino} is not a symlink")))
+            }
+            MetaRequest::Link { ino, new_parent, new_name } => {
+                Self::attr_of(self.write(Command::Link { ino, new_parent, new_name, now }).await?)
+            }
+            MetaRequest::Unlink { parent, name } => {
+                self.write(Command::Unlink { parent, name, now }).await?;
+                Ok(MetaResponse::Done)
+            }
+            MetaRequest::Rmdir { parent, name } => {
+                self.write(Command::Rmdir { parent, name, now }).await?;
+                Ok(MetaResponse::Done)
+            }
+            MetaRequest::Rename { parent, name, new_parent, new_name, mode } => {
+                self.write(Command::Rename { parent, name, new_parent, new_name, mode, now }).await?;
+                Ok(MetaResponse::Done)
+            }
+            MetaRequest::ReadDir { ino, after, limit } => {
+                self.read_barrier().await?;
+                let r = self.store.read()?;
+                let d = Self::attr(&r, ino)?;
+                if d.kind != FileKind::Dir {
+                    return Err(FsError::NotADirectory { what: format!("inode {ino}") });
+                }
+                let limit = limit.clamp(1, MAX_READDIR) as usize;
+                let (entries, more) = r.readdir(ino, after.as_deref(), limit)?;
+                Ok(MetaResponse::Entries { entries, more })
+            }
+            MetaRequest::StatFs => {
+                self.read_barrier().await?;
+                self.statfs().map(MetaResponse::StatFs)
+            }
+            MetaRequest::AllocateBlocks { ino, count } => {
+                self.read_barrier().await?;
+                self.allocate(ino, count)
+            }
+            MetaRequest::CommitWrite { ino, slices, min_size, mtime, bad } => {
+                Self::attr_of(self.write(Command::CommitWrite { ino, slices, min_size, mtime, bad, now }).await?)
+            }
+            MetaRequest::GetLayout { ino, first_chunk, last_chunk } => {
+                self.read_barrier().await?;
+                self.layout(ino, first_chunk, last_chunk).map(MetaResponse::Layout)
+            }
+            MetaRequest::ReportBadReplica { bad } => {
+                tracing::warn!(block = %bad.block, node = %bad.node, reason = %bad.reason, "bad replica reported");
+                self.write(Command::ReportBadReplica { bad }).await?;
+                Ok(MetaResponse::Done)
+            }
+            MetaRequest::RegisterNode { node, addr, zone, capacity, used, blocks } => {
+                let res = self.write(Command::RegisterNode { node, addr, zone, capacity }).await?;
+                let CommandResult::Registered(id) = res else {
+                    return Err(FsError::internal(format!("unexpected apply result {res:?}")));
+                };
+                let report = Report { capacity, used, blocks, load: 0 };
+                self.live().heartbeat(id, self.clock.now(), Some(report));
+                tracing::info!(node = %id, "storage node registered");
+                Ok(MetaResponse::Registered { node: id })
+            }
+            MetaRequest::Heartbeat { node, capacity, used, blocks, load, deleted } => {
+                self.read_barrier().await?;
+                if self.store.read()?.node(node)?.is_none() {
+                    return Err(FsError::NotFound {
+                        what: format!("storage node {node} is not registered; register again"),
+                    });
+                }
+                let report = Report { capacity, used, blocks, load };
+                self.live().heartbeat(node, self.clock.now(), Some(report));
+                if !deleted.is_empty() {
+                    self.write(Command::GcAck { node, blocks: deleted }).await?;
+                }
+                let delete = self.store.read()?.gc_for_node(node, GC_BATCH)?;
+                Ok(MetaResponse::HeartbeatAck { delete })
+            }
+            MetaRequest::ClusterStatus => {
+                self.read_barrier().await?;
+                self.status().map(MetaResponse::Status)
+            }
+        }
+    }
+
+    fn node_infos(&self, r: &impl Reader) -> FsResult<Vec<NodeInfo>> {
+        let nodes = r.nodes()?;
+        let live = self.live();
+        let now = self.clock.now();
+        Ok(nodes
+            .into_iter()
+            .map(|(id, n)| {
+                let rep = live.report(id).unwrap_or_default();
+                NodeInfo {
+                    id,
+                    addr: n.addr,
+                    zone: n.zone,
+                    capacity: if rep.capacity > 0 { rep.capacity } else { n.capacity },
+                    used: rep.used,
+                    blocks: rep.blocks,
+                    state: live.state(id, now),
+                    last_heartbeat_ms: live.silence(id, now).as_millis() as u64,
+                }
+            })
+            .collect())
+    }
+
+    fn statfs(&self) -> FsResult<StatFs> {
+        let r = self.store.read()?;
+        let fmt = r.format_or_unavailable()?;
+        let nodes = self.node_infos(&r)?;
+        let live = nodes.iter().filter(|n| n.state != NodeState::Dead);
+        let (capacity, used) = live.fold((0u64, 0u64), |(c, u), n| (c + n.capacity, u + n.used));
+        Ok(StatFs {
+            capacity,
+            used,
+            available: capacity.saturating_sub(used),
+            files: r.inode_count()?,
+            block_size: fmt.block_size,
+        })
+    }
+
+    fn status(&self) -> FsResult<ClusterStatus> {
+        let r = self.store.read()?;
+        let fmt = r.format_or_unavailable()?;
+        let stats = r.stats(fmt.replication)?;
+        let m = self.raft.metrics().borrow().clone();
+        Ok(ClusterStatus {
+            leader: m.current_leader,
+            term: m.current_term,
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            replication: fmt.replication,
+            chunk_size: fmt.chunk_size,
+            block_size: fmt.block_size,
+            nodes: self.node_infos(&r)?,
+            files: stats.files,
+            directories: stats.directories,
+            blocks: stats.blocks,
+            logical_bytes: stats.logical_bytes,
+            under_replicated: stats.under_replicated,
+            bad_replicas: r.bad_replicas()?,
+            gc_pending: stats.gc_pending,
+        })
+    }
+
+    fn allocate(&self, ino: InodeId, count: u32) -> FsResult<MetaResponse> {
+        if count == 0 || count > MAX_ALLOCATE {
+            return Err(FsError::invalid(format!("can allocate 1..={MAX_ALLOCATE} blocks at once, asked for {count}")));
+        }
+        let r = self.store.read()?;
+        let fmt: Format = r.format_or_unavailable()?;
+        match r.inode(ino)? {
+            None => return Err(FsError::StaleInode { ino }),
+            Some(i) if i.attr.kind != FileKind::File => {
+                return Err(FsError::invalid(format!("inode {ino} is not a regular file")))
+            }
+            Some(_) => {}
+        }
+        let nodes = r.nodes()?;
+        let (up, addrs): (HashSet<NodeId>, BTreeMap<NodeId, String>) = {
+            let live = self.live();
+            let now = self.clock.now();
+            let up = nodes.iter().filter(|(id, _)| live.state(*id, now) == NodeState::Up).map(|(id, _)| *id).collect();
+            (up, nodes.iter().map(|(id, n)| (*id, n.addr.clone())).collect())
+        };
+        let rf = fmt.replication as usize;
+        let w = rf / 2 + 1;
+        if up.len() < w {
+            return Err(FsError::Unavailable {
+                reason: format!(
+                    "only {} of {} storage nodes {} up; writes need {w}",
+                    up.len(),
+                    nodes.len().max(rf),
+                    if up.len() == 1 { "is" } else { "are" }
+                ),
+            });
+        }
+        let ring = self.ring(&nodes);
+        let blocks = (0..count)
+            .map(|_| {
+                let id = BlockId(rand::random::<u128>().max(1));
+                let targets = place(&ring, id, rf, |n| up.contains(&n))
+                    .into_iter()
+                    .map(|n| NodeAddr { id: n, addr: addrs.get(&n).cloned().unwrap_or_default(), healthy: true })
+                    .collect();
+                BlockTarget { id, targets }
+            })
+            .collect();
+        Ok(MetaResponse::Allocated { blocks })
+    }
+
+    fn layout(&self, ino: InodeId, first: u64, last: u64) -> FsResult<Layout> {
+        if last < first || last - first >= MAX_LAYOUT_CHUNKS {
+            return Err(FsError::invalid(format!(
+                "layout range [{first}, {last}] must be non-empty and span at most {MAX_LAYOUT_CHUNKS} chunks"
+            )));
+        }
+        let r = self.store.read()?;
+        let fmt = r.format_or_unavailable()?;
+        let attr = Self::attr(&r, ino)?;
+        if attr.kind != FileKind::File {
+            return Err(FsError::invalid(format!("inode {ino} is not a regular file")));
+        }
+        let chunks: Vec<ChunkLayout> =
+            r.chunks(ino, first, last)?.into_iter().map(|(index, slices)| ChunkLayout { index, slices }).collect();
+        let ids: BTreeSet<BlockId> =
+            chunks.iter().flat_map(|c| c.slices.iter().flat_map(|s| s.blocks.iter().map(|b| b.id))).collect();
+        let mut blocks = Vec::with_capacity(ids.len());
+        let mut node_ids = BTreeSet::new();
+        for id in ids {
+            let replicas = r.block(id)?.map(|b| b.replicas).unwrap_or_default();
+            node_ids.extend(replicas.iter().copied());
+            blocks.push(BlockReplicas { id, replicas });
+        }
+        let live = self.live();
+        let now = self.clock.now();
+        let mut nodes = Vec::with_capacity(node_ids.len());
+        for id in node_ids {
+            if let Some(n) = r.node(id)? {
+                nodes.push(NodeAddr { id, addr: n.addr, healthy: live.state(id, now) == NodeState::Up });
+            }
+        }
+        Ok(Layout { attr, chunk_size: fmt.chunk_size, chunks, blocks, nodes })
+    }
+}
+
+/// Resolves an absolute path, following symlinks except a final one.
+fn resolve_path(r: &impl Reader, path: &str) -> FsResult<Attr> {
+    if !path.starts_with('/') {
+        return Err(FsError::invalid(format!("path `{path}` is not absolute")));
+    }
+    let mut todo: Vec<String> = path.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
+    let mut cur = r.inode(InodeId::ROOT)?.ok_or_else(|| FsError::not_found("root directory"))?;
+    let mut followed = 0;
+    while let Some(comp) = todo.pop() {
+        if cur.attr.kind != FileKind::Dir {
+            return Err(FsError::NotADirectory { what: path.to_string() });
+        }
+        let next = match comp.as_str() {
+            "." => continue,
+            ".." => cur.parent,
+            name => r.dentry(cur.attr.ino, name)?.ok_or_else(|| FsError::not_found(path))?.ino,
+        };
+        let inode = r.inode(next)?.ok_or_else(|| FsError::not_found(path))?;
+        if inode.attr.kind == FileKind::Symlink && !todo.is_empty() {
+            followed += 1;
+            if followed > MAX_SYMLINKS {
+                return Err(FsError::invalid(format!("too many levels of symbolic links in `{path}`")));
+            }
+            let target = inode.target.clone().unwrap_or_default();
+            if target.starts_with('/') {
+                cur = r.inode(InodeId::ROOT)?.ok_or_else(|| FsError::not_found("root directory"))?;
+            }
+            todo.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(String::from));
+            continue;
+        }
+        cur = inode;
+    }
+    Ok(cur.attr)
+}
+
+fn describe(req: &MetaRequest) -> tracing::Span {
+    use MetaRequest as R;
+    match req {
+        R::Lookup { parent, .. }
+        | R::Mkdir { parent, .. }
+        | R::Create { parent, .. }
+        | R::Symlink { parent, .. }
+        | R::Unlink { parent, .. }
+        | R::Rmdir { parent, .. } => tracing::debug_span!("meta", op = op_name(req), parent = %parent),
+        R::Rename { parent, new_parent, .. } => {
+            tracing::debug_span!("meta", op = "rename", parent = %parent, new_parent = %new_parent)
+        }
+        R::GetAttr { ino }
+        | R::SetAttr { ino, .. }
+        | R::Readlink { ino }
+        | R::Link { ino, .. }
+        | R::ReadDir { ino, .. }
+        | R::AllocateBlocks { ino, .. }
+        | R::CommitWrite { ino, .. }
+        | R::GetLayout { ino, .. } => {
+            tracing::debug_span!("meta", op = op_name(req), inode = %ino)
+        }
+        R::ReportBadReplica { bad } => {
+            tracing::debug_span!("meta", op = "report_bad", block = %bad.block, node_id = %bad.node)
+        }
+        R::Heartbeat { node, .. } => tracing::debug_span!("meta", op = "heartbeat", node_id = %node),
+        R::RegisterNode { node, .. } => tracing::debug_span!("meta", op = "register", node_id = ?node),
+        R::ResolvePath { .. } | R::StatFs | R::ClusterStatus => tracing::debug_span!("meta", op = op_name(req)),
+    }
+}
+
+fn op_name(req: &MetaRequest) -> &'static str {
+    use MetaRequest as R;
+    match req {
+        R::Lookup { .. } => "lookup",
+        R::ResolvePath { .. } => "resolve_path",
+        R::GetAttr { .. } => "getattr",
+        R::SetAttr { .. } => "setattr",
+        R::Mkdir { .. } => "mkdir",
+        R::Create { .. } => "create",
+        R::Symlink { .. } => "symlink",
+        R::Readlink { .. } => "readlink",
+        R::Link { .. } => "link",
+        R::Unlink { .. } => "unlink",
+        R::Rmdir { .. } => "rmdir",
+        R::Rename { .. } => "rename",
+        R::ReadDir { .. } => "readdir",
+        R::StatFs => "statfs",
+        R::AllocateBlocks { .. } => "allocate",
+        R::CommitWrite { .. } => "commit",
+        R::GetLayout { .. } => "layout",
+        R::ReportBadReplica { .. } => "report_bad",
+        R::RegisterNode { .. } => "register",
+        R::Heartbeat { .. } => "heartbeat",
+        R::ClusterStatus => "status",
+    }
+}
+
+/// The `Handler` the protocol server calls.
+pub(crate) struct MetaHandler(pub Arc<Service>);
+
+impl Handler for MetaHandler {
+    async fn handle(&self, req: Incoming) -> Result<Reply, FsError> {
+        match req.kind {
+            Kind::Meta => {
+                let m: MetaRequest =
+                    distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
+                let span = describe(&m);
+                let resp = self.0.handle_meta(m).instrument(span.clone()).await;
+                if let Err(e) = &resp {
+                    span.in_scope(|| tracing::debug!(error = %e, "request failed"));
+                }
+                Ok(Reply::new(&resp?))
+            }
+            Kind::Raft => {
+                let rpc: RaftRpc =
+                    distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
+                let reply = handle_raft_rpc(&self.0.raft, rpc)
+                    .instrument(tracing::trace_span!("raft_rpc", peer = %req.peer))
+                    .await;
+                Ok(Reply::new(&reply))
+            }
+            Kind::Storage => Err(FsError::Protocol { reason: "storage request sent to a metadata server".into() }),
+        }
+    }
+}

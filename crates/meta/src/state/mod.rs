@@ -1,0 +1,377 @@
+//! The replicated state machine: table layout in redb, versioned record encoding, the
+//! `Command` log payload and the pure `apply` over one redb write transaction. Namespace
+//! ops live in `namespace.rs`, data/blocks/GC/nodes in `data.rs`, reads in `read.rs`,
+//! snapshots in `snapshot.rs`.
+
+mod data;
+mod namespace;
+mod read;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+pub use read::{Reader, Stats};
+pub use snapshot::Dump;
+
+use crate::error::{db_err, decode_err, MetaError};
+use distfs_proto::{BadReplica, RenameMode, SliceWrite};
+use distfs_types::{Attr, FsError, FsResult, InodeId, NodeId, SetAttr, Timestamp};
+use openraft::{BasicNode, LogId, StoredMembership};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition, WriteTransaction};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+pub(crate) const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
+pub(crate) const DENTRIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("dentries");
+pub(crate) const CHUNKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("chunks");
+pub(crate) const BLOCKS: TableDefinition<u128, &[u8]> = TableDefinition::new("blocks");
+/// GC queue: (node, block) = a copy the node must delete.
+pub(crate) const GC: TableDefinition<(u64, u128), ()> = TableDefinition::new("gc");
+pub(crate) const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
+pub(crate) const BAD: TableDefinition<u64, &[u8]> = TableDefinition::new("bad_replicas");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The current Raft snapshot (not part of the state it describes).
+pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+pub(crate) const K_FORMAT: &str = "format";
+pub(crate) const K_NEXT_INO: &str = "next_ino";
+pub(crate) const K_NEXT_SEQ: &str = "next_seq";
+pub(crate) const K_NEXT_NODE: &str = "next_node";
+pub(crate) const K_NEXT_BAD: &str = "next_bad";
+pub(crate) const K_LAST_APPLIED: &str = "last_applied";
+pub(crate) const K_MEMBERSHIP: &str = "membership";
+
+/// Most bad-replica records kept (oldest dropped first).
+pub const BAD_REPLICAS_KEPT: u64 = 128;
+
+/// Record format version written in front of every stored value.
+const RECORD_V1: u8 = 1;
+
+pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_V1];
+    out.extend(postcard::to_stdvec(v).expect("postcard encoding of an in-memory record"));
+    out
+}
+
+pub(crate) fn dec<T: DeserializeOwned>(table: &str, bytes: &[u8]) -> FsResult<T> {
+    match bytes.split_first() {
+        Some((&RECORD_V1, rest)) => postcard::from_bytes(rest).map_err(|e| decode_err(table, e)),
+        Some((v, _)) => Err(decode_err(table, format!("unknown record version {v}"))),
+        None => Err(decode_err(table, "empty record")),
+    }
+}
+
+/// An inode as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub attr: Attr,
+    /// Parent directory of a directory (for `..` and the rename loop check); unused otherwise.
+    pub parent: InodeId,
+    /// Target of a symlink.
+    pub target: Option<String>,
+}
+
+/// A directory entry's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dentry {
+    pub ino: InodeId,
+    pub kind: distfs_types::FileKind,
+}
+
+/// A block as the metadata tracks it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRec {
+    pub len: u32,
+    /// Number of slices referring to the block.
+    pub refs: u32,
+    /// Nodes holding a copy believed good.
+    pub replicas: Vec<NodeId>,
+}
+
+/// A registered storage node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRec {
+    pub addr: String,
+    pub zone: String,
+    pub capacity: u64,
+}
+
+/// Parameters fixed when the file system is formatted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Format {
+    pub chunk_size: u64,
+    pub block_size: u32,
+    pub replication: u32,
+}
+
+/// A state change, as carried in the Raft log. Timestamps are decided by the leader
+/// before proposing, so every replica applies identically. New variants go at the end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Format {
+        format: Format,
+        now: Timestamp,
+    },
+    Mkdir {
+        parent: InodeId,
+        name: String,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        now: Timestamp,
+    },
+    Create {
+        parent: InodeId,
+        name: String,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+        now: Timestamp,
+    },
+    Symlink {
+        parent: InodeId,
+        name: String,
+        target: String,
+        uid: u32,
+        gid: u32,
+        now: Timestamp,
+    },
+    Link {
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: String,
+        now: Timestamp,
+    },
+    Unlink {
+        parent: InodeId,
+        name: String,
+        now: Timestamp,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: String,
+        now: Timestamp,
+    },
+    Rename {
+        parent: InodeId,
+        name: String,
+        new_parent: InodeId,
+        new_name: String,
+        mode: RenameMode,
+        now: Timestamp,
+    },
+    SetAttr {
+        ino: InodeId,
+        set: SetAttr,
+        now: Timestamp,
+    },
+    CommitWrite {
+        ino: InodeId,
+        slices: Vec<SliceWrite>,
+        min_size: u64,
+        mtime: Timestamp,
+        bad: Vec<BadReplica>,
+        now: Timestamp,
+    },
+    ReportBadReplica {
+        bad: BadReplica,
+    },
+    RegisterNode {
+        node: Option<NodeId>,
+        addr: String,
+        zone: String,
+        capacity: u64,
+    },
+    /// A node deleted these blocks on our request.
+    GcAck {
+        node: NodeId,
+        blocks: Vec<distfs_types::BlockId>,
+    },
+}
+
+/// What a successfully applied command returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Done,
+    Attr(Attr),
+    Registered(NodeId),
+}
+
+/// The Raft response type: the outcome of applying one entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse(pub Result<CommandResult, FsError>);
+
+/// Applies one command inside `txn`. Pure: the outcome depends only on the transaction's
+/// state and the command. On `Err` the caller must abort the transaction (partial changes
+/// may have been made). `FsError::Io` means the store failed, not the command.
+pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
+    if !matches!(cmd, Command::Format { .. }) && txn.format()?.is_none() {
+        return Err(FsError::Unavailable { reason: "the file system is not formatted yet".into() });
+    }
+    match cmd {
+        Command::Format { format, now } => data::format(txn, format, *now),
+        Command::Mkdir { parent, name, perm, uid, gid, now } => {
+            namespace::mkdir(txn, *parent, name, *perm, *uid, *gid, *now)
+        }
+        Command::Create { parent, name, perm, uid, gid, exclusive, now } => {
+            namespace::create(txn, *parent, name, *perm, *uid, *gid, *exclusive, *now)
+        }
+        Command::Symlink { parent, name, target, uid, gid, now } => {
+            namespace::symlink(txn, *parent, name, target, *uid, *gid, *now)
+        }
+        Command::Link { ino, new_parent, new_name, now } => namespace::link(txn, *ino, *new_parent, new_name, *now),
+        Command::Unlink { parent, name, now } => namespace::unlink(txn, *parent, name, *now),
+        Command::Rmdir { parent, name, now } => namespace::rmdir(txn, *parent, name, *now),
+        Command::Rename { parent, name, new_parent, new_name, mode, now } => {
+            namespace::rename(txn, *parent, name, *new_parent, new_name, *mode, *now)
+        }
+        Command::SetAttr { ino, set, now } => namespace::setattr(txn, *ino, set, *now),
+        Command::CommitWrite { ino, slices, min_size, mtime, bad, now } => {
+            data::commit_write(txn, *ino, slices, *min_size, *mtime, bad, *now)
+        }
+        Command::ReportBadReplica { bad } => {
+            data::mark_bad(txn, bad)?;
+            Ok(CommandResult::Done)
+        }
+        Command::RegisterNode { node, addr, zone, capacity } => data::register_node(txn, *node, addr, zone, *capacity),
+        Command::GcAck { node, blocks } => data::gc_ack(txn, *node, blocks),
+    }
+}
+
+// --- small write helpers shared by the op modules ---------------------------------------
+
+pub(crate) fn meta_put<T: Serialize>(txn: &WriteTransaction, key: &str, v: &T) -> FsResult<()> {
+    let mut t = txn.open_table(META).map_err(db_err)?;
+    t.insert(key, enc(v).as_slice()).map_err(db_err)?;
+    Ok(())
+}
+
+/// Takes the next value of a counter.
+pub(crate) fn next_counter(txn: &WriteTransaction, key: &str) -> FsResult<u64> {
+    let v: u64 = txn.meta_get(key)?.unwrap_or(1);
+    meta_put(txn, key, &(v + 1))?;
+    Ok(v)
+}
+
+pub(crate) fn put_inode(txn: &WriteTransaction, inode: &Inode) -> FsResult<()> {
+    let mut t = txn.open_table(INODES).map_err(db_err)?;
+    t.insert(inode.attr.ino.0, enc(inode).as_slice()).map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) fn del_inode(txn: &WriteTransaction, ino: InodeId) -> FsResult<()> {
+    let mut t = txn.open_table(INODES).map_err(db_err)?;
+    t.remove(ino.0).map_err(db_err)?;
+    Ok(())
+}
+
+/// Durability of state-machine commits: the Raft log is the durable record; the state
+/// is re-applied from it after a crash. `StateStore::flush` makes it durable (snapshots).
+const APPLY_DURABILITY: Durability = Durability::None;
+
+/// The state machine's database.
+#[derive(Clone)]
+pub struct StateStore {
+    db: Arc<Database>,
+}
+
+pub type Membership = StoredMembership<u64, BasicNode>;
+
+impl StateStore {
+    /// Opens (creating if needed) the state database at `path`.
+    pub fn open(path: &Path) -> Result<StateStore, MetaError> {
+        let db = Database::create(path).map_err(|e| MetaError::storage("open state db", e))?;
+        Self::init(db)
+    }
+
+    /// A state store in memory (tests, simulator).
+    pub fn in_memory() -> Result<StateStore, MetaError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| MetaError::storage("create in-memory state db", e))?;
+        Self::init(db)
+    }
+
+    fn init(db: Database) -> Result<StateStore, MetaError> {
+        let txn = db.begin_write().map_err(|e| MetaError::storage("init state db", e))?;
+        {
+            let s = |e| MetaError::storage("create tables", e);
+            txn.open_table(INODES).map_err(s)?;
+            txn.open_table(DENTRIES).map_err(s)?;
+            txn.open_table(CHUNKS).map_err(s)?;
+            txn.open_table(BLOCKS).map_err(s)?;
+            txn.open_table(GC).map_err(s)?;
+            txn.open_table(NODES).map_err(s)?;
+            txn.open_table(BAD).map_err(s)?;
+            txn.open_table(META).map_err(s)?;
+            txn.open_table(SNAPSHOT).map_err(s)?;
+        }
+        txn.commit().map_err(|e| MetaError::storage("init state db", e))?;
+        Ok(StateStore { db: Arc::new(db) })
+    }
+
+    /// A consistent read view of the state.
+    pub fn read(&self) -> FsResult<redb::ReadTransaction> {
+        self.db.begin_read().map_err(db_err)
+    }
+
+    pub fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// Applies one log entry in its own write transaction, together with the applied log
+    /// id (and the membership, for membership entries). A command that fails leaves no
+    /// trace but the applied log id. The outer `Err` is a store failure.
+    pub fn apply_entry(
+        &self,
+        log_id: Option<LogId<u64>>,
+        membership: Option<&Membership>,
+        cmd: Option<&Command>,
+    ) -> Result<Option<FsResult<CommandResult>>, FsError> {
+        let begin = || -> FsResult<WriteTransaction> {
+            let mut txn = self.db.begin_write().map_err(db_err)?;
+            txn.set_durability(APPLY_DURABILITY).map_err(db_err)?;
+            Ok(txn)
+        };
+        let mut txn = begin()?;
+        let result = match cmd {
+            Some(c) => {
+                let r = apply(&txn, c);
+                if let Err(e) = &r {
+                    if matches!(e, FsError::Io { .. }) {
+                        return Err(e.clone());
+                    }
+                    txn.abort().map_err(db_err)?;
+                    txn = begin()?;
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        if log_id.is_some() {
+            meta_put(&txn, K_LAST_APPLIED, &log_id)?;
+        }
+        if let Some(m) = membership {
+            meta_put(&txn, K_MEMBERSHIP, m)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(result)
+    }
+
+    /// Makes every earlier commit durable.
+    pub fn flush(&self) -> FsResult<()> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Last applied log id and membership.
+    pub fn applied_state(&self) -> FsResult<(Option<LogId<u64>>, Membership)> {
+        let r = self.read()?;
+        let last: Option<Option<LogId<u64>>> = r.meta_get(K_LAST_APPLIED)?;
+        let m: Option<Membership> = r.meta_get(K_MEMBERSHIP)?;
+        Ok((last.flatten(), m.unwrap_or_default()))
+    }
+}
