@@ -1,1 +1,339 @@
+//! Unit tests of `apply` over an in-memory redb, without Raft.
 
+use super::*;
+use distfs_proto::WrittenBlock;
+use distfs_types::{BlockId, BlockRef, FileKind};
+
+const ROOT: InodeId = InodeId::ROOT;
+
+fn ts(s: i64) -> Timestamp {
+    Timestamp { secs: s, nanos: 0 }
+}
+
+struct T {
+    s: StateStore,
+}
+
+impl T {
+    fn new() -> T {
+        let s = StateStore::in_memory().expect("store");
+        let t = T { s };
+        let format = Format { chunk_size: 1 << 20, block_size: 64 << 10, replication: 3 };
+        t.run(Command::Format { format, now: ts(1) }).expect("format");
+        t
+    }
+    fn run(&self, c: Command) -> FsResult<CommandResult> {
+        self.s.apply_entry(None, None, Some(&c)).expect("store works").expect("a command")
+    }
+    fn attr(&self, c: Command) -> Attr {
+        match self.run(c) {
+            Ok(CommandResult::Attr(a)) => a,
+            other => panic!("expected Attr, got {other:?}"),
+        }
+    }
+    fn mkdir(&self, parent: InodeId, name: &str) -> Attr {
+        self.attr(Command::Mkdir { parent, name: name.into(), perm: 0o755, uid: 0, gid: 0, now: ts(2) })
+    }
+    fn create(&self, parent: InodeId, name: &str) -> Attr {
+        self.attr(Command::Create {
+            parent,
+            name: name.into(),
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+            now: ts(2),
+        })
+    }
+    fn get(&self, ino: InodeId) -> Option<Attr> {
+        self.s.read().unwrap().inode(ino).unwrap().map(|i| i.attr)
+    }
+    fn lookup(&self, parent: InodeId, name: &str) -> Option<InodeId> {
+        self.s.read().unwrap().dentry(parent, name).unwrap().map(|d| d.ino)
+    }
+    fn rename(&self, p: InodeId, n: &str, np: InodeId, nn: &str, mode: RenameMode) -> FsResult<CommandResult> {
+        self.run(Command::Rename { parent: p, name: n.into(), new_parent: np, new_name: nn.into(), mode, now: ts(5) })
+    }
+    fn commit(&self, ino: InodeId, chunk: u64, offset: u64, blocks: &[(u128, u32)], min_size: u64) -> Attr {
+        let len = blocks.iter().map(|b| b.1 as u64).sum();
+        let blocks = blocks
+            .iter()
+            .map(|(id, len)| WrittenBlock {
+                block: BlockRef { id: BlockId(*id), len: *len },
+                replicas: vec![NodeId(1), NodeId(2)],
+            })
+            .collect();
+        self.attr(Command::CommitWrite {
+            ino,
+            slices: vec![SliceWrite { chunk, offset, len, blocks }],
+            min_size,
+            mtime: ts(7),
+            bad: vec![],
+            now: ts(8),
+        })
+    }
+    fn gc(&self, node: u64) -> Vec<BlockId> {
+        self.s.read().unwrap().gc_for_node(NodeId(node), 1000).unwrap()
+    }
+    fn block(&self, id: u128) -> Option<BlockRec> {
+        self.s.read().unwrap().block(BlockId(id)).unwrap()
+    }
+}
+
+#[test]
+fn mkdir_create_lookup_readdir_pagination() {
+    let t = T::new();
+    let a = t.mkdir(ROOT, "a");
+    assert_eq!((a.kind, a.nlink), (FileKind::Dir, 2));
+    assert_eq!(t.get(ROOT).unwrap().nlink, 3);
+    for i in 0..5 {
+        t.create(a.ino, &format!("f{i}"));
+    }
+    assert!(matches!(
+        t.run(Command::Create {
+            parent: a.ino,
+            name: "f1".into(),
+            perm: 0,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+            now: ts(3)
+        }),
+        Err(FsError::AlreadyExists { .. })
+    ));
+    let again = t.attr(Command::Create {
+        parent: a.ino,
+        name: "f1".into(),
+        perm: 0,
+        uid: 0,
+        gid: 0,
+        exclusive: false,
+        now: ts(3),
+    });
+    assert_eq!(Some(again.ino), t.lookup(a.ino, "f1"));
+    let r = t.s.read().unwrap();
+    let (page, more) = r.readdir(a.ino, None, 2).unwrap();
+    assert_eq!((page.len(), more), (2, true));
+    let (page2, more) = r.readdir(a.ino, Some(&page[1].name), 2).unwrap();
+    assert_eq!(page2[0].name, "f2");
+    assert!(more);
+    let (page3, more) = r.readdir(a.ino, Some("f3"), 2).unwrap();
+    assert_eq!((page3.len(), more), (1, false));
+    assert_eq!(t.get(a.ino).unwrap().mtime, ts(2), "an O_CREAT open of an existing file changes nothing");
+}
+
+#[test]
+fn names_are_validated() {
+    let t = T::new();
+    for bad in ["", ".", "..", "a/b"] {
+        assert!(
+            matches!(
+                t.run(Command::Mkdir { parent: ROOT, name: bad.into(), perm: 0, uid: 0, gid: 0, now: ts(2) }),
+                Err(FsError::InvalidArgument { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    let long = "x".repeat(256);
+    assert!(matches!(
+        t.run(Command::Mkdir { parent: ROOT, name: long, perm: 0, uid: 0, gid: 0, now: ts(2) }),
+        Err(FsError::NameTooLong { len: 256, .. })
+    ));
+    t.mkdir(ROOT, &"x".repeat(255));
+}
+
+#[test]
+fn setattr_chmod_chown_utimens() {
+    let t = T::new();
+    let f = t.create(ROOT, "f");
+    let set = SetAttr {
+        perm: Some(0o600),
+        uid: Some(7),
+        gid: Some(8),
+        atime: Some(ts(100)),
+        mtime: Some(ts(101)),
+        size: None,
+    };
+    let a = t.attr(Command::SetAttr { ino: f.ino, set, now: ts(9) });
+    assert_eq!((a.perm, a.uid, a.gid, a.atime, a.mtime, a.ctime), (0o600, 7, 8, ts(100), ts(101), ts(9)));
+    assert!(a.version > f.version);
+}
+
+#[test]
+fn rename_cases() {
+    let t = T::new();
+    let d1 = t.mkdir(ROOT, "d1");
+    let d2 = t.mkdir(ROOT, "d2");
+    let sub = t.mkdir(d1.ino, "sub");
+    t.mkdir(d2.ino, "full");
+    t.create(t.lookup(d2.ino, "full").unwrap(), "x");
+    let f = t.create(ROOT, "f");
+    let g = t.create(ROOT, "g");
+    // File over file replaces atomically; the old target is gone.
+    t.rename(ROOT, "f", ROOT, "g", RenameMode::Replace).unwrap();
+    assert_eq!(t.lookup(ROOT, "g"), Some(f.ino));
+    assert!(t.get(g.ino).is_none());
+    // File over dir, dir over file.
+    assert!(matches!(t.rename(ROOT, "g", ROOT, "d1", RenameMode::Replace), Err(FsError::IsADirectory { .. })));
+    assert!(matches!(t.rename(ROOT, "d1", ROOT, "g", RenameMode::Replace), Err(FsError::NotADirectory { .. })));
+    // Dir over non-empty dir.
+    assert!(matches!(
+        t.rename(ROOT, "d1", d2.ino, "full", RenameMode::Replace),
+        Err(FsError::DirectoryNotEmpty { .. })
+    ));
+    // Into its own subtree.
+    assert!(matches!(t.rename(ROOT, "d1", sub.ino, "loop", RenameMode::Replace), Err(FsError::InvalidArgument { .. })));
+    // NoReplace.
+    assert!(matches!(t.rename(ROOT, "d1", ROOT, "d2", RenameMode::NoReplace), Err(FsError::AlreadyExists { .. })));
+    // Dir over empty dir, across parents: nlinks follow.
+    let empty = t.mkdir(d2.ino, "empty");
+    let root_nlink = t.get(ROOT).unwrap().nlink;
+    let d2_nlink = t.get(d2.ino).unwrap().nlink;
+    t.rename(d1.ino, "sub", d2.ino, "empty", RenameMode::Replace).unwrap();
+    assert!(t.get(empty.ino).is_none());
+    assert_eq!(t.lookup(d2.ino, "empty"), Some(sub.ino));
+    assert_eq!(t.get(d1.ino).unwrap().nlink, 2);
+    assert_eq!(t.get(d2.ino).unwrap().nlink, d2_nlink);
+    assert_eq!(t.get(ROOT).unwrap().nlink, root_nlink);
+    // Exchange a file and a directory across parents.
+    t.rename(ROOT, "g", d2.ino, "empty", RenameMode::Exchange).unwrap();
+    assert_eq!(t.lookup(ROOT, "g"), Some(sub.ino));
+    assert_eq!(t.lookup(d2.ino, "empty"), Some(f.ino));
+    assert_eq!(t.get(ROOT).unwrap().nlink, root_nlink + 1);
+    assert_eq!(t.get(d2.ino).unwrap().nlink, d2_nlink - 1);
+    assert!(matches!(t.rename(ROOT, "g", ROOT, "nope", RenameMode::Exchange), Err(FsError::NotFound { .. })));
+}
+
+#[test]
+fn unlink_rmdir_symlink_and_hard_links() {
+    let t = T::new();
+    let d = t.mkdir(ROOT, "d");
+    let f = t.create(d.ino, "f");
+    assert!(matches!(
+        t.run(Command::Rmdir { parent: ROOT, name: "d".into(), now: ts(3) }),
+        Err(FsError::DirectoryNotEmpty { .. })
+    ));
+    let l = t.attr(Command::Link { ino: f.ino, new_parent: ROOT, new_name: "hard".into(), now: ts(3) });
+    assert_eq!(l.nlink, 2);
+    t.commit(f.ino, 0, 0, &[(10, 100)], 100);
+    t.run(Command::Unlink { parent: d.ino, name: "f".into(), now: ts(4) }).unwrap();
+    assert_eq!(t.get(f.ino).unwrap().nlink, 1);
+    assert!(t.block(10).is_some(), "data kept while a link remains");
+    t.run(Command::Unlink { parent: ROOT, name: "hard".into(), now: ts(4) }).unwrap();
+    assert!(t.get(f.ino).is_none());
+    assert!(t.block(10).is_none());
+    assert_eq!(t.gc(1), vec![BlockId(10)]);
+    t.run(Command::Rmdir { parent: ROOT, name: "d".into(), now: ts(5) }).unwrap();
+    assert_eq!(t.get(ROOT).unwrap().nlink, 2);
+    let s =
+        t.attr(Command::Symlink { parent: ROOT, name: "s".into(), target: "/x/y".into(), uid: 0, gid: 0, now: ts(6) });
+    let r = t.s.read().unwrap();
+    assert_eq!(r.inode(s.ino).unwrap().unwrap().target.as_deref(), Some("/x/y"));
+    assert!(matches!(
+        t.run(Command::Unlink { parent: ROOT, name: "nope".into(), now: ts(6) }),
+        Err(FsError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn commit_write_prunes_hidden_slices_and_gc_tracks_replicas() {
+    let t = T::new();
+    let f = t.create(ROOT, "f");
+    let a = t.commit(f.ino, 0, 0, &[(1, 1000)], 1000);
+    assert_eq!((a.size, a.mtime, a.ctime), (1000, ts(7), ts(8)));
+    // A second write over the first one's middle keeps both.
+    t.commit(f.ino, 0, 100, &[(2, 100)], 200);
+    assert_eq!(t.s.read().unwrap().chunk(f.ino, 0).unwrap().len(), 2);
+    assert_eq!(t.get(f.ino).unwrap().size, 1000, "size never shrinks on commit");
+    // A write covering everything hides both older slices: their blocks are released.
+    t.commit(f.ino, 0, 0, &[(3, 1000)], 1000);
+    let slices = t.s.read().unwrap().chunk(f.ino, 0).unwrap();
+    assert_eq!(slices.len(), 1);
+    assert_eq!(slices[0].blocks[0].id, BlockId(3));
+    assert!(t.block(1).is_none() && t.block(2).is_none());
+    assert_eq!(t.gc(2), vec![BlockId(1), BlockId(2)]);
+    // Sequence numbers grow per commit.
+    assert!(slices[0].seq.0 >= 3);
+    // A bad replica report drops the node from the block and queues the bad copy.
+    t.run(Command::ReportBadReplica { bad: BadReplica { block: BlockId(3), node: NodeId(2), reason: "crc".into() } })
+        .unwrap();
+    assert_eq!(t.block(3).unwrap().replicas, vec![NodeId(1)]);
+    assert!(t.gc(2).contains(&BlockId(3)));
+    assert_eq!(t.s.read().unwrap().bad_replicas().unwrap().len(), 1);
+    // GC acknowledgement empties the node's queue.
+    t.run(Command::GcAck { node: NodeId(2), blocks: vec![BlockId(1), BlockId(2), BlockId(3)] }).unwrap();
+    assert!(t.gc(2).is_empty());
+    assert_eq!(t.gc(1), vec![BlockId(1), BlockId(2)]);
+}
+
+#[test]
+fn truncate_down_then_up_reads_zeros() {
+    let t = T::new();
+    let f = t.create(ROOT, "f");
+    let chunk = 1u64 << 20;
+    t.commit(f.ino, 0, 0, &[(1, 65536), (2, 65536)], 131072);
+    t.commit(f.ino, 1, 0, &[(3, 1000)], chunk + 1000);
+    let set = |size| SetAttr { size: Some(size), ..Default::default() };
+    let a = t.attr(Command::SetAttr { ino: f.ino, set: set(1000), now: ts(9) });
+    assert_eq!((a.size, a.mtime), (1000, ts(9)));
+    let r = t.s.read().unwrap();
+    assert!(r.chunk(f.ino, 1).unwrap().is_empty(), "later chunk dropped");
+    let s = r.chunk(f.ino, 0).unwrap();
+    assert_eq!((s[0].len, s[0].blocks.len()), (1000, 1), "slice clipped, trailing block released");
+    drop(r);
+    assert!(t.block(2).is_none() && t.block(3).is_none());
+    assert!(t.block(1).is_some());
+    // Growing again exposes a hole, not the old bytes.
+    t.attr(Command::SetAttr { ino: f.ino, set: set(2 * chunk), now: ts(10) });
+    let s = t.s.read().unwrap().chunk(f.ino, 0).unwrap();
+    assert_eq!(s.iter().map(|s| s.end()).max(), Some(1000));
+    // Truncate to zero frees everything.
+    t.attr(Command::SetAttr { ino: f.ino, set: set(0), now: ts(11) });
+    assert!(t.block(1).is_none());
+    assert!(matches!(
+        t.run(Command::SetAttr { ino: ROOT, set: set(0), now: ts(11) }),
+        Err(FsError::IsADirectory { .. })
+    ));
+}
+
+#[test]
+fn failed_commands_leave_no_trace_and_nodes_register() {
+    let t = T::new();
+    let before = t.s.dump().unwrap().0;
+    assert!(t.rename(ROOT, "missing", ROOT, "x", RenameMode::Replace).is_err());
+    assert_eq!(t.s.dump().unwrap().0, before);
+    let id = |r: FsResult<CommandResult>| match r {
+        Ok(CommandResult::Registered(n)) => n,
+        other => panic!("{other:?}"),
+    };
+    let n1 = id(t.run(Command::RegisterNode { node: None, addr: "a:1".into(), zone: "z".into(), capacity: 10 }));
+    let n2 = id(t.run(Command::RegisterNode { node: None, addr: "a:2".into(), zone: "z".into(), capacity: 10 }));
+    assert_ne!(n1, n2);
+    assert_eq!(
+        id(t.run(Command::RegisterNode { node: Some(n1), addr: "b:1".into(), zone: "y".into(), capacity: 20 })),
+        n1
+    );
+    assert_eq!(t.s.read().unwrap().node(n1).unwrap().unwrap().addr, "b:1");
+}
+
+#[test]
+fn snapshot_round_trip_reproduces_state() {
+    let t = T::new();
+    let d = t.mkdir(ROOT, "d");
+    let f = t.create(d.ino, "f");
+    t.commit(f.ino, 0, 0, &[(1, 100)], 100);
+    t.run(Command::RegisterNode { node: None, addr: "a:1".into(), zone: "z".into(), capacity: 10 }).unwrap();
+    t.run(Command::Unlink { parent: d.ino, name: "f".into(), now: ts(3) }).unwrap();
+    let log_id = LogId::new(openraft::CommittedLeaderId::new(1, 1), 9);
+    let members = openraft::Membership::new(vec![std::collections::BTreeSet::from([1u64])], None);
+    let sm = Membership::new(Some(log_id), members);
+    t.s.apply_entry(Some(log_id), Some(&sm), None).unwrap();
+    let (blob, last, m) = t.s.dump().unwrap();
+    assert_eq!((last, &m), (Some(log_id), &sm));
+    let other = StateStore::in_memory().unwrap();
+    other.install(&blob, last, &m).unwrap();
+    assert_eq!(other.dump().unwrap().0, blob);
+    let r = other.read().unwrap();
+    assert_eq!(r.dentry(ROOT, "d").unwrap().map(|x| x.ino), Some(d.ino));
+    assert_eq!(r.gc_for_node(NodeId(1), 10).unwrap(), vec![BlockId(1)]);
+}
