@@ -106,13 +106,13 @@ impl MetaConfig {
             return bad("replication", format!("must be between 1 and 7, got {}", self.replication));
         }
         let (bs, cs) = (self.block_size.0, self.chunk_size.0);
-        if bs < KIB64 || bs > 16 << 20 || bs % KIB64 != 0 {
+        if !(KIB64..=16 << 20).contains(&bs) || !bs.is_multiple_of(KIB64) {
             return bad(
                 "block_size",
                 format!("must be a multiple of 64KiB between 64KiB and 16MiB, got {}", self.block_size),
             );
         }
-        if cs == 0 || cs % bs != 0 {
+        if cs == 0 || !cs.is_multiple_of(bs) {
             return bad(
                 "chunk_size",
                 format!("must be a non-zero multiple of block_size ({}), got {}", self.block_size, self.chunk_size),

@@ -186,7 +186,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
         let run = || -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
-            txn.open_table(STORE)?.insert(K_PURGED, enc(&Some(log_id)).as_slice())?;
+            txn.open_table(STORE)?.insert(K_PURGED, enc(&log_id).as_slice())?;
             txn.open_table(LOGS)?.retain_in(..=log_id.index, |_, _| false)?;
             txn.commit()?;
             Ok(())

@@ -27,3 +27,27 @@ pub type NodeIdT = u64;
 pub(crate) fn any(e: impl std::fmt::Display) -> openraft::AnyError {
     openraft::AnyError::error(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateStore;
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::StorageError;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for Builder {
+        async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<u64>> {
+            let log = LogStore::in_memory().expect("in-memory log store");
+            let sm = StateMachine::new(StateStore::in_memory().expect("in-memory state store"));
+            Ok(((), log, sm))
+        }
+    }
+
+    /// openraft's storage conformance suite against the redb log and state machine.
+    #[test]
+    fn openraft_storage_conformance() {
+        Suite::test_all(Builder).expect("storage suite passes");
+    }
+}
