@@ -1,0 +1,168 @@
+//! File data through open handles: write-back buffering (one `FileWriter` per handle,
+//! committed by flush, fsync, release, a read on the same handle, or a change of the
+//! file's attributes), reads through one `FileReader` per handle, and the page-cache
+//! decision at open (close-to-open consistency).
+
+use crate::state::{FileIo, Inner, OpenFile};
+use distfs_client::{ClientError, Result};
+use distfs_types::{Attr, FileKind, FsError, InodeId};
+use std::sync::atomic::Ordering;
+use tracing::debug;
+
+/// Largest file offset a write may reach (the kernel's `MAX_LFS_FILESIZE`); larger is EFBIG.
+pub(crate) const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+/// What `open` decided.
+pub(crate) struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
+}
+
+impl Inner {
+    /// Opens `ino`: revalidates its attributes (close-to-open) and says whether the
+    /// kernel's cached pages are still those of the current version.
+    pub async fn open(&self, ino: InodeId, truncate: bool, append: bool) -> Result<Opened> {
+        let mut attr = self.client.getattr(ino).await?;
+        if attr.kind == FileKind::Dir {
+            return Err(FsError::IsADirectory { what: format!("inode {ino}") }.into());
+        }
+        if truncate && attr.size != 0 {
+            self.commit_all(ino).await?;
+            attr = self.client.truncate(ino, 0).await?;
+            self.changed(ino);
+        }
+        // Handles of this mount that are still dirty make the file differ from `attr`.
+        let keep_cache = self.keep_cache(&attr) && self.pending_end(ino) == 0;
+        let fh = self.add_file(ino, append);
+        debug!(%ino, fh, keep_cache, "opened");
+        Ok(Opened { fh, keep_cache })
+    }
+
+    /// Registers a handle for a file just created (nothing cached, nothing to check).
+    pub fn open_created(&self, attr: &Attr, append: bool) -> u64 {
+        self.keep_cache(attr);
+        self.add_file(attr.ino, append)
+    }
+
+    /// Writes `data` at `offset` (or at the end for `O_APPEND`) into the handle's buffer.
+    pub async fn write(&self, f: &OpenFile, offset: u64, data: &[u8]) -> Result<u32> {
+        let mut io = f.io.lock().await;
+        let offset = if f.append { self.append_offset(f, &io).await? } else { offset };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or_else(|| FsError::invalid("write past the largest file size"))?;
+        if !io.note_written(offset, end) {
+            // Rewriting bytes of this commit: commit what is there, then start afresh.
+            self.commit_io(f, &mut io).await?;
+            io.note_written(offset, end);
+        }
+        if io.writer.is_none() {
+            io.writer = Some(self.client.writer(f.ino, offset).await?);
+        }
+        let w = io.writer.as_mut().expect("writer was just created");
+        let r = async {
+            w.seek(offset).await?;
+            w.write(data).await
+        }
+        .await;
+        if let Err(e) = r {
+            // Earlier buffered bytes of this handle are lost with the writer: say so at the
+            // next flush/fsync as well as now.
+            io.writer = None;
+            io.written.clear();
+            io.failed = Some(e.as_fs());
+            f.pending_end.store(0, Ordering::Release);
+            return Err(e);
+        }
+        f.pending_end.fetch_max(end, Ordering::AcqRel);
+        Ok(data.len() as u32)
+    }
+
+    /// Where an `O_APPEND` write goes: after this handle's buffered bytes, or at the end
+    /// of the file as the cluster and the other handles of this mount see it.
+    async fn append_offset(&self, f: &OpenFile, io: &FileIo) -> Result<u64> {
+        if let Some(w) = &io.writer {
+            return Ok(w.position());
+        }
+        let size = self.client.getattr(f.ino).await?.size;
+        Ok(size.max(self.pending_end(f.ino)))
+    }
+
+    /// Commits the handle's buffered writes (durable when this returns) and reports a
+    /// write failure that happened since the last commit.
+    pub async fn commit_io(&self, f: &OpenFile, io: &mut FileIo) -> Result<()> {
+        if let Some(w) = io.writer.take() {
+            io.written.clear();
+            let r = w.close().await;
+            // A failed commit loses the buffered bytes either way; the handle is clean.
+            f.pending_end.store(0, Ordering::Release);
+            self.changed(f.ino);
+            let attr = r?;
+            debug!(ino = %f.ino, size = attr.size, "committed");
+        }
+        match io.failed.take() {
+            Some(e) => Err(ClientError::Fs(e)),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn commit(&self, f: &OpenFile) -> Result<()> {
+        let mut io = f.io.lock().await;
+        self.commit_io(f, &mut io).await
+    }
+
+    /// Commits every dirty handle of `ino`: before a change of its attributes (a later
+    /// commit would otherwise undo a truncate or overwrite an mtime set by `utimens`).
+    pub async fn commit_all(&self, ino: InodeId) -> Result<()> {
+        let mut first_err = None;
+        for f in self.files_of(ino) {
+            if f.pending_end.load(Ordering::Acquire) == 0 && f.io.try_lock().is_ok_and(|io| io.failed.is_none()) {
+                continue;
+            }
+            if let Err(e) = self.commit(&f).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Reads through the handle's reader; commits its own writes first (read-your-writes)
+    /// and reopens the reader when this mount changed the file since it was opened.
+    pub async fn read(&self, f: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let mut io = f.io.lock().await;
+        if io.writer.is_some() || io.failed.is_some() {
+            self.commit_io(f, &mut io).await?;
+        }
+        // Other handles of this mount with buffered bytes: read-your-writes across them.
+        if self.pending_end(f.ino) > 0 {
+            drop(io);
+            self.commit_all(f.ino).await?;
+            io = f.io.lock().await;
+        }
+        let changes = self.changes(f.ino);
+        let stale = io.reader.as_ref().is_none_or(|(c, _)| *c != changes);
+        if stale {
+            io.reader = Some((changes, self.client.reader(f.ino).await?));
+        }
+        let (_, reader) = io.reader.as_mut().expect("reader was just opened");
+        let bytes = reader.read_at(offset, size as u64).await?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Commits every handle still open at unmount (best effort; errors are logged).
+    pub async fn commit_everything(&self) {
+        for (fh, f) in self.all_files() {
+            if let Err(e) = self.commit(&f).await {
+                tracing::error!(ino = %f.ino, fh, error = %e, "buffered writes lost at unmount");
+            }
+        }
+    }
+
+    pub async fn release(&self, fh: u64) -> Result<()> {
+        match self.remove_file(fh) {
+            Some(f) => self.commit(&f).await,
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The one place where DistFS errors become errno values for the kernel. Every other file
+//! of the adapter calls `errno_of`/`errno_of_client` and never picks an errno itself for a
+//! failed client call.
+
+use distfs_client::ClientError;
+use distfs_types::FsError;
+use fuser::Errno;
+
+/// The errno a program sees for `e`.
+///
+/// `Unavailable` and `NotLeader` become `EIO`, not `EAGAIN`: they reach this point only
+/// after the client retried for its whole metadata deadline, so the cluster really is
+/// unreachable, and programs treat `EAGAIN` on a regular file as "would block" and spin or
+/// misreport it, whereas `EIO` is the errno every program already handles as a failed I/O.
+pub fn errno_of(e: &FsError) -> Errno {
+    match e {
+        FsError::NotFound { .. } => Errno::ENOENT,
+        FsError::AlreadyExists { .. } => Errno::EEXIST,
+        FsError::NotADirectory { .. } => Errno::ENOTDIR,
+        FsError::IsADirectory { .. } => Errno::EISDIR,
+        FsError::DirectoryNotEmpty { .. } => Errno::ENOTEMPTY,
+        FsError::InvalidArgument { .. } => Errno::EINVAL,
+        FsError::NameTooLong { .. } => Errno::ENAMETOOLONG,
+        FsError::PermissionDenied { .. } => Errno::EACCES,
+        FsError::NoSpace { .. } => Errno::ENOSPC,
+        FsError::StaleInode { .. } => Errno::ESTALE,
+        FsError::NotLeader { .. } | FsError::Unavailable { .. } => Errno::EIO,
+        FsError::NotEnoughReplicas { .. }
+        | FsError::Corrupt { .. }
+        | FsError::BlockNotFound { .. }
+        | FsError::Io { .. }
+        | FsError::Protocol { .. }
+        | FsError::Internal { .. } => Errno::EIO,
+    }
+}
+
+/// The errno of a failed client call.
+pub fn errno_of_client(e: &ClientError) -> Errno {
+    errno_of(&e.as_fs())
+}
+
+/// Errors of the adapter itself (not from the cluster).
+pub mod local {
+    use fuser::Errno;
+
+    /// A file handle the kernel sent that this mount never handed out.
+    pub const BAD_HANDLE: Errno = Errno::EBADF;
+    /// A name that is not valid UTF-8: DistFS names are UTF-8 strings.
+    pub const BAD_NAME: Errno = Errno::EINVAL;
+    /// Device nodes, FIFOs and sockets: DistFS stores files, directories and symlinks.
+    pub const UNSUPPORTED_NODE: Errno = Errno::EPERM;
+    /// Extended attributes (no metadata support yet). `ENOSYS` makes the kernel answer
+    /// `EOPNOTSUPP` to every later xattr call without asking the mount again.
+    pub const NO_XATTRS: Errno = Errno::ENOSYS;
+    /// Offsets and sizes past what a file can hold.
+    pub const TOO_BIG: Errno = Errno::EFBIG;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distfs_types::{BlockId, InodeId, NodeId};
+
+    #[test]
+    fn every_variant_has_its_errno() {
+        let b = BlockId(7);
+        let n = NodeId(1);
+        let s = || "x".to_string();
+        let cases = vec![
+            (FsError::NotFound { what: s() }, libc::ENOENT),
+            (FsError::AlreadyExists { what: s() }, libc::EEXIST),
+            (FsError::NotADirectory { what: s() }, libc::ENOTDIR),
+            (FsError::IsADirectory { what: s() }, libc::EISDIR),
+            (FsError::DirectoryNotEmpty { what: s() }, libc::ENOTEMPTY),
+            (FsError::InvalidArgument { reason: s() }, libc::EINVAL),
+            (FsError::NameTooLong { len: 300, max: 255 }, libc::ENAMETOOLONG),
+            (FsError::PermissionDenied { what: s() }, libc::EACCES),
+            (FsError::NoSpace { reason: s() }, libc::ENOSPC),
+            (FsError::StaleInode { ino: InodeId(9) }, libc::ESTALE),
+            (FsError::NotLeader { leader: None }, libc::EIO),
+            (FsError::Unavailable { reason: s() }, libc::EIO),
+            (FsError::NotEnoughReplicas { block: b, acked: 1, needed: 2, detail: s() }, libc::EIO),
+            (FsError::Corrupt { block: b, node: n, detail: s() }, libc::EIO),
+            (FsError::BlockNotFound { block: b, node: n }, libc::EIO),
+            (FsError::Io { reason: s() }, libc::EIO),
+            (FsError::Protocol { reason: s() }, libc::EIO),
+            (FsError::Internal { reason: s() }, libc::EIO),
+        ];
+        // `errno_of` matches exhaustively, so a new FsError variant does not compile
+        // until it is mapped; this list must then grow with it.
+        for (e, want) in cases {
+            assert_eq!(errno_of(&e).code(), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn client_errors_map_through_their_fs_error() {
+        let e = ClientError::AllReplicasFailed { block: BlockId(1), attempts: vec![] };
+        assert_eq!(errno_of_client(&e).code(), libc::EIO);
+        let e = ClientError::Fs(FsError::NotFound { what: "a".into() });
+        assert_eq!(errno_of_client(&e).code(), libc::ENOENT);
+        let e = ClientError::Unexpected { request: "Lookup" };
+        assert_eq!(errno_of_client(&e).code(), libc::EIO);
+    }
+}

@@ -1,0 +1,671 @@
+//! The `fuser::Filesystem` implementation. Each kernel request becomes a task on the tokio
+//! runtime that answers its `Reply*` itself, so the FUSE thread never waits on the network
+//! and many operations run at once. Namespace operations are thin calls into the client;
+//! file data goes through `data.rs`; errors become errno values only via `errno.rs`.
+
+use crate::attr::{file_attr, kind_of, time_or_now};
+use crate::data::MAX_FILE_SIZE;
+use crate::errno::{errno_of, errno_of_client, local};
+use crate::state::Inner;
+use distfs_client::Result;
+use distfs_proto::RenameMode;
+use distfs_types::{Attr, DirEntry, FileKind, FsError, InodeId, SetAttr};
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tracing::{debug_span, warn, Instrument, Span};
+
+/// Longest name of a directory entry, in bytes (`NAME_MAX`).
+pub(crate) const NAME_MAX: usize = 255;
+/// Size unit reported by `statfs`.
+const STATFS_BLOCK: u64 = 4096;
+
+const GEN: Generation = Generation(0);
+
+pub(crate) struct DistFs {
+    pub inner: Arc<Inner>,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// A directory entry name as DistFS stores it: UTF-8, at most `NAME_MAX` bytes.
+fn name_of(name: &OsStr) -> std::result::Result<String, Errno> {
+    if name.len() > NAME_MAX {
+        return Err(errno_of(&FsError::NameTooLong { len: name.len(), max: NAME_MAX }));
+    }
+    name.to_str().map(str::to_string).ok_or(local::BAD_NAME)
+}
+
+fn ino(i: INodeNo) -> InodeId {
+    InodeId(i.0)
+}
+
+/// The kernel's uid/gid of the caller, to own what it creates.
+#[derive(Clone, Copy)]
+struct Caller {
+    uid: u32,
+    gid: u32,
+}
+
+impl Caller {
+    fn of(req: &Request) -> Caller {
+        Caller { uid: req.uid(), gid: req.gid() }
+    }
+}
+
+impl DistFs {
+    fn spawn<F>(&self, span: Span, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(fut.instrument(span));
+    }
+
+    fn entry(inner: &Inner, reply: ReplyEntry, r: Result<Attr>) {
+        match r {
+            Ok(a) => reply.entry_with_ttls(&inner.attr_ttl, &inner.entry_ttl, &file_attr(&a), GEN),
+            Err(e) => reply.error(errno_of_client(&e)),
+        }
+    }
+
+    fn empty(reply: ReplyEmpty, r: Result<()>) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno_of_client(&e)),
+        }
+    }
+}
+
+impl Inner {
+    /// The client creates as the mount's own uid/gid; a caller with other ids gets the
+    /// new inode chowned to it (`default_permissions` checks against these owners).
+    async fn own(&self, attr: Attr, who: Caller) -> Result<Attr> {
+        if attr.uid == who.uid && attr.gid == who.gid {
+            return Ok(attr);
+        }
+        let set = SetAttr { uid: Some(who.uid), gid: Some(who.gid), ..SetAttr::default() };
+        self.client.setattr(attr.ino, set).await
+    }
+
+    async fn getattr_local(&self, ino: InodeId) -> Result<Attr> {
+        Ok(self.with_pending(self.client.getattr(ino).await?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setattr(
+        &self,
+        ino: InodeId,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> Result<Attr> {
+        if size.is_some_and(|s| s > MAX_FILE_SIZE) {
+            return Err(FsError::invalid("size past the largest file size").into());
+        }
+        let set = SetAttr {
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_or_now),
+            mtime: mtime.map(time_or_now),
+        };
+        if set == SetAttr::default() {
+            return self.getattr_local(ino).await;
+        }
+        if set.size.is_some() || set.mtime.is_some() || set.atime.is_some() {
+            // Buffered writes come first: their commit would undo the truncate or the
+            // mtime otherwise.
+            self.commit_all(ino).await?;
+        }
+        let attr = self.client.setattr(ino, set).await;
+        if size.is_some() {
+            self.changed(ino);
+        }
+        Ok(self.with_pending(attr?))
+    }
+
+    async fn create_file(
+        &self,
+        parent: InodeId,
+        name: &str,
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> Result<(Attr, u64)> {
+        let exclusive = flags & libc::O_EXCL != 0;
+        let mut attr = self.client.create(parent, name, mode & 0o7777, exclusive).await?;
+        attr = self.own(attr, who).await?;
+        if flags & libc::O_TRUNC != 0 && attr.size > 0 {
+            self.commit_all(attr.ino).await?;
+            attr = self.client.truncate(attr.ino, 0).await?;
+            self.changed(attr.ino);
+        }
+        let fh = self.open_created(&attr, flags & libc::O_APPEND != 0);
+        Ok((attr, fh))
+    }
+
+    async fn readdir(&self, fh: u64, offset: u64, reply: &mut ReplyDirectory) -> Result<()> {
+        let Some(d) = self.dir(fh) else {
+            return Err(FsError::invalid("unknown directory handle").into());
+        };
+        let mut d = d.lock().await;
+        if offset == 0 {
+            // First call or rewinddir: start a fresh listing.
+            let me = d.ino;
+            d.entries = vec![
+                DirEntry { name: ".".into(), ino: me, kind: FileKind::Dir },
+                DirEntry { name: "..".into(), ino: me, kind: FileKind::Dir },
+            ];
+            d.after = None;
+            d.done = false;
+        }
+        let mut i = offset as usize;
+        loop {
+            while i >= d.entries.len() && !d.done {
+                let (page, more) = self.client.readdir_page(d.ino, d.after.clone(), 1000).await?;
+                d.after = page.last().map(|e| e.name.clone());
+                d.done = !more || d.after.is_none();
+                d.entries.extend(page);
+            }
+            let Some(e) = d.entries.get(i) else { return Ok(()) };
+            if reply.add(INodeNo(e.ino.0), i as u64 + 1, kind_of(e.kind), &e.name) {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+}
+
+impl Filesystem for DistFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Lookups and creates in one directory need not be serialized by the kernel:
+        // every namespace operation is atomic in the metadata service.
+        if config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS).is_err() {
+            warn!("the kernel cannot run directory operations in parallel");
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let inner = self.inner.clone();
+        // Called on the thread that ran the session (not a runtime worker).
+        self.rt.block_on(async move { inner.commit_everything().await });
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) if e == local::BAD_NAME => return reply.error(Errno::ENOENT),
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("lookup", parent = parent.0, %name), async move {
+            let r = async { Ok(inner.with_pending(inner.client.lookup(ino(parent), &name).await?)) }.await;
+            DistFs::entry(&inner, reply, r);
+        });
+    }
+
+    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("getattr", ino = i.0), async move {
+            match inner.getattr_local(ino(i)).await {
+                Ok(a) => reply.attr(&inner.attr_ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("setattr", ino = i.0, ?size), async move {
+            match inner.setattr(ino(i), mode, uid, gid, size, atime, mtime).await {
+                Ok(a) => reply.attr(&inner.attr_ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("readlink", ino = i.0), async move {
+            match inner.client.readlink(ino(i)).await {
+                Ok(t) => reply.data(t.as_bytes()),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let fmt = mode & libc::S_IFMT;
+        if fmt != 0 && fmt != libc::S_IFREG {
+            return reply.error(local::UNSUPPORTED_NODE);
+        }
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (inner, who) = (self.inner.clone(), Caller::of(req));
+        self.spawn(debug_span!("mknod", parent = parent.0, %name), async move {
+            let r = async {
+                let a = inner.client.create(ino(parent), &name, mode & 0o7777, true).await?;
+                inner.own(a, who).await
+            }
+            .await;
+            DistFs::entry(&inner, reply, r);
+        });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (inner, who) = (self.inner.clone(), Caller::of(req));
+        self.spawn(debug_span!("mkdir", parent = parent.0, %name), async move {
+            let r = async {
+                let a = inner.client.mkdir(ino(parent), &name, mode & 0o7777).await?;
+                inner.own(a, who).await
+            }
+            .await;
+            DistFs::entry(&inner, reply, r);
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("unlink", parent = parent.0, %name), async move {
+            DistFs::empty(reply, inner.client.unlink(ino(parent), &name).await);
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("rmdir", parent = parent.0, %name), async move {
+            DistFs::empty(reply, inner.client.rmdir(ino(parent), &name).await);
+        });
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let name = match name_of(link_name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(target) = target.to_str().map(str::to_string) else {
+            return reply.error(local::BAD_NAME);
+        };
+        let (inner, who) = (self.inner.clone(), Caller::of(req));
+        self.spawn(debug_span!("symlink", parent = parent.0, %name), async move {
+            let r = async {
+                let a = inner.client.symlink(ino(parent), &name, &target).await?;
+                inner.own(a, who).await
+            }
+            .await;
+            DistFs::entry(&inner, reply, r);
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else if flags == RenameFlags::RENAME_EXCHANGE {
+            RenameMode::Exchange
+        } else {
+            // RENAME_WHITEOUT (overlayfs) or a combination.
+            return reply.error(errno_of(&FsError::invalid("unsupported rename flags")));
+        };
+        let (name, newname) = match (name_of(name), name_of(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        let span = debug_span!("rename", parent = parent.0, %name, newparent = newparent.0, %newname, ?mode);
+        self.spawn(span, async move {
+            DistFs::empty(reply, inner.client.rename(ino(parent), &name, ino(newparent), &newname, mode).await);
+        });
+    }
+
+    fn link(&self, _req: &Request, i: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let name = match name_of(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("link", ino = i.0, newparent = newparent.0, %name), async move {
+            let r = async { Ok(inner.with_pending(inner.client.link(ino(i), ino(newparent), &name).await?)) }.await;
+            DistFs::entry(&inner, reply, r);
+        });
+    }
+
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let inner = self.inner.clone();
+        let (truncate, append) = (flags.0 & libc::O_TRUNC != 0, flags.0 & libc::O_APPEND != 0);
+        self.spawn(debug_span!("open", ino = i.0, flags = flags.0), async move {
+            match inner.open(ino(i), truncate, append).await {
+                Ok(o) => {
+                    let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    reply.opened(FileHandle(o.fh), f)
+                }
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(f) = self.inner.file(fh.0) else { return reply.error(local::BAD_HANDLE) };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("read", ino = i.0, fh = fh.0, offset, size), async move {
+            match inner.read(&f, offset, size).await {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(f) = self.inner.file(fh.0) else { return reply.error(local::BAD_HANDLE) };
+        if offset.checked_add(data.len() as u64).is_none_or(|e| e > MAX_FILE_SIZE) {
+            return reply.error(local::TOO_BIG);
+        }
+        let (inner, data) = (self.inner.clone(), data.to_vec());
+        self.spawn(debug_span!("write", ino = i.0, fh = fh.0, offset, len = data.len()), async move {
+            match inner.write(&f, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, i: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let Some(f) = self.inner.file(fh.0) else { return reply.error(local::BAD_HANDLE) };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("flush", ino = i.0, fh = fh.0), async move {
+            DistFs::empty(reply, inner.commit(&f).await);
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("release", ino = i.0, fh = fh.0), async move {
+            let r = inner.release(fh.0).await;
+            if let Err(e) = &r {
+                // close(2) has already returned: nobody else hears of this.
+                tracing::error!(error = %e, "buffered writes lost at release");
+            }
+            DistFs::empty(reply, r);
+        });
+    }
+
+    fn fsync(&self, _req: &Request, i: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let Some(f) = self.inner.file(fh.0) else { return reply.error(local::BAD_HANDLE) };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("fsync", ino = i.0, fh = fh.0), async move {
+            DistFs::empty(reply, inner.commit(&f).await);
+        });
+    }
+
+    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.inner.add_dir(ino(i));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, i: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("readdir", ino = i.0, fh = fh.0, offset), async move {
+            match inner.readdir(fh.0, offset, &mut reply).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn releasedir(&self, _req: &Request, _i: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.inner.remove_dir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _i: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Namespace changes are durable (Raft-committed) when their call returns.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("statfs"), async move {
+            match inner.client.statfs().await {
+                Ok(s) => {
+                    let b = STATFS_BLOCK;
+                    let free = s.capacity.saturating_sub(s.used) / b;
+                    let files_free = u32::MAX as u64;
+                    reply.statfs(
+                        s.capacity / b,
+                        free,
+                        (s.available / b).min(free),
+                        s.files + files_free,
+                        files_free,
+                        b as u32,
+                        NAME_MAX as u32,
+                        b as u32,
+                    )
+                }
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(local::NO_XATTRS);
+    }
+
+    fn getxattr(&self, _req: &Request, _i: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(local::NO_XATTRS);
+    }
+
+    fn listxattr(&self, _req: &Request, _i: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(local::NO_XATTRS);
+    }
+
+    fn removexattr(&self, _req: &Request, _i: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(local::NO_XATTRS);
+    }
+
+    fn access(&self, req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // With `default_permissions` the kernel checks itself and never calls this; kept
+        // for mounts without it.
+        let inner = self.inner.clone();
+        let who = Caller::of(req);
+        self.spawn(debug_span!("access", ino = i.0), async move {
+            match inner.client.getattr(ino(i)).await {
+                Ok(a) if allowed(&a, who, mask.bits()) => reply.ok(),
+                Ok(_) => reply.error(errno_of(&FsError::PermissionDenied { what: format!("inode {}", i.0) })),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let (inner, who) = (self.inner.clone(), Caller::of(req));
+        self.spawn(debug_span!("create", parent = parent.0, %name, flags), async move {
+            match inner.create_file(ino(parent), &name, mode, flags, who).await {
+                Ok((a, fh)) => {
+                    reply.created(&inner.entry_ttl, &file_attr(&a), GEN, FileHandle(fh), FopenFlags::empty())
+                }
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+}
+
+/// `access(2)` by mode bits: root may read and write anything and execute what has an
+/// execute bit; others by owner, group, then other bits.
+fn allowed(a: &Attr, who: Caller, mask: i32) -> bool {
+    let want = (mask & (libc::R_OK | libc::W_OK | libc::X_OK)) as u32;
+    if want == 0 {
+        return true;
+    }
+    if who.uid == 0 {
+        return want & libc::X_OK as u32 == 0 || a.kind == FileKind::Dir || a.perm & 0o111 != 0;
+    }
+    let bits = if who.uid == a.uid {
+        a.perm >> 6
+    } else if who.gid == a.gid {
+        a.perm >> 3
+    } else {
+        a.perm
+    } & 0o7;
+    bits & want == want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distfs_types::Timestamp;
+
+    fn attr(perm: u32, uid: u32, gid: u32) -> Attr {
+        let t = Timestamp::default();
+        Attr {
+            ino: InodeId(2),
+            kind: FileKind::File,
+            perm,
+            uid,
+            gid,
+            size: 0,
+            nlink: 1,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn access_follows_owner_group_other_bits() {
+        let a = attr(0o640, 10, 20);
+        let r = libc::R_OK;
+        let w = libc::W_OK;
+        assert!(allowed(&a, Caller { uid: 10, gid: 99 }, r | w));
+        assert!(allowed(&a, Caller { uid: 11, gid: 20 }, r));
+        assert!(!allowed(&a, Caller { uid: 11, gid: 20 }, w));
+        assert!(!allowed(&a, Caller { uid: 11, gid: 21 }, r));
+        assert!(allowed(&a, Caller { uid: 0, gid: 0 }, r | w));
+        assert!(!allowed(&a, Caller { uid: 0, gid: 0 }, libc::X_OK));
+        assert!(allowed(&a, Caller { uid: 11, gid: 21 }, libc::F_OK));
+    }
+
+    #[test]
+    fn names_are_checked_for_length_and_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(name_of(OsStr::new("a")), Ok("a".to_string()));
+        let long = "x".repeat(256);
+        assert_eq!(name_of(OsStr::new(&long)), Err(Errno::ENAMETOOLONG));
+        assert_eq!(name_of(OsStr::from_bytes(&[0xff, 0xfe])), Err(local::BAD_NAME));
+    }
+}

@@ -1,0 +1,206 @@
+//! State of one mount shared by every operation: the client, the TTLs, the open file and
+//! directory handles, and what this mount knows locally about inodes (a change counter
+//! that invalidates per-handle readers, and the version whose pages the kernel caches).
+
+use distfs_client::{Client, FileReader, FileWriter};
+use distfs_types::{Attr, DirEntry, FsError, InodeId, Timestamp};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Remembered page-cache versions beyond this are forgotten (the next open of those
+/// files simply drops their cached pages).
+const MAX_CACHED_VERSIONS: usize = 100_000;
+
+/// One open file (a kernel file handle).
+pub(crate) struct OpenFile {
+    pub ino: InodeId,
+    /// Opened with `O_APPEND`: every write goes to the current end of the file.
+    pub append: bool,
+    /// Highest offset (exclusive) written through this handle and not committed yet;
+    /// 0 when the handle is clean. Read without the lock by `getattr`.
+    pub pending_end: AtomicU64,
+    pub io: tokio::sync::Mutex<FileIo>,
+}
+
+/// The I/O state of an open file; one operation at a time uses it.
+#[derive(Default)]
+pub(crate) struct FileIo {
+    /// Buffers writes since the last commit; created at the first write.
+    pub writer: Option<FileWriter>,
+    /// File ranges written since the last commit, sorted and merged: a write overlapping
+    /// one of them commits first (two blocks for the same bytes in one commit would carry
+    /// the same sequence number, and which wins would be undefined).
+    pub written: Vec<(u64, u64)>,
+    /// The reader of this handle and the local change counter of the inode when it was
+    /// opened; a newer counter means this mount changed the file since.
+    pub reader: Option<(u64, FileReader)>,
+    /// A write that failed after `write` had returned success for earlier bytes: reported
+    /// by the next `flush`/`fsync`.
+    pub failed: Option<FsError>,
+}
+
+impl FileIo {
+    /// Records `[start, end)` as written; returns false if it overlaps an earlier range.
+    pub fn note_written(&mut self, start: u64, end: u64) -> bool {
+        if self.written.iter().any(|&(s, e)| start < e && s < end) {
+            return false;
+        }
+        let i = self.written.partition_point(|&(s, _)| s < start);
+        self.written.insert(i, (start, end));
+        // Merge with the neighbours it touches.
+        if i + 1 < self.written.len() && self.written[i + 1].0 == end {
+            self.written[i].1 = self.written[i + 1].1;
+            self.written.remove(i + 1);
+        }
+        if i > 0 && self.written[i - 1].1 == start {
+            self.written[i - 1].1 = self.written[i].1;
+            self.written.remove(i);
+        }
+        true
+    }
+}
+
+/// One open directory: a listing fetched page by page and kept for the handle's life, so
+/// offsets stay valid while entries are added or removed.
+pub(crate) struct DirStream {
+    pub ino: InodeId,
+    /// `.`, `..`, then the entries fetched so far.
+    pub entries: Vec<DirEntry>,
+    /// Name to continue the listing after; `None` with `done` when complete.
+    pub after: Option<String>,
+    pub done: bool,
+}
+
+#[derive(Default)]
+struct InodeLocal {
+    /// Bumped whenever this mount commits to or truncates the inode.
+    changes: u64,
+}
+
+/// Everything one mount shares between operations.
+pub(crate) struct Inner {
+    pub client: Client,
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+    next_fh: AtomicU64,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirStream>>>>,
+    inodes: Mutex<HashMap<InodeId, InodeLocal>>,
+    /// (mtime, size) of each file as the kernel's page cache holds it.
+    cached: Mutex<HashMap<InodeId, (Timestamp, u64)>>,
+}
+
+impl Inner {
+    pub fn new(client: Client, attr_ttl: Duration, entry_ttl: Duration) -> Inner {
+        Inner {
+            client,
+            attr_ttl,
+            entry_ttl,
+            next_fh: AtomicU64::new(1),
+            files: Mutex::default(),
+            dirs: Mutex::default(),
+            inodes: Mutex::default(),
+            cached: Mutex::default(),
+        }
+    }
+
+    pub fn add_file(&self, ino: InodeId, append: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let f = OpenFile { ino, append, pending_end: AtomicU64::new(0), io: tokio::sync::Mutex::default() };
+        self.files.lock().expect("files lock").insert(fh, Arc::new(f));
+        fh
+    }
+
+    pub fn file(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.files.lock().expect("files lock").get(&fh).cloned()
+    }
+
+    pub fn remove_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.files.lock().expect("files lock").remove(&fh)
+    }
+
+    /// Every open handle of `ino`.
+    pub fn files_of(&self, ino: InodeId) -> Vec<Arc<OpenFile>> {
+        self.files.lock().expect("files lock").values().filter(|f| f.ino == ino).cloned().collect()
+    }
+
+    /// Every open handle (for the final commit at unmount).
+    pub fn all_files(&self) -> Vec<(u64, Arc<OpenFile>)> {
+        self.files.lock().expect("files lock").iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    /// Highest uncommitted end offset over the open handles of `ino` (0 if all clean).
+    pub fn pending_end(&self, ino: InodeId) -> u64 {
+        let files = self.files.lock().expect("files lock");
+        files.values().filter(|f| f.ino == ino).map(|f| f.pending_end.load(Ordering::Acquire)).max().unwrap_or(0)
+    }
+
+    /// `attr` as this mount sees it: the size includes bytes buffered in open handles.
+    pub fn with_pending(&self, mut attr: Attr) -> Attr {
+        let pending = self.pending_end(attr.ino);
+        if pending > attr.size {
+            attr.size = pending;
+        }
+        attr
+    }
+
+    pub fn add_dir(&self, ino: InodeId) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let d = DirStream { ino, entries: Vec::new(), after: None, done: false };
+        self.dirs.lock().expect("dirs lock").insert(fh, Arc::new(tokio::sync::Mutex::new(d)));
+        fh
+    }
+
+    pub fn dir(&self, fh: u64) -> Option<Arc<tokio::sync::Mutex<DirStream>>> {
+        self.dirs.lock().expect("dirs lock").get(&fh).cloned()
+    }
+
+    pub fn remove_dir(&self, fh: u64) {
+        self.dirs.lock().expect("dirs lock").remove(&fh);
+    }
+
+    /// The local change counter of `ino`.
+    pub fn changes(&self, ino: InodeId) -> u64 {
+        self.inodes.lock().expect("inodes lock").get(&ino).map(|i| i.changes).unwrap_or(0)
+    }
+
+    /// Notes that this mount changed the content of `ino` (readers opened before are stale).
+    pub fn changed(&self, ino: InodeId) {
+        self.inodes.lock().expect("inodes lock").entry(ino).or_default().changes += 1;
+    }
+
+    /// Decides whether the kernel may keep its cached pages of a file being opened with
+    /// attributes `attr`, and records `attr` as the version the cache will hold.
+    pub fn keep_cache(&self, attr: &Attr) -> bool {
+        let now = (attr.mtime, attr.size);
+        let mut cached = self.cached.lock().expect("cached lock");
+        if cached.len() >= MAX_CACHED_VERSIONS && !cached.contains_key(&attr.ino) {
+            cached.clear();
+        }
+        cached.insert(attr.ino, now) == Some(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_ranges_merge_and_detect_overlap() {
+        let mut io = FileIo::default();
+        assert!(io.note_written(0, 10));
+        assert!(io.note_written(10, 20));
+        assert_eq!(io.written, vec![(0, 20)]);
+        assert!(io.note_written(30, 40));
+        assert!(io.note_written(20, 30));
+        assert_eq!(io.written, vec![(0, 40)]);
+        assert!(!io.note_written(39, 41));
+        assert!(!io.note_written(5, 6));
+        assert!(io.note_written(100, 110));
+        assert!(io.note_written(50, 60));
+        assert_eq!(io.written, vec![(0, 40), (50, 60), (100, 110)]);
+        assert!(!io.note_written(45, 55));
+    }
+}
