@@ -201,7 +201,7 @@ fn verify(
     crcs: &[u32],
     body: Bytes,
 ) -> std::result::Result<Bytes, String> {
-    if got_off % CRC_CHUNK != 0 || got_off > offset {
+    if !got_off.is_multiple_of(CRC_CHUNK) || got_off > offset {
         return Err(format!("block {id}: answer starts at {got_off}, not a 64 KiB boundary at or before {offset}"));
     }
     let skip = (offset - got_off) as usize;

@@ -90,7 +90,7 @@ impl MetaClient {
                     self.leader.store(i, Ordering::Relaxed);
                     debug!(leader = %hint, "following metadata leader hint");
                     // A hint is worth following at once, but not forever in a loop.
-                    if attempt % 4 != 0 {
+                    if !attempt.is_multiple_of(4) {
                         continue;
                     }
                 }

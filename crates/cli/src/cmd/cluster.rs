@@ -1,0 +1,77 @@
+//! `df` and `cluster status`.
+
+use crate::output::{human_bytes, print_json, print_table};
+use distfs_client::Client;
+
+pub async fn df(client: &Client, json: bool) -> anyhow::Result<()> {
+    let s = client.statfs().await?;
+    if json {
+        return print_json(&s);
+    }
+    let pct = if s.capacity == 0 { 0.0 } else { s.used as f64 * 100.0 / s.capacity as f64 };
+    print_table(
+        Some(&["Size", "Used", "Avail", "Use%", "Files"]),
+        &[vec![
+            human_bytes(s.capacity),
+            human_bytes(s.used),
+            human_bytes(s.available),
+            format!("{pct:.0}%"),
+            s.files.to_string(),
+        ]],
+    );
+    Ok(())
+}
+
+pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
+    let s = client.cluster_status().await?;
+    if json {
+        return print_json(&s);
+    }
+    println!(
+        "metadata: leader {}, term {}, applied index {}",
+        s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+        s.term,
+        s.last_applied
+    );
+    println!(
+        "namespace: {} files, {} directories, {} blocks, {} stored (x{} replicas)",
+        s.files,
+        s.directories,
+        s.blocks,
+        human_bytes(s.logical_bytes),
+        s.replication
+    );
+    let healthy = if s.under_replicated == 0 && s.bad_replicas.is_empty() { "healthy" } else { "DEGRADED" };
+    println!(
+        "replication: {healthy}: {} blocks under-replicated, {} bad replicas reported, {} blocks awaiting deletion",
+        s.under_replicated,
+        s.bad_replicas.len(),
+        s.gc_pending
+    );
+    println!();
+    let rows: Vec<Vec<String>> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            let pct = if n.capacity == 0 { 0.0 } else { n.used as f64 * 100.0 / n.capacity as f64 };
+            vec![
+                n.id.to_string(),
+                n.addr.clone(),
+                n.zone.clone(),
+                n.state.to_string(),
+                format!("{} / {} ({pct:.1}%)", human_bytes(n.used), human_bytes(n.capacity)),
+                n.blocks.to_string(),
+                format!("{:.1}s ago", n.last_heartbeat_ms as f64 / 1000.0),
+            ]
+        })
+        .collect();
+    print_table(Some(&["NODE", "ADDRESS", "ZONE", "STATE", "USED", "BLOCKS", "HEARTBEAT"]), &rows);
+    if !s.bad_replicas.is_empty() {
+        println!();
+        println!("bad replicas (newest last):");
+        let rows: Vec<Vec<String>> =
+            s.bad_replicas.iter().map(|b| vec![b.block.to_string(), b.node.to_string(), b.reason.clone()]).collect();
+        print_table(Some(&["BLOCK", "NODE", "REASON"]), &rows);
+    }
+    Ok(())
+}
