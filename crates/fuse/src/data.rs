@@ -33,6 +33,9 @@ impl Inner {
         }
         // Handles of this mount that are still dirty make the file differ from `attr`.
         let keep_cache = self.keep_cache(&attr) && self.pending_end(ino) == 0;
+        if !keep_cache {
+            self.forget_attrs(ino);
+        }
         let fh = self.add_file(ino, append);
         debug!(%ino, fh, keep_cache, "opened");
         Ok(Opened { fh, keep_cache })

@@ -122,7 +122,7 @@ impl Mounted {
             }
         };
         let inner = Arc::new(state::Inner::new(client, opts.attr_ttl, opts.entry_ttl));
-        let filesystem = fs::DistFs { inner, rt };
+        let filesystem = fs::DistFs { inner: inner.clone(), rt };
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName("distfs".into()),
@@ -138,6 +138,7 @@ impl Mounted {
         config.n_threads = Some(opts.threads.max(1));
         let session = fuser::Session::new(filesystem, &path, &config)
             .map_err(|source| FuseError::Mount { path: path.clone(), source })?;
+        let _ = inner.notifier.set(session.notifier());
         tracing::info!(mountpoint = %path.display(), "mounted");
         Ok(Mounted { session, mountpoint: path, _runtime: runtime })
     }

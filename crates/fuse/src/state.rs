@@ -90,6 +90,8 @@ pub(crate) struct Inner {
     inodes: Mutex<HashMap<InodeId, InodeLocal>>,
     /// (mtime, size) of each file as the kernel's page cache holds it.
     cached: Mutex<HashMap<InodeId, (Timestamp, u64)>>,
+    /// Tells the kernel to drop cached attributes; set once the session exists.
+    pub notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 impl Inner {
@@ -103,6 +105,7 @@ impl Inner {
             dirs: Mutex::default(),
             inodes: Mutex::default(),
             cached: Mutex::default(),
+            notifier: std::sync::OnceLock::new(),
         }
     }
 
@@ -180,6 +183,16 @@ impl Inner {
             cached.clear();
         }
         cached.insert(attr.ino, now) == Some(now)
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (not its pages): an open that found
+    /// the file changed must not keep reading up to a stale size.
+    pub fn forget_attrs(&self, ino: InodeId) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(fuser::INodeNo(ino.0), -1, 0) {
+                tracing::debug!(%ino, error = %e, "could not invalidate cached attributes");
+            }
+        }
     }
 }
 
