@@ -9,8 +9,10 @@ use distfs_types::{Attr, FileKind, FsError, InodeId};
 use std::sync::atomic::Ordering;
 use tracing::debug;
 
-/// Largest file offset a write may reach (the kernel's `MAX_LFS_FILESIZE`); larger is EFBIG.
-pub(crate) const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+/// Largest size a file on the mount may reach (1 PiB); writes and truncates past it get
+/// EFBIG. The kernel's own limit is far higher, and a sparse write at 2^62 would only
+/// create chunk indexes nobody can fill.
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
 
 /// What `open` decided.
 pub(crate) struct Opened {
@@ -18,11 +20,27 @@ pub(crate) struct Opened {
     pub keep_cache: bool,
 }
 
+/// An inode the kernel holds that the metadata no longer knows is stale, not missing:
+/// `ESTALE` makes the kernel look the name up again instead of failing the call.
+pub(crate) fn gone_is_stale(ino: InodeId, e: ClientError) -> ClientError {
+    match e {
+        ClientError::Fs(FsError::NotFound { .. }) => ClientError::Fs(FsError::StaleInode { ino }),
+        e => e,
+    }
+}
+
 impl Inner {
-    /// Opens `ino`: revalidates its attributes (close-to-open) and says whether the
-    /// kernel's cached pages are still those of the current version.
-    pub async fn open(&self, ino: InodeId, truncate: bool, append: bool) -> Result<Opened> {
-        let mut attr = self.client.getattr(ino).await?;
+    /// Opens `ino`: revalidates its attributes (close-to-open), opens the handle's reader
+    /// when it may read (size and layout fixed now), and says whether the kernel's cached
+    /// pages are still those of the current version.
+    pub async fn open(&self, ino: InodeId, truncate: bool, append: bool, read: bool) -> Result<Opened> {
+        let changes = self.changes(ino);
+        let (mut attr, mut reader) = if read && !truncate {
+            let r = self.client.reader(ino).await.map_err(|e| gone_is_stale(ino, e))?;
+            (r.attr().clone(), Some(r))
+        } else {
+            (self.client.getattr(ino).await.map_err(|e| gone_is_stale(ino, e))?, None)
+        };
         if attr.kind == FileKind::Dir {
             return Err(FsError::IsADirectory { what: format!("inode {ino}") }.into());
         }
@@ -30,13 +48,14 @@ impl Inner {
             self.commit_all(ino).await?;
             attr = self.client.truncate(ino, 0).await?;
             self.changed(ino);
+            reader = None;
         }
         // Handles of this mount that are still dirty make the file differ from `attr`.
         let keep_cache = self.keep_cache(&attr) && self.pending_end(ino) == 0;
         if !keep_cache {
             self.forget_attrs(ino);
         }
-        let fh = self.add_file(ino, append);
+        let fh = self.add_file(ino, append, reader.map(|r| (changes, r)));
         debug!(%ino, fh, keep_cache, "opened");
         Ok(Opened { fh, keep_cache })
     }
@@ -44,7 +63,7 @@ impl Inner {
     /// Registers a handle for a file just created (nothing cached, nothing to check).
     pub fn open_created(&self, attr: &Attr, append: bool) -> u64 {
         self.keep_cache(attr);
-        self.add_file(attr.ino, append)
+        self.add_file(attr.ino, append, None)
     }
 
     /// Writes `data` at `offset` (or at the end for `O_APPEND`) into the handle's buffer.
@@ -146,7 +165,8 @@ impl Inner {
         let changes = self.changes(f.ino);
         let stale = io.reader.as_ref().is_none_or(|(c, _)| *c != changes);
         if stale {
-            io.reader = Some((changes, self.client.reader(f.ino).await?));
+            let r = self.client.reader(f.ino).await.map_err(|e| gone_is_stale(f.ino, e))?;
+            io.reader = Some((changes, r));
         }
         let (_, reader) = io.reader.as_mut().expect("reader was just opened");
         let bytes = reader.read_at(offset, size as u64).await?;

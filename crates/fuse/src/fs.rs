@@ -4,7 +4,7 @@
 //! file data goes through `data.rs`; errors become errno values only via `errno.rs`.
 
 use crate::attr::{file_attr, kind_of, time_or_now};
-use crate::data::MAX_FILE_SIZE;
+use crate::data::{gone_is_stale, MAX_FILE_SIZE};
 use crate::errno::{errno_of, errno_of_client, local};
 use crate::state::Inner;
 use distfs_client::Result;
@@ -93,8 +93,21 @@ impl Inner {
         self.client.setattr(attr.ino, set).await
     }
 
-    async fn getattr_local(&self, ino: InodeId) -> Result<Attr> {
-        Ok(self.with_pending(self.client.getattr(ino).await?))
+    /// Attributes with this mount's buffered bytes counted. An inode removed while this
+    /// handle keeps it open (unlinked, renamed over) answers with what the handle saw.
+    async fn getattr_local(&self, ino: InodeId, fh: Option<u64>) -> Result<Attr> {
+        match self.client.getattr(ino).await {
+            Ok(a) => Ok(self.with_pending(a)),
+            Err(e) => {
+                if let Some(f) = fh.and_then(|fh| self.file(fh)) {
+                    let io = f.io.lock().await;
+                    if let Some((_, r)) = &io.reader {
+                        return Ok(Attr { nlink: 0, ..r.attr().clone() });
+                    }
+                }
+                Err(gone_is_stale(ino, e))
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -123,7 +136,7 @@ impl Inner {
         if set.size.is_none() && set.atime.is_none() && set.mtime.is_none() {
             // chmod/chown to what the inode already has (`cp -a`, `tar`, `rsync` do it for
             // every file): a read instead of a replicated metadata write.
-            let cur = self.client.getattr(ino).await?;
+            let cur = self.client.getattr(ino).await.map_err(|e| gone_is_stale(ino, e))?;
             set.perm = set.perm.filter(|&p| p != cur.perm & 0o7777);
             set.uid = set.uid.filter(|&u| u != cur.uid);
             set.gid = set.gid.filter(|&g| g != cur.gid);
@@ -136,7 +149,7 @@ impl Inner {
             // mtime otherwise.
             self.commit_all(ino).await?;
         }
-        let attr = self.client.setattr(ino, set).await;
+        let attr = self.client.setattr(ino, set).await.map_err(|e| gone_is_stale(ino, e));
         if size.is_some() {
             self.changed(ino);
         }
@@ -226,10 +239,10 @@ impl Filesystem for DistFs {
         });
     }
 
-    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, i: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let inner = self.inner.clone();
         self.spawn(debug_span!("getattr", ino = i.0), async move {
-            match inner.getattr_local(ino(i)).await {
+            match inner.getattr_local(ino(i), fh.map(|f| f.0)).await {
                 Ok(a) => reply.attr(&inner.attr_ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno_of_client(&e)),
             }
@@ -254,6 +267,9 @@ impl Filesystem for DistFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if size.is_some_and(|s| s > MAX_FILE_SIZE) {
+            return reply.error(local::TOO_BIG);
+        }
         let inner = self.inner.clone();
         self.spawn(debug_span!("setattr", ino = i.0, ?size), async move {
             match inner.setattr(ino(i), mode, uid, gid, size, atime, mtime).await {
@@ -405,8 +421,9 @@ impl Filesystem for DistFs {
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let inner = self.inner.clone();
         let (truncate, append) = (flags.0 & libc::O_TRUNC != 0, flags.0 & libc::O_APPEND != 0);
+        let read = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
         self.spawn(debug_span!("open", ino = i.0, flags = flags.0), async move {
-            match inner.open(ino(i), truncate, append).await {
+            match inner.open(ino(i), truncate, append, read).await {
                 Ok(o) => {
                     let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                     reply.opened(FileHandle(o.fh), f)

@@ -9,6 +9,7 @@ pub mod errno;
 mod fs;
 mod state;
 
+pub use data::MAX_FILE_SIZE;
 use distfs_client::Client;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -109,9 +109,10 @@ impl Inner {
         }
     }
 
-    pub fn add_file(&self, ino: InodeId, append: bool) -> u64 {
+    pub fn add_file(&self, ino: InodeId, append: bool, reader: Option<(u64, FileReader)>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let f = OpenFile { ino, append, pending_end: AtomicU64::new(0), io: tokio::sync::Mutex::default() };
+        let io = FileIo { reader, ..FileIo::default() };
+        let f = OpenFile { ino, append, pending_end: AtomicU64::new(0), io: tokio::sync::Mutex::new(io) };
         self.files.lock().expect("files lock").insert(fh, Arc::new(f));
         fh
     }
