@@ -47,6 +47,8 @@ pub mod local {
     pub const BAD_HANDLE: Errno = Errno::EBADF;
     /// A name that is not valid UTF-8: DistFS names are UTF-8 strings.
     pub const BAD_NAME: Errno = Errno::EINVAL;
+    /// Looking up such a name: it cannot exist.
+    pub const BAD_NAME_LOOKUP: Errno = Errno::ENOENT;
     /// Device nodes, FIFOs and sockets: DistFS stores files, directories and symlinks.
     pub const UNSUPPORTED_NODE: Errno = Errno::EPERM;
     /// Extended attributes (no metadata support yet). `ENOSYS` makes the kernel answer

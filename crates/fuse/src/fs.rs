@@ -229,7 +229,7 @@ impl Filesystem for DistFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match name_of(name) {
             Ok(n) => n,
-            Err(e) if e == local::BAD_NAME => return reply.error(Errno::ENOENT),
+            Err(e) if e == local::BAD_NAME => return reply.error(local::BAD_NAME_LOOKUP),
             Err(e) => return reply.error(e),
         };
         let inner = self.inner.clone();
