@@ -231,6 +231,7 @@ async fn bad_input_errnos_background_mode_and_clean_unmounts() {
         .and_then(|s| s.split(',').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no pid in: {}", stderr(&out)));
+    let _guard = DaemonGuard { dir: mp.clone(), pid: daemon };
 
     eprintln!("phase: errno of bad input");
     let p = |s: &str| mp.join(s);

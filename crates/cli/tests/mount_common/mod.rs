@@ -108,6 +108,22 @@ impl Drop for MountProc {
     }
 }
 
+/// Unmounts a `--background` mount and ends its daemon if a test stops before doing so.
+pub struct DaemonGuard {
+    pub dir: PathBuf,
+    pub pid: i32,
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        if is_fuse(&self.dir) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.dir).status();
+        }
+        // SAFETY: kill(2) of the daemon this test started; harmless if it already exited.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+}
+
 /// Runs `bash -c script` with a deadline (killed after it); returns its output.
 pub async fn run_sh(script: &str, timeout: Duration) -> Output {
     let child = Command::new("bash")
