@@ -17,6 +17,7 @@ pub struct LocalOptions {
     pub dir: PathBuf,
     pub listen: String,
     pub storage: usize,
+    pub meta_servers: usize,
     pub replication: u32,
     pub sync: String,
 }
@@ -30,23 +31,45 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     let dir = opts.dir.canonicalize()?;
     let shutdown = CancellationToken::new();
 
-    let meta_cfg = MetaConfig {
-        listen: opts.listen.clone(),
-        data_dir: dir.join("meta"),
-        replication: opts.replication,
-        ..MetaConfig::default()
+    anyhow::ensure!(
+        matches!(opts.meta_servers, 1 | 3 | 5),
+        "--meta must be 1, 3 or 5 metadata servers (got {})",
+        opts.meta_servers
+    );
+    let first: std::net::SocketAddr =
+        opts.listen.parse().with_context(|| format!("--listen `{}` is not an IP:PORT address", opts.listen))?;
+    let addrs: Vec<String> = (0..opts.meta_servers as u16)
+        .map(|i| std::net::SocketAddr::new(first.ip(), first.port() + i).to_string())
+        .collect();
+    let initial_members: Vec<String> = if opts.meta_servers == 1 {
+        Vec::new()
+    } else {
+        addrs.iter().enumerate().map(|(i, a)| format!("{}@{a}", i + 1)).collect()
     };
-    let meta = MetaServer::start(meta_cfg, shutdown.child_token())
-        .await
-        .with_context(|| format!("cannot start the metadata server on {}", opts.listen))?;
-    let meta_addr = meta.local_addr().to_string();
+    let mut metas = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let data_dir = if opts.meta_servers == 1 { dir.join("meta") } else { dir.join(format!("meta-{}", i + 1)) };
+        let cfg = MetaConfig {
+            id: i as u64 + 1,
+            listen: addr.clone(),
+            data_dir,
+            replication: opts.replication,
+            initial_members: initial_members.clone(),
+            ..MetaConfig::default()
+        };
+        let server = MetaServer::start(cfg, shutdown.child_token())
+            .await
+            .with_context(|| format!("cannot start metadata server {} on {addr}", i + 1))?;
+        metas.push(server);
+    }
+    let meta_addr = addrs.join(",");
 
     let mut nodes = Vec::new();
     for i in 0..opts.storage {
         let cfg = StorageConfig {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.join(format!("storage-{}", i + 1)),
-            meta: vec![meta_addr.clone()],
+            meta: addrs.clone(),
             zone: format!("local-{}", i + 1),
             sync,
             ..StorageConfig::default()
@@ -58,7 +81,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     }
 
     // Ready when every storage node is registered and up.
-    let client = Client::new(ClientConfig { meta: vec![meta_addr.clone()], ..ClientConfig::default() });
+    let client = Client::new(ClientConfig { meta: addrs.clone(), ..ClientConfig::default() });
     let start = Instant::now();
     loop {
         if let Ok(s) = client.cluster_status().await {
@@ -76,6 +99,9 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
         opts.storage,
         dir.display()
     );
+    if opts.meta_servers > 1 {
+        println!("Clients should know every metadata server: export DISTFS_META={meta_addr}");
+    }
 
     crate::runtime::shutdown_signal().await;
     info!("stopping");
@@ -83,7 +109,9 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     for n in &nodes {
         n.shutdown().await;
     }
-    meta.shutdown().await?;
+    for m in metas {
+        m.shutdown().await?;
+    }
     println!("DistFS stopped; data kept in {}.", dir.display());
     Ok(())
 }

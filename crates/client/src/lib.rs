@@ -3,6 +3,7 @@
 //! `write`, the verified, failing-over read path in `read`. Pure decisions (which bytes
 //! live in which block, which replica to try first) are in `plan`.
 
+pub mod admin;
 pub mod error;
 pub mod ns;
 pub mod plan;
@@ -29,6 +30,9 @@ pub struct ClientConfig {
     pub meta: Vec<String>,
     /// How long a metadata call keeps retrying (no leader, leader change) before failing.
     pub meta_deadline: Duration,
+    /// Deadline of one attempt at one metadata server (a partitioned leader never
+    /// answers a write; the client moves on after this).
+    pub meta_attempt_timeout: Duration,
     /// Deadline of one block transfer to or from one storage node.
     pub block_timeout: Duration,
     /// Blocks written concurrently by one writer (each to R replicas).
@@ -45,6 +49,7 @@ impl Default for ClientConfig {
         ClientConfig {
             meta: vec![DEFAULT_META_ADDR.to_string()],
             meta_deadline: Duration::from_secs(15),
+            meta_attempt_timeout: Duration::from_secs(5),
             block_timeout: Duration::from_secs(20),
             write_parallelism: 4,
             read_parallelism: 8,
@@ -73,7 +78,8 @@ impl Client {
             request_timeout: config.block_timeout,
             ..RpcConfig::default()
         });
-        let meta = MetaClient::new(rpc.clone(), config.meta.clone()).with_deadline(config.meta_deadline);
+        let mut meta = MetaClient::new(rpc.clone(), config.meta.clone()).with_deadline(config.meta_deadline);
+        meta.attempt_timeout = config.meta_attempt_timeout;
         Client { meta, rpc, config: Arc::new(config), latency: Arc::default(), geometry: Arc::default() }
     }
 

@@ -41,7 +41,7 @@ macro_rules! expect_resp {
     ($resp:expr, $pat:pat => $out:expr, $name:literal) => {
         match $resp {
             $pat => Ok($out),
-            _ => Err(ClientError::Unexpected { request: $name }),
+            _ => Err($crate::ClientError::Unexpected { request: $name }),
         }
     };
 }

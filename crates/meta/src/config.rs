@@ -28,6 +28,12 @@ pub struct MetaConfig {
     pub suspect_after: HumanDuration,
     /// A storage node silent this long is Dead.
     pub dead_after: HumanDuration,
+    /// Members of a new metadata cluster, as `"ID@HOST:PORT"`, this server included. On
+    /// the first start the member with the lowest id initializes the cluster with all of
+    /// them. Empty: this server alone forms a single-member cluster.
+    pub initial_members: Vec<String>,
+    /// Never initialize a cluster: wait to be added with `distfs meta add`.
+    pub join: bool,
     pub raft: RaftConfig,
 }
 
@@ -65,6 +71,8 @@ impl Default for MetaConfig {
             block_size: ByteSize(4 << 20),
             suspect_after: HumanDuration::from_secs(2),
             dead_after: HumanDuration::from_secs(6),
+            initial_members: Vec::new(),
+            join: false,
             raft: RaftConfig::default(),
         }
     }
@@ -88,8 +96,39 @@ impl MetaConfig {
         Self::from_toml_str(&text)
     }
 
+    /// `initial_members` parsed into (id, address) pairs.
+    pub fn parse_initial_members(&self) -> Result<Vec<(u64, String)>, MetaError> {
+        let mut out: Vec<(u64, String)> = Vec::new();
+        for m in &self.initial_members {
+            let bad = |reason: String| MetaError::Config { key: "initial_members".into(), reason };
+            let (id, addr) = m.split_once('@').ok_or_else(|| bad(format!("`{m}` is not ID@HOST:PORT")))?;
+            let id: u64 = id.trim().parse().map_err(|_| bad(format!("`{id}` in `{m}` is not a server id")))?;
+            if id == 0 || !addr.contains(':') {
+                return Err(bad(format!("`{m}` is not ID@HOST:PORT with an id of at least 1")));
+            }
+            if out.iter().any(|(i, _)| *i == id) {
+                return Err(bad(format!("id {id} is listed twice")));
+            }
+            out.push((id, addr.trim().to_string()));
+        }
+        if !out.is_empty() && !out.iter().any(|(i, _)| *i == self.id) {
+            return Err(MetaError::Config {
+                key: "initial_members".into(),
+                reason: format!("must list this server (id {}) too", self.id),
+            });
+        }
+        Ok(out)
+    }
+
     /// Checks every key; the first bad one is reported with the reason.
     pub fn validate(&self) -> Result<(), MetaError> {
+        self.parse_initial_members()?;
+        if self.join && !self.initial_members.is_empty() {
+            return Err(MetaError::Config {
+                key: "join".into(),
+                reason: "a joining server waits to be added; it takes no initial_members".into(),
+            });
+        }
         let bad = |key: &str, reason: String| Err(MetaError::Config { key: key.into(), reason });
         if self.id == 0 {
             return bad("id", "must be at least 1".into());
@@ -155,7 +194,9 @@ impl MetaConfig {
             election_timeout_min: ms(self.raft.election_timeout_min),
             election_timeout_max: ms(self.raft.election_timeout_max),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.raft.snapshot_after_logs),
-            max_in_snapshot_log_to_keep: 1000,
+            // Keep a tail of the log after a snapshot so a briefly lagging member catches up
+            // from the log; one further behind gets the snapshot.
+            max_in_snapshot_log_to_keep: (self.raft.snapshot_after_logs / 10).min(1000),
             ..Default::default()
         };
         c.validate().map_err(|e| MetaError::Config { key: "raft".into(), reason: e.to_string() })

@@ -9,6 +9,7 @@ pub mod placement;
 pub use config::{MetaConfig, RaftConfig};
 pub use error::MetaError;
 pub mod liveness;
+mod membership;
 pub mod raft;
 pub mod server;
 mod service;

@@ -66,11 +66,25 @@ impl MetaServer {
             .await
             .map_err(|e| MetaError::Raft { reason: e.to_string() })?;
         if fresh {
-            let members = BTreeMap::from([(config.id, BasicNode { addr: advertised.clone() })]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| MetaError::Raft { reason: format!("initialize single-member cluster: {e}") })?;
-            info!(id = config.id, addr = %advertised, "initialized a new single-member metadata cluster");
+            let initial = config.parse_initial_members()?;
+            if config.join {
+                info!(id = config.id, addr = %advertised, "waiting to be added to a metadata cluster (join = true)");
+            } else if initial.is_empty() {
+                let members = BTreeMap::from([(config.id, BasicNode { addr: advertised.clone() })]);
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| MetaError::Raft { reason: format!("initialize single-member cluster: {e}") })?;
+                info!(id = config.id, addr = %advertised, "initialized a new single-member metadata cluster");
+            } else if initial.iter().map(|(id, _)| *id).min() == Some(config.id) {
+                let members: BTreeMap<u64, BasicNode> =
+                    initial.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| MetaError::Raft { reason: format!("initialize metadata cluster: {e}") })?;
+                info!(id = config.id, members = ?initial, "initialized a new metadata cluster");
+            } else {
+                info!(id = config.id, members = ?initial, "waiting for the lowest-id member to initialize the cluster");
+            }
         }
 
         let service = Arc::new(Service::new(config.id, raft, store, config.clone(), clock));

@@ -38,7 +38,7 @@ pub(crate) struct Service {
     ring: Mutex<Option<(Vec<RingNode>, Arc<Ring>)>>,
 }
 
-fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
+pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
     FsError::NotLeader { leader: node.into().map(|n| n.addr) }
 }
 
@@ -220,6 +220,10 @@ impl Service {
                 self.read_barrier().await?;
                 self.status().map(MetaResponse::Status)
             }
+            MetaRequest::MetaServerInfo => Ok(self.server_info()),
+            MetaRequest::AddMetaServer { addr } => self.add_meta_server(&addr).await,
+            MetaRequest::RemoveMetaServer { id } => self.remove_meta_server(id).await,
+            MetaRequest::MetaStatus => Ok(MetaResponse::MetaStatus(self.meta_status())),
         }
     }
 
@@ -426,7 +430,13 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         }
         R::Heartbeat { node, .. } => tracing::debug_span!("meta", op = "heartbeat", node_id = %node),
         R::RegisterNode { node, .. } => tracing::debug_span!("meta", op = "register", node_id = ?node),
-        R::ResolvePath { .. } | R::StatFs | R::ClusterStatus => tracing::debug_span!("meta", op = op_name(req)),
+        R::ResolvePath { .. }
+        | R::StatFs
+        | R::ClusterStatus
+        | R::MetaServerInfo
+        | R::AddMetaServer { .. }
+        | R::MetaStatus => tracing::debug_span!("meta", op = op_name(req)),
+        R::RemoveMetaServer { id } => tracing::debug_span!("meta", op = "meta_remove", server = id),
     }
 }
 
@@ -454,6 +464,10 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::RegisterNode { .. } => "register",
         R::Heartbeat { .. } => "heartbeat",
         R::ClusterStatus => "status",
+        R::MetaServerInfo => "meta_info",
+        R::AddMetaServer { .. } => "meta_add",
+        R::RemoveMetaServer { .. } => "meta_remove",
+        R::MetaStatus => "meta_status",
     }
 }
 

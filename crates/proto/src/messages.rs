@@ -235,6 +235,47 @@ pub enum MetaRequest {
         deleted: Vec<BlockId>,
     },
     ClusterStatus,
+    // --- metadata membership ----------------------------------------------------------
+    /// Who is this server? Answered by any metadata server, leader or not.
+    MetaServerInfo,
+    /// Adds the metadata server listening at `addr` (started with `join = true`) as a
+    /// voting member, after it has caught up as a learner.
+    AddMetaServer {
+        addr: String,
+    },
+    /// Removes metadata server `id` from the group.
+    RemoveMetaServer {
+        id: u64,
+    },
+    /// Raft state as the answering server sees it (any server answers).
+    MetaStatus,
+}
+
+/// One member of the metadata Raft group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaMember {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+    /// Last log index known replicated to it (leader's view only).
+    pub matched: Option<u64>,
+    /// Entries it is behind the leader's last log index (leader's view only).
+    pub lag: Option<u64>,
+}
+
+/// Raft state of the metadata group, for `distfs meta status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaStatus {
+    /// The server that answered.
+    pub server: u64,
+    pub leader: Option<u64>,
+    pub leader_addr: Option<String>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// Log index covered by the latest snapshot.
+    pub snapshot_index: Option<u64>,
+    pub members: Vec<MetaMember>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,6 +300,11 @@ pub enum MetaResponse {
         delete: Vec<BlockId>,
     },
     Status(ClusterStatus),
+    ServerInfo {
+        id: u64,
+        addr: String,
+    },
+    MetaStatus(MetaStatus),
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@
 //! bare sleep). Child processes are killed when the cluster is dropped; their logs are
 //! printed if the test is failing.
 
+pub mod meta_cluster;
+pub mod net;
+
 use distfs_client::{Client, ClientConfig};
 use distfs_types::{NodeInfo, NodeState};
 use std::future::Future;
@@ -28,6 +31,8 @@ pub struct ClusterOpts {
     pub suspect_after: &'static str,
     pub dead_after: &'static str,
     pub heartbeat_interval: &'static str,
+    /// Metadata servers (1, 3 or 5); more than one form a Raft group.
+    pub meta_servers: usize,
 }
 
 impl Default for ClusterOpts {
@@ -39,6 +44,7 @@ impl Default for ClusterOpts {
             suspect_after: "1500ms",
             dead_after: "4s",
             heartbeat_interval: "300ms",
+            meta_servers: 1,
         }
     }
 }
@@ -47,8 +53,8 @@ pub struct ProcessCluster {
     pub bins: Bins,
     pub opts: ClusterOpts,
     dir: tempfile::TempDir,
-    meta_addr: String,
-    meta: Option<Child>,
+    meta_addrs: Vec<String>,
+    metas: Vec<Option<Child>>,
     storage: Vec<Option<Child>>,
 }
 
@@ -81,10 +87,14 @@ impl ProcessCluster {
     /// every storage node is registered and up.
     pub async fn start(bins: Bins, opts: ClusterOpts) -> ProcessCluster {
         let dir = tempfile::Builder::new().prefix("distfs-test-").tempdir().expect("create a temp dir");
-        let meta_addr = format!("127.0.0.1:{}", free_port());
-        let mut c = ProcessCluster { bins, opts, dir, meta_addr, meta: None, storage: Vec::new() };
+        let meta_addrs: Vec<String> =
+            (0..opts.meta_servers.max(1)).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let metas = meta_addrs.iter().map(|_| None).collect();
+        let mut c = ProcessCluster { bins, opts, dir, meta_addrs, metas, storage: Vec::new() };
         c.write_configs();
-        c.start_meta();
+        for i in 0..c.metas.len() {
+            c.start_meta_server(i);
+        }
         for i in 0..c.opts.storage_nodes {
             c.storage.push(None);
             c.start_storage(i);
@@ -97,8 +107,18 @@ impl ProcessCluster {
         self.dir.path()
     }
 
+    /// The first metadata server's address.
     pub fn meta_addr(&self) -> &str {
-        &self.meta_addr
+        &self.meta_addrs[0]
+    }
+
+    /// Every metadata server's address, comma separated (as `DISTFS_META` takes them).
+    pub fn meta_list(&self) -> String {
+        self.meta_addrs.join(",")
+    }
+
+    pub fn meta_addrs(&self) -> &[String] {
+        &self.meta_addrs
     }
 
     pub fn storage_dir(&self, i: usize) -> PathBuf {
@@ -107,20 +127,26 @@ impl ProcessCluster {
 
     fn write_configs(&self) {
         let o = &self.opts;
-        let meta = format!(
-            "listen = \"{}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\n",
-            self.meta_addr,
-            self.dir.path().join("meta").display(),
-            o.replication,
-            o.suspect_after,
-            o.dead_after
-        );
-        std::fs::write(self.dir.path().join("meta.toml"), meta).expect("write meta config");
+        let members: Vec<String> =
+            self.meta_addrs.iter().enumerate().map(|(i, a)| format!("\"{}@{a}\"", i + 1)).collect();
+        for (i, addr) in self.meta_addrs.iter().enumerate() {
+            let initial = if self.meta_addrs.len() > 1 { members.join(", ") } else { String::new() };
+            let meta = format!(
+                "id = {}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\ninitial_members = [{initial}]\n",
+                i + 1,
+                self.dir.path().join(format!("meta-{i}")).display(),
+                o.replication,
+                o.suspect_after,
+                o.dead_after
+            );
+            std::fs::write(self.dir.path().join(format!("meta-{i}.toml")), meta).expect("write meta config");
+        }
+        let meta_list: Vec<String> = self.meta_addrs.iter().map(|a| format!("\"{a}\"")).collect();
         for i in 0..o.storage_nodes {
             let s = format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nmeta = [\"{}\"]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n",
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n",
                 self.storage_dir(i).display(),
-                self.meta_addr,
+                meta_list.join(", "),
                 o.sync,
                 o.heartbeat_interval
             );
@@ -145,9 +171,10 @@ impl ProcessCluster {
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
     }
 
-    pub fn start_meta(&mut self) {
-        assert!(self.meta.is_none(), "metadata server already running");
-        self.meta = Some(self.spawn(&self.bins.meta.clone(), "meta.toml", "meta.log"));
+    /// Starts metadata server `i` (0-based) on its directory and port.
+    pub fn start_meta_server(&mut self, i: usize) {
+        assert!(self.metas[i].is_none(), "metadata server {i} already running");
+        self.metas[i] = Some(self.spawn(&self.bins.meta.clone(), &format!("meta-{i}.toml"), &format!("meta-{i}.log")));
     }
 
     pub fn start_storage(&mut self, i: usize) {
@@ -164,8 +191,9 @@ impl ProcessCluster {
         }
     }
 
-    pub fn kill_meta(&mut self) {
-        if let Some(mut c) = self.meta.take() {
+    /// SIGKILL of metadata server `i`.
+    pub fn kill_meta_server(&mut self, i: usize) {
+        if let Some(mut c) = self.metas[i].take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -174,7 +202,7 @@ impl ProcessCluster {
     /// SIGTERM and wait for a clean exit (bounded).
     pub fn stop_all(&mut self) {
         let mut children: Vec<Child> = self.storage.iter_mut().filter_map(Option::take).collect();
-        children.extend(self.meta.take());
+        children.extend(self.metas.iter_mut().filter_map(Option::take));
         for c in &children {
             // SAFETY: kill(2) on a pid we spawned and have not reaped.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -197,7 +225,9 @@ impl ProcessCluster {
 
     /// Starts every process again on the same directories.
     pub async fn restart_all(&mut self) {
-        self.start_meta();
+        for i in 0..self.metas.len() {
+            self.start_meta_server(i);
+        }
         for i in 0..self.storage.len() {
             self.start_storage(i);
         }
@@ -207,7 +237,7 @@ impl ProcessCluster {
     /// A client with short deadlines, so failures show quickly in tests.
     pub fn client(&self) -> Client {
         Client::new(ClientConfig {
-            meta: vec![self.meta_addr.clone()],
+            meta: self.meta_addrs.clone(),
             meta_deadline: Duration::from_secs(10),
             block_timeout: Duration::from_secs(10),
             ..ClientConfig::default()
@@ -217,8 +247,14 @@ impl ProcessCluster {
     /// The `distfs` tool, pointed at this cluster.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(&self.bins.cli);
-        c.env("DISTFS_META", &self.meta_addr).env("RUST_LOG", "warn");
+        c.env("DISTFS_META", self.meta_list()).env("RUST_LOG", "warn");
         c
+    }
+
+    /// Index (0-based) of the metadata leader, as the metadata group reports it.
+    pub async fn meta_leader(&self) -> Option<usize> {
+        let s = self.client().meta_status().await.ok()?;
+        s.leader.map(|l| (l - 1) as usize)
     }
 
     pub async fn nodes(&self) -> Option<Vec<NodeInfo>> {
@@ -288,7 +324,8 @@ impl ProcessCluster {
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
-        for c in self.storage.iter_mut().filter_map(Option::take).chain(self.meta.take()) {
+        let metas: Vec<Child> = self.metas.iter_mut().filter_map(Option::take).collect();
+        for c in self.storage.iter_mut().filter_map(Option::take).chain(metas) {
             let mut c = c;
             let _ = c.kill();
             let _ = c.wait();

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod files;
+pub mod meta;
 pub mod mount;
 pub mod ns;
 
@@ -16,6 +17,8 @@ use std::time::Duration;
 #[command(name = "distfs", version, about = "DistFS client: files, cluster administration and a local cluster")]
 pub struct Cli {
     /// Metadata server address(es), comma separated; the client finds the leader.
+    /// For `local up`: the number of metadata servers to run (1, 3 or 5), on consecutive
+    /// ports from --listen's.
     #[arg(long, global = true, env = "DISTFS_META", value_delimiter = ',', default_value = DEFAULT_META_ADDR)]
     pub meta: Vec<String>,
     /// How long to keep retrying while no metadata leader answers before giving up.
@@ -103,6 +106,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Membership of the metadata Raft group.
+    Meta {
+        #[command(subcommand)]
+        command: MetaCommand,
+    },
     /// Run a whole cluster on this machine.
     Local {
         #[command(subcommand)]
@@ -120,6 +128,19 @@ pub enum ClusterCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum MetaCommand {
+    /// Leader, term, members, log index and each member's lag.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add the metadata server listening at ADDR (started with `join = true`).
+    Add { addr: String },
+    /// Remove metadata server ID from the group.
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum LocalCommand {
     /// Start 1 metadata server and N storage nodes in this process, in the foreground;
     /// Ctrl-C stops them. Restarting on the same directory keeps every file.
@@ -133,6 +154,7 @@ pub enum LocalCommand {
         /// Number of storage nodes.
         #[arg(long, default_value_t = 3)]
         storage: usize,
+
         /// Copies of each block (fixed when the directory is first formatted).
         #[arg(long, default_value_t = 3)]
         replication: u32,
@@ -160,11 +182,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Df { json } => cluster::df(&client(), json).await,
         Command::Cluster { command: ClusterCommand::Status { json } } => cluster::status(&client(), json).await,
+        Command::Meta { command: MetaCommand::Status { json } } => meta::status(&client(), json).await,
+        Command::Meta { command: MetaCommand::Add { ref addr } } => meta::add(&client(), addr).await,
+        Command::Meta { command: MetaCommand::Remove { id } } => meta::remove(&client(), id).await,
         Command::Local { command: LocalCommand::Up { ref dir, ref listen, storage, replication, ref sync } } => {
+            // `local up --meta N`: a count, not an address (an address, e.g. from
+            // DISTFS_META, means the default of one server).
+            let meta_servers = match cli.meta.as_slice() {
+                [n] => n.parse::<usize>().unwrap_or(1),
+                _ => 1,
+            };
             crate::local::up(crate::local::LocalOptions {
                 dir: dir.clone(),
                 listen: listen.clone(),
                 storage,
+                meta_servers,
                 replication,
                 sync: sync.clone(),
             })
