@@ -15,7 +15,7 @@ bin="$here/target/release"
 [ -x "$bin/distfs" ] || (cd "$here" && cargo build --release --bins)
 
 rm -rf "$work" && mkdir -p "$work"
-port=$((20000 + RANDOM % 20000))
+port=$((20000 + RANDOM % 10000))
 export DISTFS_META="127.0.0.1:$port"
 "$bin/distfs" local up --dir "$work/data" --listen "$DISTFS_META" --sync always >"$work/up.log" 2>&1 &
 up=$!

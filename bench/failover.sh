@@ -14,7 +14,7 @@ bin="$here/target/release"
 [ -x "$bin/distfs-meta" ] || (cd "$here" && cargo build --release --bins)
 rm -rf "$work" && mkdir -p "$work"
 
-base=$((21000 + RANDOM % 20000))
+base=$((20000 + RANDOM % 10000))
 addrs=() members=()
 for i in 1 2 3; do addrs+=("127.0.0.1:$((base + i))"); members+=("\"$i@127.0.0.1:$((base + i))\""); done
 list=$(IFS=,; echo "${addrs[*]}")

@@ -51,9 +51,9 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
-            heartbeat_interval: HumanDuration::from_millis(250),
-            election_timeout_min: HumanDuration::from_secs(1),
-            election_timeout_max: HumanDuration::from_secs(2),
+            heartbeat_interval: HumanDuration::from_millis(150),
+            election_timeout_min: HumanDuration::from_millis(600),
+            election_timeout_max: HumanDuration::from_millis(1200),
             snapshot_after_logs: 10_000,
         }
     }

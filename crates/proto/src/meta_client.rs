@@ -50,12 +50,19 @@ impl MetaClient {
         addrs.get(self.leader.load(Ordering::Relaxed) % addrs.len().max(1)).cloned()
     }
 
+    /// Moves on from server `idx` to the next one, unless another call already did.
+    fn rotate(&self, idx: usize) {
+        let len = self.addrs.lock().expect("addrs lock").len().max(1);
+        let _ = self.leader.compare_exchange(idx, (idx + 1) % len, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     /// Sends `req` to the leader, following hints and retrying until `deadline`.
     /// Remote errors that retrying cannot fix are returned at once.
     pub async fn call(&self, req: &MetaRequest) -> Result<MetaResponse, RpcError> {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(20);
         let mut attempt = 0u32;
+        let mut last_unreachable: Option<String> = None;
         loop {
             attempt += 1;
             let (idx, addr) = {
@@ -77,7 +84,15 @@ impl MetaClient {
                 Ok(r) => return Ok(r),
                 Err(e) => e,
             };
+            let unreachable = !matches!(err, RpcError::Remote(_));
             match &err {
+                // A follower that has not noticed yet still names the leader we just
+                // failed to reach: ignore that hint and try the next server.
+                RpcError::Remote(FsError::NotLeader { leader: Some(hint) })
+                    if last_unreachable.as_deref() == Some(hint.as_str()) =>
+                {
+                    self.rotate(idx);
+                }
                 RpcError::Remote(FsError::NotLeader { leader: Some(hint) }) => {
                     let mut addrs = self.addrs.lock().expect("addrs lock");
                     let i = match addrs.iter().position(|a| a == hint) {
@@ -98,8 +113,11 @@ impl MetaClient {
                 _ if !err.is_transient() => return Err(err),
                 _ => {
                     // Try the next server: the leader may be elsewhere or down.
-                    let _ = self.leader.compare_exchange(idx, idx + 1, Ordering::Relaxed, Ordering::Relaxed);
+                    self.rotate(idx);
                 }
+            }
+            if unreachable {
+                last_unreachable = Some(addr.clone());
             }
             if start.elapsed() + backoff >= self.deadline {
                 warn!(error = %err, attempts = attempt, "giving up on metadata call");
