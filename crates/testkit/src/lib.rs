@@ -28,6 +28,10 @@ pub struct ClusterOpts {
     pub suspect_after: &'static str,
     pub dead_after: &'static str,
     pub heartbeat_interval: &'static str,
+    /// Extra lines appended to the metadata server's config (TOML).
+    pub meta_extra: String,
+    /// Extra lines appended to every storage node's config (TOML).
+    pub storage_extra: String,
 }
 
 impl Default for ClusterOpts {
@@ -39,6 +43,8 @@ impl Default for ClusterOpts {
             suspect_after: "1500ms",
             dead_after: "4s",
             heartbeat_interval: "300ms",
+            meta_extra: String::new(),
+            storage_extra: String::new(),
         }
     }
 }
@@ -108,23 +114,60 @@ impl ProcessCluster {
     fn write_configs(&self) {
         let o = &self.opts;
         let meta = format!(
-            "listen = \"{}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\n",
+            "listen = \"{}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\n{}\n",
             self.meta_addr,
             self.dir.path().join("meta").display(),
             o.replication,
             o.suspect_after,
-            o.dead_after
+            o.dead_after,
+            o.meta_extra
         );
         std::fs::write(self.dir.path().join("meta.toml"), meta).expect("write meta config");
         for i in 0..o.storage_nodes {
-            let s = format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nmeta = [\"{}\"]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n",
-                self.storage_dir(i).display(),
-                self.meta_addr,
-                o.sync,
-                o.heartbeat_interval
-            );
-            std::fs::write(self.dir.path().join(format!("storage-{i}.toml")), s).expect("write storage config");
+            self.write_storage_config(i);
+        }
+    }
+
+    fn write_storage_config(&self, i: usize) {
+        let o = &self.opts;
+        let s = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nmeta = [\"{}\"]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n{}\n",
+            self.storage_dir(i).display(),
+            self.meta_addr,
+            o.sync,
+            o.heartbeat_interval,
+            o.storage_extra
+        );
+        std::fs::write(self.dir.path().join(format!("storage-{i}.toml")), s).expect("write storage config");
+    }
+
+    /// Adds and starts one more storage node (a join); returns its index.
+    pub fn add_storage(&mut self) -> usize {
+        let i = self.storage.len();
+        self.write_storage_config(i);
+        self.storage.push(None);
+        self.start_storage(i);
+        i
+    }
+
+    /// Number of storage node slots (running or not).
+    pub fn storage_count(&self) -> usize {
+        self.storage.len()
+    }
+
+    /// SIGSTOP: the process hangs, its connections stay open (no reset).
+    pub fn stop_storage(&self, i: usize) {
+        if let Some(c) = &self.storage[i] {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    /// SIGCONT after `stop_storage`.
+    pub fn cont_storage(&self, i: usize) {
+        if let Some(c) = &self.storage[i] {
+            // SAFETY: as above.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
         }
     }
 
