@@ -49,7 +49,7 @@ try:
 except Exception:
     s = {}
 v = int(sys.argv[1])
-st = next((n["state"] for n in s.get("nodes", []) if n["id"] == v), "?")
+st = next((n["state"].lower() for n in s.get("nodes", []) if n["id"] == v), "?")
 r = s.get("repair", {})
 print(st, s.get("under_replicated", -1), s.get("missing", -1), r.get("queued_blocks", -1))
 ' "$1"
@@ -83,7 +83,7 @@ EOC
     start_storage "$i"
   done
   for _ in $(seq 1 300); do
-    n=$(status_json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for n in s.get("nodes",[]) if n["state"]=="up"))' 2>/dev/null || echo 0)
+    n=$(status_json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for n in s.get("nodes",[]) if n["state"].lower()=="up"))' 2>/dev/null || echo 0)
     [ "$n" = 4 ] && return 0
     sleep 0.1
   done
@@ -138,7 +138,7 @@ echo "SIGKILL: suspect/dead seen at ${D_KILL_DETECT}s, full redundancy at ${D_KI
 start_storage 2
 wait_stable
 for _ in $(seq 1 600); do
-  n=$(status_json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for n in s.get("nodes",[]) if n["state"]=="up"))' 2>/dev/null || echo 0)
+  n=$(status_json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for n in s.get("nodes",[]) if n["state"].lower()=="up"))' 2>/dev/null || echo 0)
   [ "$n" = 4 ] && break; sleep 0.1
 done
 wait_stable
