@@ -186,6 +186,11 @@ impl Client {
         expect_resp!(r, MetaResponse::StatFs(s) => s, "StatFs")
     }
 
+    /// One administrative metadata call (node membership, fsck), answered as it comes.
+    pub async fn admin(&self, req: MetaRequest) -> Result<MetaResponse> {
+        self.meta_call(req).await
+    }
+
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
         let r = self.meta_call(MetaRequest::ClusterStatus).await?;
         expect_resp!(r, MetaResponse::Status(s) => s, "ClusterStatus")

@@ -34,7 +34,45 @@ pub struct MetaConfig {
     pub initial_members: Vec<String>,
     /// Never initialize a cluster: wait to be added with `distfs meta add`.
     pub join: bool,
+    /// A storage node whose connection to the leader closed is Suspect at once, and Dead
+    /// this long after (unless it heartbeats again); never later than `dead_after`.
+    pub dead_after_disconnect: HumanDuration,
     pub raft: RaftConfig,
+    pub repair: RepairConfig,
+}
+
+/// The leader's repair worker and rebalancer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepairConfig {
+    /// Re-replicate, trim and finish drains automatically.
+    pub enabled: bool,
+    /// Block copies in flight at once (cluster-wide).
+    pub concurrency: usize,
+    /// Repair traffic cap, bytes per second (cluster-wide).
+    pub bandwidth: ByteSize,
+    /// How often the worker looks at the cluster.
+    pub scan_interval: HumanDuration,
+    /// Move blocks towards the ring's placement (after a join) when nothing else is to do.
+    pub rebalance: bool,
+    /// Rebalance copies in flight at once.
+    pub rebalance_concurrency: usize,
+    /// Rebalance traffic cap, bytes per second.
+    pub rebalance_bandwidth: ByteSize,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            enabled: true,
+            concurrency: 16,
+            bandwidth: ByteSize(1 << 30),
+            scan_interval: HumanDuration::from_millis(100),
+            rebalance: true,
+            rebalance_concurrency: 4,
+            rebalance_bandwidth: ByteSize(64 << 20),
+        }
+    }
 }
 
 /// Raft timing and log compaction.
@@ -73,7 +111,9 @@ impl Default for MetaConfig {
             dead_after: HumanDuration::from_secs(6),
             initial_members: Vec::new(),
             join: false,
+            dead_after_disconnect: HumanDuration::from_secs(1),
             raft: RaftConfig::default(),
+            repair: RepairConfig::default(),
         }
     }
 }
@@ -168,6 +208,25 @@ impl MetaConfig {
                 "dead_after",
                 format!("must be longer than suspect_after ({}), got {}", self.suspect_after, self.dead_after),
             );
+        }
+        let rp = &self.repair;
+        if !(1..=1024).contains(&rp.concurrency) {
+            return bad("repair.concurrency", format!("must be 1..=1024, got {}", rp.concurrency));
+        }
+        if !(1..=1024).contains(&rp.rebalance_concurrency) {
+            return bad("repair.rebalance_concurrency", format!("must be 1..=1024, got {}", rp.rebalance_concurrency));
+        }
+        if rp.bandwidth.0 < 1 << 20 {
+            return bad("repair.bandwidth", format!("must be at least 1MiB (per second), got {}", rp.bandwidth));
+        }
+        if rp.rebalance_bandwidth.0 < 1 << 20 {
+            return bad(
+                "repair.rebalance_bandwidth",
+                format!("must be at least 1MiB (per second), got {}", rp.rebalance_bandwidth),
+            );
+        }
+        if rp.scan_interval.0 < std::time::Duration::from_millis(10) {
+            return bad("repair.scan_interval", format!("must be at least 10ms, got {}", rp.scan_interval));
         }
         let r = &self.raft;
         if r.heartbeat_interval.0.is_zero() {

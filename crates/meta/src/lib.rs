@@ -6,13 +6,15 @@ pub mod config;
 pub mod error;
 pub mod placement;
 
-pub use config::{MetaConfig, RaftConfig};
+pub use config::{MetaConfig, RaftConfig, RepairConfig};
 pub use error::MetaError;
 pub mod liveness;
 mod membership;
 pub mod raft;
+pub mod repair;
 pub mod server;
 mod service;
+mod service_heal;
 pub mod state;
 
 pub use liveness::{Clock, TokioClock};

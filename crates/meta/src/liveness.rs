@@ -34,6 +34,8 @@ pub struct Report {
 struct Soft {
     last: Instant,
     report: Option<Report>,
+    /// When its connection to the leader closed, if no heartbeat came since.
+    disconnected: Option<Instant>,
 }
 
 /// Liveness as judged by the current leader.
@@ -41,6 +43,8 @@ struct Soft {
 pub struct Liveness {
     suspect_after: Duration,
     dead_after: Duration,
+    /// Dead this long after a lost connection (`None`: disconnects are ignored).
+    dead_after_disconnect: Option<Duration>,
     /// Term in which this state was built; a new term starts a fresh grace period.
     term: Option<u64>,
     epoch: Instant,
@@ -49,7 +53,27 @@ pub struct Liveness {
 
 impl Liveness {
     pub fn new(suspect_after: Duration, dead_after: Duration, now: Instant) -> Liveness {
-        Liveness { suspect_after, dead_after, term: None, epoch: now, nodes: HashMap::new() }
+        Liveness {
+            suspect_after,
+            dead_after,
+            dead_after_disconnect: None,
+            term: None,
+            epoch: now,
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// A lost connection makes a node Suspect at once and Dead `grace` later.
+    pub fn with_disconnect_grace(mut self, grace: Duration) -> Liveness {
+        self.dead_after_disconnect = Some(grace);
+        self
+    }
+
+    /// The node's connection to the leader closed at `now`.
+    pub fn disconnected(&mut self, node: NodeId, now: Instant) {
+        if let Some(s) = self.nodes.get_mut(&node) {
+            s.disconnected = Some(now);
+        }
     }
 
     /// Call with the current Raft term: when it changed (a new leadership), every node
@@ -63,8 +87,9 @@ impl Liveness {
     }
 
     pub fn heartbeat(&mut self, node: NodeId, now: Instant, report: Option<Report>) {
-        let e = self.nodes.entry(node).or_insert(Soft { last: now, report: None });
+        let e = self.nodes.entry(node).or_insert(Soft { last: now, report: None, disconnected: None });
         e.last = now;
+        e.disconnected = None;
         if report.is_some() {
             e.report = report;
         }
@@ -78,6 +103,14 @@ impl Liveness {
 
     pub fn state(&self, node: NodeId, now: Instant) -> NodeState {
         let s = self.silence(node, now);
+        let lost = self.nodes.get(&node).and_then(|x| x.disconnected).zip(self.dead_after_disconnect);
+        if let Some((at, grace)) = lost {
+            return if now.saturating_duration_since(at) >= grace || s >= self.dead_after {
+                NodeState::Dead
+            } else {
+                NodeState::Suspect
+            };
+        }
         if s >= self.dead_after {
             NodeState::Dead
         } else if s >= self.suspect_after {
@@ -109,5 +142,24 @@ mod tests {
         assert_eq!(l.state(n, t0 + Duration::from_secs(8)), NodeState::Up);
         l.observe_term(2, t0 + Duration::from_secs(20));
         assert_eq!(l.state(n, t0 + Duration::from_secs(21)), NodeState::Up);
+    }
+
+    #[test]
+    fn a_lost_connection_is_suspect_at_once_and_dead_after_the_grace() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = Liveness::new(Duration::from_secs(2), Duration::from_secs(6), t0).with_disconnect_grace(ms(1000));
+        l.observe_term(1, t0);
+        let n = NodeId(1);
+        l.heartbeat(n, t0, None);
+        l.disconnected(n, t0 + ms(100));
+        assert_eq!(l.state(n, t0 + ms(150)), NodeState::Suspect);
+        assert_eq!(l.state(n, t0 + ms(1100)), NodeState::Dead);
+        // A heartbeat (a quick restart) clears it.
+        l.heartbeat(n, t0 + ms(1200), None);
+        assert_eq!(l.state(n, t0 + ms(1300)), NodeState::Up);
+        // An unknown node's disconnect is ignored.
+        l.disconnected(NodeId(9), t0);
+        assert_eq!(l.state(NodeId(9), t0 + ms(10)), NodeState::Up);
     }
 }

@@ -47,8 +47,18 @@ fn vnode_hash(node: NodeId, i: u32) -> u64 {
     mix64(mix64(node.0 ^ 0x5bd1_e995_0000_0000) ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d))
 }
 
+/// Capacity rounded down to 3 significant bits (8 steps per doubling), so the free space a
+/// node reports as it fills does not shift its vnodes (and move blocks) at every restart.
+pub fn quantize_capacity(capacity: u64) -> u64 {
+    if capacity < 16 {
+        return capacity;
+    }
+    let shift = 63 - capacity.leading_zeros() - 3;
+    (capacity >> shift) << shift
+}
+
 fn vnode_count(capacity: u64) -> u64 {
-    (capacity / BYTES_PER_VNODE).max(MIN_VNODES as u64)
+    (quantize_capacity(capacity) / BYTES_PER_VNODE).max(MIN_VNODES as u64)
 }
 
 impl Ring {

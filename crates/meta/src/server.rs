@@ -95,6 +95,10 @@ impl MetaServer {
                 .instrument(tracing::info_span!("meta_serve", id = config.id, addr = %local_addr)),
         ));
         tasks.push(tokio::spawn(
+            crate::repair::worker::run(service.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("repair_worker", id = config.id)),
+        ));
+        tasks.push(tokio::spawn(
             format_when_leader(service.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("meta_format", id = config.id)),
         ));

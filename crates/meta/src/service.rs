@@ -13,7 +13,9 @@ use distfs_proto::{
 };
 use distfs_types::{Attr, BlockId, FileKind, FsError, FsResult, InodeId, NodeId, NodeInfo, NodeState, Timestamp};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
@@ -36,6 +38,12 @@ pub(crate) struct Service {
     pub clock: Arc<dyn Clock>,
     live: Mutex<Liveness>,
     ring: Mutex<Option<(Vec<RingNode>, Arc<Ring>)>>,
+    /// Which storage node heartbeats over which connection (to notice a closed one).
+    peers: Mutex<HashMap<SocketAddr, NodeId>>,
+    /// Repair progress, block reports and orphans: leader soft state.
+    pub(crate) heal: Mutex<crate::service_heal::HealState>,
+    /// Something changed that the repair worker should look at now.
+    pub(crate) kicked: AtomicBool,
 }
 
 pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
@@ -44,8 +52,41 @@ pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsErr
 
 impl Service {
     pub fn new(id: u64, raft: MetaRaft, store: StateStore, config: MetaConfig, clock: Arc<dyn Clock>) -> Service {
-        let live = Liveness::new(config.suspect_after.0, config.dead_after.0, clock.now());
-        Service { id, raft, store, config, clock, live: Mutex::new(live), ring: Mutex::new(None) }
+        let live = Liveness::new(config.suspect_after.0, config.dead_after.0, clock.now())
+            .with_disconnect_grace(config.dead_after_disconnect.0.min(config.dead_after.0));
+        Service {
+            id,
+            raft,
+            store,
+            config,
+            clock,
+            live: Mutex::new(live),
+            ring: Mutex::new(None),
+            peers: Mutex::new(HashMap::new()),
+            heal: Mutex::new(Default::default()),
+            kicked: AtomicBool::new(true),
+        }
+    }
+
+    /// Asks the repair worker to look at the cluster now.
+    pub(crate) fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+    }
+
+    /// A heartbeat of `node` arrived over the connection from `peer`.
+    fn note_peer(&self, peer: SocketAddr, node: NodeId) {
+        self.peers.lock().expect("peers lock").insert(peer, node);
+    }
+
+    /// A connection closed: if a storage node heartbeated over it, it is suspect now.
+    pub(crate) fn peer_closed(&self, peer: SocketAddr) {
+        let node = self.peers.lock().expect("peers lock").remove(&peer);
+        if let Some(node) = node {
+            tracing::info!(node = %node, %peer, "storage node's connection to the leader closed; suspect now");
+            let now = self.clock.now();
+            self.live.lock().expect("liveness lock").disconnected(node, now);
+            self.kick();
+        }
     }
 
     /// Proposes a command and waits until it is applied.
@@ -59,7 +100,7 @@ impl Service {
     }
 
     /// Makes a following local read linearizable; a follower answers `NotLeader`.
-    async fn read_barrier(&self) -> FsResult<()> {
+    pub(crate) async fn read_barrier(&self) -> FsResult<()> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_node)),
@@ -71,14 +112,14 @@ impl Service {
     }
 
     /// The liveness table, reset for a new term.
-    fn live(&self) -> std::sync::MutexGuard<'_, Liveness> {
+    pub(crate) fn live(&self) -> std::sync::MutexGuard<'_, Liveness> {
         let term = self.raft.metrics().borrow().current_term;
         let mut l = self.live.lock().expect("liveness lock");
         l.observe_term(term, self.clock.now());
         l
     }
 
-    fn ring(&self, nodes: &[(NodeId, crate::state::NodeRec)]) -> Arc<Ring> {
+    pub(crate) fn ring(&self, nodes: &[(NodeId, crate::state::NodeRec)]) -> Arc<Ring> {
         let want: Vec<RingNode> =
             nodes.iter().map(|(id, n)| RingNode { id: *id, zone: n.zone.clone(), capacity: n.capacity }).collect();
         let mut cache = self.ring.lock().expect("ring lock");
@@ -103,7 +144,7 @@ impl Service {
         }
     }
 
-    pub async fn handle_meta(&self, req: MetaRequest) -> FsResult<MetaResponse> {
+    pub async fn handle_meta(&self, req: MetaRequest, peer: Option<SocketAddr>) -> FsResult<MetaResponse> {
         let now = Timestamp::now();
         match req {
             MetaRequest::Lookup { parent, name } => {
@@ -180,6 +221,9 @@ impl Service {
                 self.allocate(ino, count)
             }
             MetaRequest::CommitWrite { ino, slices, min_size, mtime, bad } => {
+                if !bad.is_empty() {
+                    self.kick();
+                }
                 Self::attr_of(self.write(Command::CommitWrite { ino, slices, min_size, mtime, bad, now }).await?)
             }
             MetaRequest::GetLayout { ino, first_chunk, last_chunk } => {
@@ -189,6 +233,7 @@ impl Service {
             MetaRequest::ReportBadReplica { bad } => {
                 tracing::warn!(block = %bad.block, node = %bad.node, reason = %bad.reason, "bad replica reported");
                 self.write(Command::ReportBadReplica { bad }).await?;
+                self.kick();
                 Ok(MetaResponse::Done)
             }
             MetaRequest::RegisterNode { node, addr, zone, capacity, used, blocks } => {
@@ -209,6 +254,9 @@ impl Service {
                     });
                 }
                 let report = Report { capacity, used, blocks, load };
+                if let Some(peer) = peer {
+                    self.note_peer(peer, node);
+                }
                 self.live().heartbeat(node, self.clock.now(), Some(report));
                 if !deleted.is_empty() {
                     self.write(Command::GcAck { node, blocks: deleted }).await?;
@@ -224,11 +272,19 @@ impl Service {
             MetaRequest::AddMetaServer { addr } => self.add_meta_server(&addr).await,
             MetaRequest::RemoveMetaServer { id } => self.remove_meta_server(id).await,
             MetaRequest::MetaStatus => Ok(MetaResponse::MetaStatus(self.meta_status())),
+            MetaRequest::BlockReport { node, blocks, first, last } => {
+                self.block_report(node, blocks, first, last).await
+            }
+            MetaRequest::NodeDrain { node, dry_run } => self.drain(node, dry_run).await,
+            MetaRequest::NodeRemove { node } => self.remove_node(node).await,
+            MetaRequest::NodeMaintenance { node, on, window_ms } => self.maintenance(node, on, window_ms).await,
+            MetaRequest::Fsck { repair } => self.fsck(repair).await.map(MetaResponse::Fsck),
         }
     }
 
-    fn node_infos(&self, r: &impl Reader) -> FsResult<Vec<NodeInfo>> {
+    pub(crate) fn node_infos(&self, r: &impl Reader) -> FsResult<Vec<NodeInfo>> {
         let nodes = r.nodes()?;
+        let admin = crate::state::node_admin(r)?;
         let live = self.live();
         let now = self.clock.now();
         Ok(nodes
@@ -244,6 +300,7 @@ impl Service {
                     blocks: rep.blocks,
                     state: live.state(id, now),
                     last_heartbeat_ms: live.silence(id, now).as_millis() as u64,
+                    admin: admin.get(&id).copied().unwrap_or_default(),
                 }
             })
             .collect())
@@ -268,6 +325,7 @@ impl Service {
         let r = self.store.read()?;
         let fmt = r.format_or_unavailable()?;
         let stats = r.stats(fmt.replication)?;
+        let health = self.health(&r)?;
         let m = self.raft.metrics().borrow().clone();
         Ok(ClusterStatus {
             leader: m.current_leader,
@@ -281,9 +339,11 @@ impl Service {
             directories: stats.directories,
             blocks: stats.blocks,
             logical_bytes: stats.logical_bytes,
-            under_replicated: stats.under_replicated,
+            under_replicated: health.under_replicated,
             bad_replicas: r.bad_replicas()?,
             gc_pending: stats.gc_pending,
+            missing: health.missing.len() as u64,
+            repair: self.progress(),
         })
     }
 
@@ -301,10 +361,22 @@ impl Service {
             Some(_) => {}
         }
         let nodes = r.nodes()?;
+        let admin = crate::state::node_admin(&r)?;
         let (up, addrs): (HashSet<NodeId>, BTreeMap<NodeId, String>) = {
             let live = self.live();
             let now = self.clock.now();
-            let up = nodes.iter().filter(|(id, _)| live.state(*id, now) == NodeState::Up).map(|(id, _)| *id).collect();
+            // Draining, drained and (open-window) maintenance nodes take no new writes.
+            let now_ms = crate::service_heal::wall_ms();
+            let takes_writes = |id: &NodeId| match admin.get(id) {
+                None | Some(distfs_types::AdminState::Normal) => true,
+                Some(distfs_types::AdminState::Maintenance { until_ms }) => *until_ms <= now_ms,
+                Some(_) => false,
+            };
+            let up = nodes
+                .iter()
+                .filter(|(id, _)| live.state(*id, now) == NodeState::Up && takes_writes(id))
+                .map(|(id, _)| *id)
+                .collect();
             (up, nodes.iter().map(|(id, n)| (*id, n.addr.clone())).collect())
         };
         let rf = fmt.replication as usize;
@@ -435,8 +507,13 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         | R::ClusterStatus
         | R::MetaServerInfo
         | R::AddMetaServer { .. }
-        | R::MetaStatus => tracing::debug_span!("meta", op = op_name(req)),
+        | R::MetaStatus
+        | R::Fsck { .. } => tracing::debug_span!("meta", op = op_name(req)),
         R::RemoveMetaServer { id } => tracing::debug_span!("meta", op = "meta_remove", server = id),
+        R::BlockReport { node, .. }
+        | R::NodeDrain { node, .. }
+        | R::NodeRemove { node }
+        | R::NodeMaintenance { node, .. } => tracing::debug_span!("meta", op = op_name(req), node_id = %node),
     }
 }
 
@@ -468,6 +545,11 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::AddMetaServer { .. } => "meta_add",
         R::RemoveMetaServer { .. } => "meta_remove",
         R::MetaStatus => "meta_status",
+        R::BlockReport { .. } => "block_report",
+        R::NodeDrain { .. } => "node_drain",
+        R::NodeRemove { .. } => "node_remove",
+        R::NodeMaintenance { .. } => "node_maintenance",
+        R::Fsck { .. } => "fsck",
     }
 }
 
@@ -481,7 +563,7 @@ impl Handler for MetaHandler {
                 let m: MetaRequest =
                     distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
                 let span = describe(&m);
-                let resp = self.0.handle_meta(m).instrument(span.clone()).await;
+                let resp = self.0.handle_meta(m, Some(req.peer)).instrument(span.clone()).await;
                 if let Err(e) = &resp {
                     span.in_scope(|| tracing::debug!(error = %e, "request failed"));
                 }
@@ -497,5 +579,9 @@ impl Handler for MetaHandler {
             }
             Kind::Storage => Err(FsError::Protocol { reason: "storage request sent to a metadata server".into() }),
         }
+    }
+
+    fn disconnected(&self, peer: SocketAddr) {
+        self.0.peer_closed(peer);
     }
 }

@@ -107,6 +107,78 @@ pub struct ClusterStatus {
     pub bad_replicas: Vec<BadReplica>,
     /// Blocks waiting to be deleted from storage nodes.
     pub gc_pending: u64,
+    /// Blocks with no live copy at all (every holder dead or bad).
+    #[serde(default)]
+    pub missing: u64,
+    /// What the repair worker of the leader is doing.
+    #[serde(default)]
+    pub repair: RepairProgress,
+}
+
+/// Progress of the leader's repair worker (soft state: resets on a leader change).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairProgress {
+    /// Copies planned and not yet done (including those in flight).
+    pub queued_blocks: u64,
+    pub queued_bytes: u64,
+    pub in_flight: u64,
+    /// Copies made and recorded since this leader took over.
+    pub done_blocks: u64,
+    pub done_bytes: u64,
+    pub failed: u64,
+    /// Extra copies trimmed (above R, or moved by the rebalancer).
+    pub trimmed: u64,
+    /// Copies made by the rebalancer (included in `done_blocks`).
+    pub rebalanced: u64,
+    /// Repair throughput over the last few seconds.
+    pub rate_bytes_per_sec: u64,
+}
+
+/// A block `fsck` found wanting, with the files that use it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckBlock {
+    pub block: BlockId,
+    pub len: u32,
+    /// Copies that count towards R (on live, non-draining nodes).
+    pub live: u32,
+    /// Every node listed as holding it.
+    pub replicas: Vec<NodeId>,
+    /// Paths of files referring to it (`<inode N>/name` when a path cannot be built).
+    pub files: Vec<String>,
+}
+
+/// A copy a storage node holds that the metadata does not list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphan {
+    pub node: NodeId,
+    pub block: BlockId,
+}
+
+/// What `fsck` found (and, with `repair`, what it did).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckReport {
+    pub blocks: u64,
+    pub replication: u32,
+    /// Fewer than R live copies, at least one.
+    pub under_replicated: Vec<FsckBlock>,
+    /// No live copy.
+    pub missing: Vec<FsckBlock>,
+    /// Bad-replica reports whose block is not back at R yet.
+    pub corrupt: Vec<BadReplica>,
+    /// Copies held by nodes the metadata does not list (from the nodes' block reports).
+    pub orphaned: Vec<Orphan>,
+    /// With `repair`: copies queued for repair and orphans queued for deletion.
+    pub repairs_queued: u64,
+    pub orphans_deleted: u64,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.under_replicated.is_empty()
+            && self.missing.is_empty()
+            && self.corrupt.is_empty()
+            && self.orphaned.is_empty()
+    }
 }
 
 /// File-system capacity for `df` / `statfs`.
@@ -249,6 +321,33 @@ pub enum MetaRequest {
     },
     /// Raft state as the answering server sees it (any server answers).
     MetaStatus,
+    // --- self-healing and membership (additive) ----------------------------------------
+    /// A page of the blocks a storage node holds. `first` starts a report, `last` ends it;
+    /// the leader compares the whole report with the block map.
+    BlockReport {
+        node: NodeId,
+        blocks: Vec<BlockId>,
+        first: bool,
+        last: bool,
+    },
+    /// Marks a node Draining (no new writes, copies moved away); `dry_run` only counts.
+    NodeDrain {
+        node: NodeId,
+        dry_run: bool,
+    },
+    /// Takes a drained (or dead and fully repaired) node out of the cluster.
+    NodeRemove {
+        node: NodeId,
+    },
+    /// Maintenance on (for `window_ms`) or off.
+    NodeMaintenance {
+        node: NodeId,
+        on: bool,
+        window_ms: u64,
+    },
+    Fsck {
+        repair: bool,
+    },
 }
 
 /// One member of the metadata Raft group.
@@ -305,6 +404,12 @@ pub enum MetaResponse {
         addr: String,
     },
     MetaStatus(MetaStatus),
+    /// Answer to `NodeDrain`: what must move (still to move, for a drain in progress).
+    Drain {
+        blocks: u64,
+        bytes: u64,
+    },
+    Fsck(FsckReport),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -332,6 +437,12 @@ pub enum StorageRequest {
         blocks: Vec<BlockId>,
     },
     Ping,
+    /// Repair: fetch `block` from one of `from` (in order) with `GetBlock`, verify every
+    /// CRC, store it durably like `PutBlock`, answer `Stored`.
+    CopyBlock {
+        block: BlockId,
+        from: Vec<NodeAddr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,6 +44,10 @@ impl Reply {
 /// A service: decodes the typed header for its kinds and answers.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Incoming) -> impl Future<Output = Result<Reply, FsError>> + Send;
+
+    /// Called once when a connection from `peer` has closed (read end reached or failed).
+    /// The metadata service uses it to notice a storage node that died. Default: nothing.
+    fn disconnected(&self, _peer: SocketAddr) {}
 }
 
 /// Accepts connections until `shutdown` fires.
@@ -143,6 +147,7 @@ where
         }
     }
     drop(tx);
+    handler.disconnected(peer);
     let _ = writer.await;
 }
 

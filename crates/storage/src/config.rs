@@ -43,6 +43,16 @@ pub struct StorageConfig {
     /// Block writes processed at once; more wait in a bounded queue, beyond it the node
     /// answers Unavailable so memory stays bounded.
     pub max_concurrent_writes: usize,
+    /// Repair copies (`CopyBlock`) processed at once: fewer than client writes, so
+    /// repair traffic yields to clients.
+    pub max_concurrent_copies: usize,
+    /// Scrubber read rate, bytes per second; 0 turns the scrubber off.
+    pub scrub_bandwidth: ByteSize,
+    /// Pause between two scrub passes (the first starts this long after start-up).
+    pub scrub_interval: HumanDuration,
+    /// How often the full block list is sent to the metadata service (also sent at
+    /// every registration).
+    pub block_report_interval: HumanDuration,
 }
 
 impl Default for StorageConfig {
@@ -58,6 +68,10 @@ impl Default for StorageConfig {
             sync: SyncPolicy::Always,
             heartbeat_interval: HumanDuration::from_secs(1),
             max_concurrent_writes: 16,
+            max_concurrent_copies: 4,
+            scrub_bandwidth: ByteSize(32 << 20),
+            scrub_interval: HumanDuration::from_secs(24 * 3600),
+            block_report_interval: HumanDuration::from_secs(3600),
         }
     }
 }
@@ -115,6 +129,15 @@ impl StorageConfig {
         }
         if self.max_concurrent_writes == 0 || self.max_concurrent_writes > 4096 {
             return bad("max_concurrent_writes", format!("{} is outside 1..=4096", self.max_concurrent_writes));
+        }
+        if self.max_concurrent_copies == 0 || self.max_concurrent_copies > 1024 {
+            return bad("max_concurrent_copies", format!("{} is outside 1..=1024", self.max_concurrent_copies));
+        }
+        if self.scrub_interval.0 < std::time::Duration::from_millis(100) {
+            return bad("scrub_interval", format!("{} is shorter than 100ms", self.scrub_interval));
+        }
+        if self.block_report_interval.0 < std::time::Duration::from_secs(1) {
+            return bad("block_report_interval", format!("{} is shorter than 1s", self.block_report_interval));
         }
         Ok(())
     }

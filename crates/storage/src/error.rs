@@ -70,6 +70,8 @@ pub enum StorageError {
     ConfigParse { path: Option<PathBuf>, message: String },
     #[error("block {block} not found")]
     NotFound { block: BlockId },
+    #[error("cannot copy block {block} from any source: {reason}")]
+    CopyFailed { block: BlockId, reason: String },
     #[error("block {block} is corrupt at {}: {kind}", path.display())]
     Corrupt { block: BlockId, path: PathBuf, kind: CorruptKind },
     #[error("block {block}: body does not match the client's CRC32C in 64 KiB piece {piece} (sent {sent:#010x}, computed {computed:#010x})")]
@@ -162,7 +164,7 @@ impl StorageError {
             | StorageError::TooLarge { .. }
             | StorageError::BadRange { .. } => FsError::InvalidArgument { reason: self.to_string() },
             StorageError::Conflict { .. } => FsError::AlreadyExists { what: self.to_string() },
-            StorageError::Overloaded { .. } | StorageError::ShuttingDown => {
+            StorageError::Overloaded { .. } | StorageError::ShuttingDown | StorageError::CopyFailed { .. } => {
                 FsError::Unavailable { reason: self.to_string() }
             }
             StorageError::Io { .. } => FsError::Io { reason: self.to_string() },

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Block ids per block-report page (16 bytes each: well under the header limit).
+const REPORT_PAGE: usize = 8192;
 
 pub(crate) struct MetaLink {
     meta: MetaClient,
@@ -31,6 +33,9 @@ pub(crate) struct MetaLink {
     shared: Arc<Shared>,
     disk: Arc<dyn Disk>,
     last_stats: StoreStats,
+    report_every: Duration,
+    /// When the next block report is due (right after each registration).
+    next_report: Option<tokio::time::Instant>,
 }
 
 impl MetaLink {
@@ -61,6 +66,8 @@ impl MetaLink {
             last_stats: StoreStats { capacity: 0, used: shared.store.used(), blocks: shared.store.block_count() },
             shared,
             disk,
+            report_every: config.block_report_interval.0,
+            next_report: None,
         }
     }
 
@@ -75,6 +82,7 @@ impl MetaLink {
                 None => match self.register().await {
                     Ok(id) => {
                         node = Some(id);
+                        self.next_report = Some(tokio::time::Instant::now());
                         failures = 0;
                         backoff = Duration::from_millis(100);
                         Duration::ZERO
@@ -99,6 +107,15 @@ impl MetaLink {
                         to_ack.clear();
                         if !delete.is_empty() {
                             to_ack = self.delete(delete).await;
+                        }
+                        if self.next_report.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                            match self.block_report(id).await {
+                                Ok(n) => {
+                                    info!(node = %id, blocks = n, "block report sent");
+                                    self.next_report = Some(tokio::time::Instant::now() + self.report_every);
+                                }
+                                Err(e) => warn!(node = %id, error = %e, "block report failed; will retry"),
+                            }
                         }
                         self.interval
                     }
@@ -189,6 +206,18 @@ impl MetaLink {
                 what: format!("{other:?} in answer to Heartbeat"),
             }),
         }
+    }
+
+    /// Sends the full block list in pages; returns how many blocks it listed.
+    async fn block_report(&self, node: NodeId) -> Result<usize, String> {
+        let ids = self.shared.store.list_blocks().await.map_err(|e| e.to_string())?;
+        let pages: Vec<&[BlockId]> = if ids.is_empty() { vec![&[]] } else { ids.chunks(REPORT_PAGE).collect() };
+        let n = pages.len();
+        for (i, page) in pages.into_iter().enumerate() {
+            let req = MetaRequest::BlockReport { node, blocks: page.to_vec(), first: i == 0, last: i + 1 == n };
+            self.meta.call(&req).await.map_err(|e| e.to_string())?;
+        }
+        Ok(ids.len())
     }
 
     /// Deletes what the metadata service asked for; returns the blocks now gone (deleted

@@ -9,7 +9,7 @@ use crate::error::StorageError;
 use crate::meta_link::MetaLink;
 use crate::node_id;
 use crate::store::{BlockStore, StoreOptions};
-use distfs_proto::{Handler, Incoming, Kind, Limits, Reply, StorageRequest, StorageResponse};
+use distfs_proto::{Handler, Incoming, Kind, Limits, Reply, RpcClient, RpcConfig, StorageRequest, StorageResponse};
 use distfs_types::{BlockId, FsError, NodeId};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +36,10 @@ pub(crate) struct Shared {
     write_slots: Semaphore,
     writes_queued: AtomicUsize,
     max_writes: usize,
+    /// Repair copies: fewer slots than client writes.
+    copy_slots: Semaphore,
+    /// Connections to peer storage nodes (sources of repair copies).
+    peers: RpcClient,
 }
 
 impl Shared {
@@ -104,6 +108,12 @@ impl StorageNode {
             write_slots: Semaphore::new(config.max_concurrent_writes),
             writes_queued: AtomicUsize::new(0),
             max_writes: config.max_concurrent_writes,
+            copy_slots: Semaphore::new(config.max_concurrent_copies),
+            peers: RpcClient::new(RpcConfig {
+                connect_timeout: std::time::Duration::from_secs(1),
+                request_timeout: std::time::Duration::from_secs(20),
+                ..RpcConfig::default()
+            }),
         });
         let cancel = shutdown.child_token();
         let tasks = TaskTracker::new();
@@ -116,6 +126,10 @@ impl StorageNode {
         }
         let link = MetaLink::new(&config, advertise.clone(), previous, shared.clone(), disk);
         spawn_named(&tasks, "meta-link", link.run(cancel.clone()));
+        if config.scrub_bandwidth.0 > 0 {
+            let scrub = crate::scrub::Scrubber::new(&config, shared.clone());
+            spawn_named(&tasks, "scrubber", scrub.run(cancel.clone()));
+        }
         tasks.close();
 
         info!(addr = %local_addr, advertise = %advertise, zone = %config.zone,
@@ -205,6 +219,7 @@ impl Handler for Service {
             StorageRequest::GetBlock { block, .. } => ("get", Some(*block)),
             StorageRequest::DeleteBlocks { .. } => ("delete", None),
             StorageRequest::Ping => ("ping", None),
+            StorageRequest::CopyBlock { block, .. } => ("copy", Some(*block)),
         };
         let span = info_span!("storage", %node, op, block = %block.map(|b| b.to_string()).unwrap_or_default(), peer = %req.peer);
         async {
@@ -244,7 +259,39 @@ impl Service {
                 Ok(Reply::new(&StorageResponse::Deleted { count }))
             }
             StorageRequest::Ping => Ok(Reply::new(&StorageResponse::Pong { node: *self.shared.registered.borrow() })),
+            StorageRequest::CopyBlock { block, from } => {
+                let _slot = self.shared.copy_slots.acquire().await.map_err(|_| StorageError::ShuttingDown)?;
+                self.copy(block, from).await?;
+                Ok(Reply::new(&StorageResponse::Stored))
+            }
         }
+    }
+
+    /// Fetches `block` from the first source that delivers a verified copy and stores it
+    /// durably (the put checks every piece's CRC32C again before anything is written).
+    async fn copy(&self, block: BlockId, from: Vec<distfs_proto::NodeAddr>) -> Result<(), StorageError> {
+        let mut why = Vec::new();
+        for src in from {
+            let req = StorageRequest::GetBlock { block, offset: 0, len: u32::MAX };
+            match self.shared.peers.storage(&src.addr, &req, bytes::Bytes::new(), None).await {
+                Ok((StorageResponse::Block { offset: 0, crcs }, body)) => {
+                    match self.shared.store.put(block, crcs, body).await {
+                        Ok(outcome) => {
+                            debug!(source = %src.id, ?outcome, "block copied from a peer");
+                            return Ok(());
+                        }
+                        Err(e @ StorageError::NoSpace { .. }) => return Err(e),
+                        Err(e) => why.push(format!("from node {}: {e}", src.id)),
+                    }
+                }
+                Ok((other, _)) => why.push(format!("from node {}: unexpected answer {other:?}", src.id)),
+                Err(e) => why.push(format!("from node {}: {e}", src.id)),
+            }
+        }
+        if why.is_empty() {
+            why.push("no source given".into());
+        }
+        Err(StorageError::CopyFailed { block, reason: why.join("; ") })
     }
 
     /// A write slot; refuses at once when too many writes already wait, so the bodies

@@ -33,6 +33,10 @@ pub struct ClusterOpts {
     pub heartbeat_interval: &'static str,
     /// Metadata servers (1, 3 or 5); more than one form a Raft group.
     pub meta_servers: usize,
+    /// Extra lines appended to the metadata server's config (TOML).
+    pub meta_extra: String,
+    /// Extra lines appended to every storage node's config (TOML).
+    pub storage_extra: String,
 }
 
 impl Default for ClusterOpts {
@@ -45,6 +49,8 @@ impl Default for ClusterOpts {
             dead_after: "4s",
             heartbeat_interval: "300ms",
             meta_servers: 1,
+            meta_extra: String::new(),
+            storage_extra: String::new(),
         }
     }
 }
@@ -132,25 +138,62 @@ impl ProcessCluster {
         for (i, addr) in self.meta_addrs.iter().enumerate() {
             let initial = if self.meta_addrs.len() > 1 { members.join(", ") } else { String::new() };
             let meta = format!(
-                "id = {}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\ninitial_members = [{initial}]\n",
+                "id = {}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\ninitial_members = [{initial}]\n{}\n",
                 i + 1,
                 self.dir.path().join(format!("meta-{i}")).display(),
                 o.replication,
                 o.suspect_after,
-                o.dead_after
+                o.dead_after,
+                o.meta_extra
             );
             std::fs::write(self.dir.path().join(format!("meta-{i}.toml")), meta).expect("write meta config");
         }
-        let meta_list: Vec<String> = self.meta_addrs.iter().map(|a| format!("\"{a}\"")).collect();
         for i in 0..o.storage_nodes {
-            let s = format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n",
-                self.storage_dir(i).display(),
-                meta_list.join(", "),
-                o.sync,
-                o.heartbeat_interval
-            );
-            std::fs::write(self.dir.path().join(format!("storage-{i}.toml")), s).expect("write storage config");
+            self.write_storage_config(i);
+        }
+    }
+
+    fn write_storage_config(&self, i: usize) {
+        let o = &self.opts;
+        let meta_list: Vec<String> = self.meta_addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        let s = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n{}\n",
+            self.storage_dir(i).display(),
+            meta_list.join(", "),
+            o.sync,
+            o.heartbeat_interval,
+            o.storage_extra
+        );
+        std::fs::write(self.dir.path().join(format!("storage-{i}.toml")), s).expect("write storage config");
+    }
+
+    /// Adds and starts one more storage node (a join); returns its index.
+    pub fn add_storage(&mut self) -> usize {
+        let i = self.storage.len();
+        self.write_storage_config(i);
+        self.storage.push(None);
+        self.start_storage(i);
+        i
+    }
+
+    /// Number of storage node slots (running or not).
+    pub fn storage_count(&self) -> usize {
+        self.storage.len()
+    }
+
+    /// SIGSTOP: the process hangs, its connections stay open (no reset).
+    pub fn stop_storage(&self, i: usize) {
+        if let Some(c) = &self.storage[i] {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    /// SIGCONT after `stop_storage`.
+    pub fn cont_storage(&self, i: usize) {
+        if let Some(c) = &self.storage[i] {
+            // SAFETY: as above.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
         }
     }
 

@@ -15,7 +15,7 @@ pub use ids::{BlockId, InodeId, NodeId, Seq};
 pub use layout::{
     visible_extents, BlockLocation, BlockRef, Extent, Slice, BLOCK_SIZE_DEFAULT, CHUNK_SIZE_DEFAULT, CRC_CHUNK,
 };
-pub use node::{NodeInfo, NodeState};
+pub use node::{AdminState, NodeInfo, NodeState};
 pub use units::{ByteSize, Duration as HumanDuration};
 
 /// Longest file name accepted by the namespace (as in Linux NAME_MAX).

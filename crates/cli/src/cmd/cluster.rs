@@ -48,6 +48,22 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         s.bad_replicas.len(),
         s.gc_pending
     );
+    let p = &s.repair;
+    if s.missing > 0 {
+        println!("missing: {} blocks have no live copy", s.missing);
+    }
+    println!(
+        "repair: {} blocks ({}) queued, {} in flight; done {} blocks ({}), {} failed, {} trimmed, {} rebalanced; rate {}/s",
+        p.queued_blocks,
+        human_bytes(p.queued_bytes),
+        p.in_flight,
+        p.done_blocks,
+        human_bytes(p.done_bytes),
+        p.failed,
+        p.trimmed,
+        p.rebalanced,
+        human_bytes(p.rate_bytes_per_sec)
+    );
     println!();
     let rows: Vec<Vec<String>> = s
         .nodes
@@ -58,7 +74,11 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
                 n.id.to_string(),
                 n.addr.clone(),
                 n.zone.clone(),
-                n.state.to_string(),
+                if n.admin == distfs_types::AdminState::Normal {
+                    n.state.to_string()
+                } else {
+                    format!("{} ({})", n.state, n.admin)
+                },
                 format!("{} / {} ({pct:.1}%)", human_bytes(n.used), human_bytes(n.capacity)),
                 n.blocks.to_string(),
                 format!("{:.1}s ago", n.last_heartbeat_ms as f64 / 1000.0),

@@ -1,9 +1,10 @@
 //! The `distfs` command line: argument definitions and dispatch. Each command lives in a
 //! sibling module: `files` (put/get/cat), `ns` (ls/mkdir/rm/mv/stat), `cluster` (df,
-//! cluster status).
+//! cluster status), `heal` (node membership, fsck).
 
 pub mod cluster;
 pub mod files;
+pub mod heal;
 pub mod meta;
 pub mod mount;
 pub mod ns;
@@ -111,6 +112,19 @@ pub enum Command {
         #[command(subcommand)]
         command: MetaCommand,
     },
+    /// Storage-node membership: list, drain, remove, maintenance.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Check replication: under-replicated, corrupt, missing and orphaned blocks.
+    Fsck {
+        /// Queue repairs now and delete orphaned copies.
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a whole cluster on this machine.
     Local {
         #[command(subcommand)]
@@ -138,6 +152,35 @@ pub enum MetaCommand {
     Add { addr: String },
     /// Remove metadata server ID from the group.
     Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Every storage node with its state, operator state and usage.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decommission: no new writes, copy everything away, then mark it drained.
+    Drain {
+        id: u64,
+        /// Only report what would move.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a drained (or dead and fully repaired) node out of the cluster.
+    Remove { id: u64 },
+    /// Planned restart: no new writes and no repair of its copies during the window.
+    Maintenance {
+        id: u64,
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        /// How long the window lasts (with `on`).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        window: Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +228,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Meta { command: MetaCommand::Status { json } } => meta::status(&client(), json).await,
         Command::Meta { command: MetaCommand::Add { ref addr } } => meta::add(&client(), addr).await,
         Command::Meta { command: MetaCommand::Remove { id } } => meta::remove(&client(), id).await,
+        Command::Node { ref command } => heal::node(&client(), command).await,
+        Command::Fsck { repair, json } => heal::fsck(&client(), repair, json).await,
         Command::Local { command: LocalCommand::Up { ref dir, ref listen, storage, replication, ref sync } } => {
             // `local up --meta N`: a count, not an address (an address, e.g. from
             // DISTFS_META, means the default of one server).

@@ -47,13 +47,13 @@ fn put_chunk(txn: &WriteTransaction, ino: InodeId, index: u64, slices: &Vec<Slic
     Ok(())
 }
 
-fn put_block(txn: &WriteTransaction, id: BlockId, rec: &BlockRec) -> FsResult<()> {
+pub(super) fn put_block(txn: &WriteTransaction, id: BlockId, rec: &BlockRec) -> FsResult<()> {
     let mut t = txn.open_table(BLOCKS).map_err(db_err)?;
     t.insert(id.0, enc(rec).as_slice()).map_err(db_err)?;
     Ok(())
 }
 
-fn gc_add(txn: &WriteTransaction, node: NodeId, block: BlockId) -> FsResult<()> {
+pub(super) fn gc_add(txn: &WriteTransaction, node: NodeId, block: BlockId) -> FsResult<()> {
     let mut t = txn.open_table(GC).map_err(db_err)?;
     t.insert((node.0, block.0), ()).map_err(db_err)?;
     Ok(())

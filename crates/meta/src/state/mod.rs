@@ -4,12 +4,14 @@
 //! snapshots in `snapshot.rs`.
 
 mod data;
+mod heal;
 mod namespace;
 mod read;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use heal::{all_blocks, file_paths, node_admin};
 pub use read::{Reader, Stats};
 pub use snapshot::Dump;
 
@@ -41,6 +43,8 @@ pub(crate) const K_NEXT_NODE: &str = "next_node";
 pub(crate) const K_NEXT_BAD: &str = "next_bad";
 pub(crate) const K_LAST_APPLIED: &str = "last_applied";
 pub(crate) const K_MEMBERSHIP: &str = "membership";
+/// Operator state of storage nodes: `BTreeMap<u64, AdminState>` (absent = Normal).
+pub(crate) const K_NODE_ADMIN: &str = "node_admin";
 
 /// Most bad-replica records kept (oldest dropped first).
 pub const BAD_REPLICAS_KEPT: u64 = 128;
@@ -189,6 +193,28 @@ pub enum Command {
         node: NodeId,
         blocks: Vec<distfs_types::BlockId>,
     },
+    /// Repair, trim and rebalance: `add` now holds a verified copy; the copies on `drop`
+    /// leave the list and are queued for deletion (never the last copy). A block freed
+    /// meanwhile sends `add`'s copy to the GC queue instead.
+    UpdateReplicas {
+        block: distfs_types::BlockId,
+        add: Option<NodeId>,
+        drop: Vec<NodeId>,
+    },
+    /// Drain / maintenance decisions of the operator.
+    SetNodeAdmin {
+        node: NodeId,
+        admin: distfs_types::AdminState,
+    },
+    /// Takes a node out: off every replica list, out of the registry and the GC queue.
+    RemoveNode {
+        node: NodeId,
+    },
+    /// Queues copies for deletion (orphans found by `fsck --repair`).
+    GcQueue {
+        node: NodeId,
+        blocks: Vec<distfs_types::BlockId>,
+    },
 }
 
 /// What a successfully applied command returns.
@@ -237,6 +263,10 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         }
         Command::RegisterNode { node, addr, zone, capacity } => data::register_node(txn, *node, addr, zone, *capacity),
         Command::GcAck { node, blocks } => data::gc_ack(txn, *node, blocks),
+        Command::UpdateReplicas { block, add, drop } => heal::update_replicas(txn, *block, *add, drop),
+        Command::SetNodeAdmin { node, admin } => heal::set_node_admin(txn, *node, *admin),
+        Command::RemoveNode { node } => heal::remove_node(txn, *node),
+        Command::GcQueue { node, blocks } => heal::gc_queue(txn, *node, blocks),
     }
 }
 

@@ -182,6 +182,28 @@ impl BlockStore {
         Ok(StoreStats { capacity: offered.min(fits), used, blocks: self.block_count() })
     }
 
+    /// Every block id in the fan-out tree (for the scrubber and block reports).
+    pub async fn list_blocks(&self) -> Result<Vec<BlockId>, StorageError> {
+        let this = self.clone();
+        run_blocking(move || {
+            let disk = &this.inner.disk;
+            let list = |dir: &Path| disk.list(dir).map_err(|e| StorageError::io("list directory", dir, e));
+            let mut out = Vec::new();
+            for a in list(&this.inner.blocks_dir)?.into_iter().filter(|e| e.is_dir) {
+                let adir = this.inner.blocks_dir.join(&a.name);
+                for c in list(&adir)?.into_iter().filter(|e| e.is_dir) {
+                    for f in list(&adir.join(&c.name))? {
+                        if let Some(id) = BlockId::from_hex(&f.name).filter(|_| !f.is_dir) {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Deletes a block; `Ok(false)` when it was not there (deleting is idempotent).
     pub async fn delete(&self, id: BlockId) -> Result<bool, StorageError> {
         let this = self.clone();
