@@ -91,8 +91,8 @@ fn background_reader(
 async fn killed_node_is_re_replicated_without_a_command_and_trimmed_when_it_returns() {
     let t0 = Instant::now();
     let mut c = ProcessCluster::start(bins(), opts(4)).await;
-    eprintln!("phase: write 128 MiB (32 files x 4 MiB... in 8 MiB files)");
-    let files = seed(&c, 16, 8 * MIB).await;
+    eprintln!("phase: write 512 MiB (64 files of 8 MiB)");
+    let files = seed(&c, 64, 8 * MIB).await;
     let before = replicas(&c.client(), &files).await.expect("layouts");
     assert!(before.values().all(|r| r.len() == 3));
     let victim = c.node_id(1).expect("node 1 registered");
