@@ -13,6 +13,7 @@ mod membership;
 pub mod raft;
 pub mod server;
 mod service;
+mod sessions;
 pub mod state;
 
 pub use liveness::{Clock, TokioClock};

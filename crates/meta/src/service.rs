@@ -59,7 +59,7 @@ impl Service {
     }
 
     /// Makes a following local read linearizable; a follower answers `NotLeader`.
-    async fn read_barrier(&self) -> FsResult<()> {
+    pub(crate) async fn read_barrier(&self) -> FsResult<()> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_node)),
@@ -224,6 +224,14 @@ impl Service {
             MetaRequest::AddMetaServer { addr } => self.add_meta_server(&addr).await,
             MetaRequest::RemoveMetaServer { id } => self.remove_meta_server(id).await,
             MetaRequest::MetaStatus => Ok(MetaResponse::MetaStatus(self.meta_status())),
+            req @ (MetaRequest::OpenFile { .. }
+            | MetaRequest::ReleaseFile { .. }
+            | MetaRequest::RenewSession { .. }
+            | MetaRequest::CloseSession { .. }
+            | MetaRequest::GetXattr { .. }
+            | MetaRequest::ListXattr { .. }
+            | MetaRequest::SetXattr { .. }
+            | MetaRequest::RemoveXattr { .. }) => self.handle_sessions_xattrs(req, now).await,
         }
     }
 
@@ -422,9 +430,16 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         | R::ReadDir { ino, .. }
         | R::AllocateBlocks { ino, .. }
         | R::CommitWrite { ino, .. }
-        | R::GetLayout { ino, .. } => {
+        | R::GetLayout { ino, .. }
+        | R::OpenFile { ino, .. }
+        | R::ReleaseFile { ino, .. }
+        | R::GetXattr { ino, .. }
+        | R::ListXattr { ino }
+        | R::SetXattr { ino, .. }
+        | R::RemoveXattr { ino, .. } => {
             tracing::debug_span!("meta", op = op_name(req), inode = %ino)
         }
+        R::RenewSession { .. } | R::CloseSession { .. } => tracing::debug_span!("meta", op = op_name(req)),
         R::ReportBadReplica { bad } => {
             tracing::debug_span!("meta", op = "report_bad", block = %bad.block, node_id = %bad.node)
         }
@@ -468,6 +483,14 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::AddMetaServer { .. } => "meta_add",
         R::RemoveMetaServer { .. } => "meta_remove",
         R::MetaStatus => "meta_status",
+        R::OpenFile { .. } => "open_file",
+        R::ReleaseFile { .. } => "release_file",
+        R::RenewSession { .. } => "renew_session",
+        R::CloseSession { .. } => "close_session",
+        R::GetXattr { .. } => "getxattr",
+        R::ListXattr { .. } => "listxattr",
+        R::SetXattr { .. } => "setxattr",
+        R::RemoveXattr { .. } => "removexattr",
     }
 }
 
