@@ -44,6 +44,12 @@ done
 fusermount3 -u "$work/mnt"
 
 echo "== MooseFS peer (3 chunkservers, goal 3)" >&2
+# mfs-peer.sh uses fixed ports and /tmp/mfs: a peer someone else started would be
+# measured (and its PID files overwritten). Refuse instead.
+if ss -ltn "sport = :19421" | grep -q LISTEN || pgrep -x mfsmaster >/dev/null; then
+  echo "a MooseFS master is already running (another user of mfs-peer.sh?); not starting a second" >&2
+  exit 3
+fi
 "$shared/mfs-peer.sh" up 3 >&2
 "$shared/fsbench.sh" /tmp/mfs/mnt moosefs "$tsv"
 "$shared/mfs-peer.sh" down >&2
