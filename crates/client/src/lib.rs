@@ -8,6 +8,7 @@ pub mod error;
 pub mod ns;
 pub mod plan;
 pub mod read;
+pub mod session;
 pub mod write;
 
 pub use error::{ClientError, Result};

@@ -35,18 +35,35 @@ impl Inner {
     /// pages are still those of the current version.
     pub async fn open(&self, ino: InodeId, truncate: bool, append: bool, read: bool) -> Result<Opened> {
         let changes = self.changes(ino);
-        let (mut attr, mut reader) = if read && !truncate {
-            let r = self.client.reader(ino).await.map_err(|e| gone_is_stale(ino, e))?;
-            (r.attr().clone(), Some(r))
-        } else {
-            (self.client.getattr(ino).await.map_err(|e| gone_is_stale(ino, e))?, None)
-        };
+        // Registered first: from now on an unlink anywhere leaves the data in place.
+        let held = self.hold(ino).await?;
+        let r = self.open_held(ino, truncate, read, held).await;
+        if r.is_err() {
+            self.unhold(ino).await;
+        }
+        let (mut attr, mut reader) = r?;
         if attr.kind == FileKind::Dir {
+            self.unhold(ino).await;
             return Err(FsError::IsADirectory { what: format!("inode {ino}") }.into());
         }
+        if attr.nlink == 0 {
+            // Opened through a name the kernel still caches but that was unlinked or
+            // renamed over (on another mount): ESTALE makes it look the name up again.
+            self.unhold(ino).await;
+            return Err(FsError::StaleInode { ino }.into());
+        }
         if truncate && attr.size != 0 {
-            self.commit_all(ino).await?;
-            attr = self.client.truncate(ino, 0).await?;
+            let cut = async {
+                self.commit_all(ino).await?;
+                self.client.truncate(ino, 0).await
+            };
+            match cut.await {
+                Ok(a) => attr = a,
+                Err(e) => {
+                    self.unhold(ino).await;
+                    return Err(e);
+                }
+            }
             self.changed(ino);
             reader = None;
         }
@@ -58,6 +75,24 @@ impl Inner {
         let fh = self.add_file(ino, append, reader.map(|r| (changes, r)));
         debug!(%ino, fh, keep_cache, "opened");
         Ok(Opened { fh, keep_cache })
+    }
+
+    /// The attributes (and, when the handle may read, the reader) of an open inode.
+    async fn open_held(
+        &self,
+        ino: InodeId,
+        truncate: bool,
+        read: bool,
+        held: Option<Attr>,
+    ) -> Result<(Attr, Option<distfs_client::FileReader>)> {
+        if read && !truncate {
+            let r = self.client.reader(ino).await.map_err(|e| gone_is_stale(ino, e))?;
+            return Ok((r.attr().clone(), Some(r)));
+        }
+        match held {
+            Some(a) => Ok((a, None)),
+            None => Ok((self.client.getattr(ino).await.map_err(|e| gone_is_stale(ino, e))?, None)),
+        }
     }
 
     /// Registers a handle for a file just created (nothing cached, nothing to check).
@@ -184,7 +219,11 @@ impl Inner {
 
     pub async fn release(&self, fh: u64) -> Result<()> {
         match self.remove_file(fh) {
-            Some(f) => self.commit(&f).await,
+            Some(f) => {
+                let r = self.commit(&f).await;
+                self.unhold(f.ino).await;
+                r
+            }
             None => Ok(()),
         }
     }

@@ -31,6 +31,9 @@ pub fn errno_of(e: &FsError) -> Errno {
         | FsError::Io { .. }
         | FsError::Protocol { .. }
         | FsError::Internal { .. } => Errno::EIO,
+        FsError::NoData { .. } => Errno::ENODATA,
+        FsError::TooBig { .. } => Errno::E2BIG,
+        FsError::OutOfRange { .. } => Errno::ERANGE,
     }
 }
 
@@ -51,9 +54,12 @@ pub mod local {
     pub const BAD_NAME_LOOKUP: Errno = Errno::ENOENT;
     /// Device nodes, FIFOs and sockets: DistFS stores files, directories and symlinks.
     pub const UNSUPPORTED_NODE: Errno = Errno::EPERM;
-    /// Extended attributes (no metadata support yet). `ENOSYS` makes the kernel answer
-    /// `EOPNOTSUPP` to every later xattr call without asking the mount again.
-    pub const NO_XATTRS: Errno = Errno::ENOSYS;
+    /// `getxattr`/`listxattr` with a buffer smaller than the answer.
+    pub const XATTR_BUFFER_TOO_SMALL: Errno = Errno::ERANGE;
+    /// POSIX ACL xattrs (`system.posix_acl_*`): not stored, see `xattr.rs`.
+    pub const XATTR_UNSUPPORTED: Errno = Errno::EOPNOTSUPP;
+    /// `setxattr` with both `XATTR_CREATE` and `XATTR_REPLACE`, or unknown flags.
+    pub const BAD_XATTR_FLAGS: Errno = Errno::EINVAL;
     /// Offsets and sizes past what a file can hold.
     pub const TOO_BIG: Errno = Errno::EFBIG;
 }
@@ -87,6 +93,9 @@ mod tests {
             (FsError::Io { reason: s() }, libc::EIO),
             (FsError::Protocol { reason: s() }, libc::EIO),
             (FsError::Internal { reason: s() }, libc::EIO),
+            (FsError::NoData { what: s() }, libc::ENODATA),
+            (FsError::TooBig { what: s(), len: 70_000, max: 65_536 }, libc::E2BIG),
+            (FsError::OutOfRange { reason: s() }, libc::ERANGE),
         ];
         // `errno_of` matches exhaustively, so a new FsError variant does not compile
         // until it is mapped; this list must then grow with it.

@@ -7,6 +7,7 @@ use crate::attr::{file_attr, kind_of, time_or_now};
 use crate::data::{gone_is_stale, MAX_FILE_SIZE};
 use crate::errno::{errno_of, errno_of_client, local};
 use crate::state::Inner;
+use crate::xattr::{mode_of, reply_sized, unsupported};
 use distfs_client::Result;
 use distfs_proto::RenameMode;
 use distfs_types::{Attr, DirEntry, FileKind, FsError, InodeId, SetAttr};
@@ -39,6 +40,11 @@ fn name_of(name: &OsStr) -> std::result::Result<String, Errno> {
     if name.len() > NAME_MAX {
         return Err(errno_of(&FsError::NameTooLong { len: name.len(), max: NAME_MAX }));
     }
+    name.to_str().map(str::to_string).ok_or(local::BAD_NAME)
+}
+
+/// An extended attribute name: UTF-8 (the kernel already bounds its length).
+fn xattr_name(name: &OsStr) -> std::result::Result<String, Errno> {
     name.to_str().map(str::to_string).ok_or(local::BAD_NAME)
 }
 
@@ -172,6 +178,7 @@ impl Inner {
             attr = self.client.truncate(attr.ino, 0).await?;
             self.changed(attr.ino);
         }
+        self.hold(attr.ino).await?;
         let fh = self.open_created(&attr, flags & libc::O_APPEND != 0);
         Ok((attr, fh))
     }
@@ -223,7 +230,10 @@ impl Filesystem for DistFs {
     fn destroy(&mut self) {
         let inner = self.inner.clone();
         // Called on the thread that ran the session (not a runtime worker).
-        self.rt.block_on(async move { inner.commit_everything().await });
+        self.rt.block_on(async move {
+            inner.commit_everything().await;
+            inner.close_session().await;
+        });
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -568,26 +578,59 @@ impl Filesystem for DistFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _i: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        i: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(local::NO_XATTRS);
+        let (name, mode) = match (xattr_name(name), mode_of(flags)) {
+            (Ok(n), Ok(m)) => (n, m),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        if unsupported(&name) {
+            return reply.error(local::XATTR_UNSUPPORTED);
+        }
+        let (inner, value) = (self.inner.clone(), value.to_vec());
+        self.spawn(debug_span!("setxattr", ino = i.0, %name, len = value.len()), async move {
+            DistFs::empty(reply, inner.setxattr(ino(i), &name, &value, mode).await);
+        });
     }
 
-    fn getxattr(&self, _req: &Request, _i: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(local::NO_XATTRS);
+    fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = match xattr_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("getxattr", ino = i.0, %name, size), async move {
+            match inner.getxattr(ino(i), &name).await {
+                Ok(v) => reply_sized(reply, &v, size),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _i: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(local::NO_XATTRS);
+    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("listxattr", ino = i.0, size), async move {
+            match inner.listxattr(ino(i)).await {
+                Ok(v) => reply_sized(reply, &v, size),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
     }
 
-    fn removexattr(&self, _req: &Request, _i: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(local::NO_XATTRS);
+    fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match xattr_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("removexattr", ino = i.0, %name), async move {
+            DistFs::empty(reply, inner.removexattr(ino(i), &name).await);
+        });
     }
 
     fn access(&self, req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

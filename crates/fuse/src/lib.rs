@@ -7,7 +7,9 @@ mod attr;
 mod data;
 pub mod errno;
 mod fs;
+mod opens;
 mod state;
+mod xattr;
 
 pub use data::MAX_FILE_SIZE;
 use distfs_client::Client;
@@ -123,6 +125,7 @@ impl Mounted {
             }
         };
         let inner = Arc::new(state::Inner::new(client, opts.attr_ttl, opts.entry_ttl));
+        let rt_for_renewer = rt.clone();
         let filesystem = fs::DistFs { inner: inner.clone(), rt };
         let mut config = fuser::Config::default();
         config.mount_options = vec![
@@ -140,6 +143,7 @@ impl Mounted {
         let session = fuser::Session::new(filesystem, &path, &config)
             .map_err(|source| FuseError::Mount { path: path.clone(), source })?;
         let _ = inner.notifier.set(session.notifier());
+        inner.start_renewer(&rt_for_renewer);
         tracing::info!(mountpoint = %path.display(), "mounted");
         Ok(Mounted { session, mountpoint: path, _runtime: runtime })
     }

@@ -92,6 +92,11 @@ pub(crate) struct Inner {
     cached: Mutex<HashMap<InodeId, (Timestamp, u64)>>,
     /// Tells the kernel to drop cached attributes; set once the session exists.
     pub notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// This mount's client session and the inodes it holds open.
+    pub session: crate::opens::Session,
+    /// Inodes known to have no `security.capability` attribute, and until when (the
+    /// kernel asks before every write; see `xattr.rs`).
+    pub no_caps: Mutex<HashMap<InodeId, std::time::Instant>>,
 }
 
 impl Inner {
@@ -106,6 +111,8 @@ impl Inner {
             inodes: Mutex::default(),
             cached: Mutex::default(),
             notifier: std::sync::OnceLock::new(),
+            session: crate::opens::Session::new(),
+            no_caps: Mutex::default(),
         }
     }
 

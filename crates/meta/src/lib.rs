@@ -15,6 +15,7 @@ pub mod repair;
 pub mod server;
 mod service;
 mod service_heal;
+mod sessions;
 pub mod state;
 
 pub use liveness::{Clock, TokioClock};

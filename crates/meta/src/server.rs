@@ -102,6 +102,10 @@ impl MetaServer {
             format_when_leader(service.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("meta_format", id = config.id)),
         ));
+        tasks.push(tokio::spawn(
+            crate::sessions::expire_sessions_when_leader(service.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("meta_sessions", id = config.id)),
+        ));
         info!(id = config.id, addr = %local_addr, advertised = %advertised, "metadata server started");
         Ok(MetaServer { service, local_addr, advertised, shutdown, tasks })
     }

@@ -279,6 +279,14 @@ impl Service {
             MetaRequest::NodeRemove { node } => self.remove_node(node).await,
             MetaRequest::NodeMaintenance { node, on, window_ms } => self.maintenance(node, on, window_ms).await,
             MetaRequest::Fsck { repair } => self.fsck(repair).await.map(MetaResponse::Fsck),
+            req @ (MetaRequest::OpenFile { .. }
+            | MetaRequest::ReleaseFile { .. }
+            | MetaRequest::RenewSession { .. }
+            | MetaRequest::CloseSession { .. }
+            | MetaRequest::GetXattr { .. }
+            | MetaRequest::ListXattr { .. }
+            | MetaRequest::SetXattr { .. }
+            | MetaRequest::RemoveXattr { .. }) => self.handle_sessions_xattrs(req, now).await,
         }
     }
 
@@ -494,9 +502,16 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         | R::ReadDir { ino, .. }
         | R::AllocateBlocks { ino, .. }
         | R::CommitWrite { ino, .. }
-        | R::GetLayout { ino, .. } => {
+        | R::GetLayout { ino, .. }
+        | R::OpenFile { ino, .. }
+        | R::ReleaseFile { ino, .. }
+        | R::GetXattr { ino, .. }
+        | R::ListXattr { ino }
+        | R::SetXattr { ino, .. }
+        | R::RemoveXattr { ino, .. } => {
             tracing::debug_span!("meta", op = op_name(req), inode = %ino)
         }
+        R::RenewSession { .. } | R::CloseSession { .. } => tracing::debug_span!("meta", op = op_name(req)),
         R::ReportBadReplica { bad } => {
             tracing::debug_span!("meta", op = "report_bad", block = %bad.block, node_id = %bad.node)
         }
@@ -550,6 +565,14 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::NodeRemove { .. } => "node_remove",
         R::NodeMaintenance { .. } => "node_maintenance",
         R::Fsck { .. } => "fsck",
+        R::OpenFile { .. } => "open_file",
+        R::ReleaseFile { .. } => "release_file",
+        R::RenewSession { .. } => "renew_session",
+        R::CloseSession { .. } => "close_session",
+        R::GetXattr { .. } => "getxattr",
+        R::ListXattr { .. } => "listxattr",
+        R::SetXattr { .. } => "setxattr",
+        R::RemoveXattr { .. } => "removexattr",
     }
 }
 

@@ -348,6 +348,67 @@ pub enum MetaRequest {
     Fsck {
         repair: bool,
     },
+    // --- open files of client sessions (POSIX delete-while-open) -----------------------
+    /// Session `session` holds `ino` open: an unlinked inode keeps its data until every
+    /// session that holds it releases it or lets its lease expire. Renews the session's
+    /// lease. Answers the inode's attributes.
+    OpenFile {
+        ino: InodeId,
+        session: u64,
+    },
+    /// Session `session` no longer holds `ino` open.
+    ReleaseFile {
+        ino: InodeId,
+        session: u64,
+    },
+    /// Extends the session's lease by `SESSION_LEASE`. `NotFound` when the session has
+    /// expired (its opens were released; the client registers them again).
+    RenewSession {
+        session: u64,
+    },
+    /// Ends a session: every file it holds open is released.
+    CloseSession {
+        session: u64,
+    },
+    // --- extended attributes ------------------------------------------------------------
+    GetXattr {
+        ino: InodeId,
+        name: String,
+    },
+    ListXattr {
+        ino: InodeId,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: String,
+        value: Vec<u8>,
+        mode: XattrMode,
+    },
+    RemoveXattr {
+        ino: InodeId,
+        name: String,
+    },
+}
+
+/// How long a client session's lease lasts without renewal: after it, the files the
+/// session holds open are released (a crashed client's opens do not pin data forever).
+pub const SESSION_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest extended attribute name, in bytes (Linux `XATTR_NAME_MAX`).
+pub const XATTR_NAME_MAX: usize = 255;
+/// Largest extended attribute value, in bytes (Linux `XATTR_SIZE_MAX`).
+pub const XATTR_SIZE_MAX: usize = 65536;
+/// Most bytes of names + values of the extended attributes of one inode.
+pub const XATTR_TOTAL_MAX: usize = 1 << 20;
+
+/// `setxattr(2)` flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrMode {
+    /// Create or replace.
+    Any,
+    /// `XATTR_CREATE`: fail with `AlreadyExists` if the attribute exists.
+    Create,
+    /// `XATTR_REPLACE`: fail with `NoData` if the attribute does not exist.
+    Replace,
 }
 
 /// One member of the metadata Raft group.
@@ -410,6 +471,14 @@ pub enum MetaResponse {
         bytes: u64,
     },
     Fsck(FsckReport),
+    /// The value of one extended attribute.
+    Xattr {
+        value: Vec<u8>,
+    },
+    /// The names of an inode's extended attributes, sorted.
+    XattrNames {
+        names: Vec<String>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------

@@ -59,6 +59,15 @@ pub enum FsError {
     Protocol { reason: String },
     #[error("internal error: {reason}")]
     Internal { reason: String },
+    /// An extended attribute that is not set (`ENODATA`).
+    #[error("no such extended attribute: {what}")]
+    NoData { what: String },
+    /// A value larger than its limit (an extended attribute's value: `E2BIG`).
+    #[error("too big: {what} is {len} bytes, the limit is {max}")]
+    TooBig { what: String, len: usize, max: usize },
+    /// A size or name outside the range an operation accepts (`ERANGE`).
+    #[error("out of range: {reason}")]
+    OutOfRange { reason: String },
 }
 
 impl FsError {

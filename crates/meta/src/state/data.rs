@@ -4,6 +4,7 @@
 
 use super::*;
 use distfs_types::{visible_extents, BlockId, BlockRef, FileKind, Seq, Slice};
+use redb::ReadableTable as _;
 use redb::ReadableTableMetadata;
 use std::collections::BTreeMap;
 
@@ -57,6 +58,14 @@ pub(super) fn gc_add(txn: &WriteTransaction, node: NodeId, block: BlockId) -> Fs
     let mut t = txn.open_table(GC).map_err(db_err)?;
     t.insert((node.0, block.0), ()).map_err(db_err)?;
     Ok(())
+}
+
+/// True when `node` still has `block` queued for deletion (or the deletion is on its way
+/// and not acknowledged yet).
+pub(super) fn gc_pending(txn: &WriteTransaction, node: NodeId, block: BlockId) -> FsResult<bool> {
+    let t = txn.open_table(GC).map_err(db_err)?;
+    let pending = t.get((node.0, block.0)).map_err(db_err)?.is_some();
+    Ok(pending)
 }
 
 /// Drops one reference to `id`; at zero the block leaves the map and every replica is

@@ -2,7 +2,7 @@
 //! repair worker (add a verified copy, trim or move one), operator node states (drain,
 //! maintenance), node removal, and the full scans `fsck` and the planner read.
 
-use super::data::{gc_add, put_block};
+use super::data::{gc_add, gc_pending, put_block};
 use super::*;
 use distfs_types::{AdminState, BlockId, FileKind, Slice};
 use redb::{ReadTransaction, ReadableTable};
@@ -22,6 +22,14 @@ pub(super) fn update_replicas(
         return Ok(CommandResult::Done);
     };
     if let Some(n) = add {
+        // A deletion of this block on `n` is still queued or in flight (a bad copy that
+        // was reported, a trimmed one): it could remove the copy just made. Record
+        // nothing; the deletion goes ahead and the planner copies again once `n` has
+        // acknowledged it.
+        if gc_pending(txn, n, block)? {
+            tracing::info!(%block, node = %n, "copy not recorded: a deletion on that node is pending");
+            return Ok(CommandResult::Done);
+        }
         if !rec.replicas.contains(&n) {
             rec.replicas.push(n);
         }

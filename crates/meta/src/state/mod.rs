@@ -6,17 +6,22 @@
 mod data;
 mod heal;
 mod namespace;
+pub(crate) mod open_files;
 mod read;
 mod snapshot;
+mod snapshot_ext;
 #[cfg(test)]
 mod tests;
+mod xattr;
 
 pub use heal::{all_blocks, file_paths, node_admin};
 pub use read::{Reader, Stats};
 pub use snapshot::Dump;
+pub use snapshot_ext::ExtDump;
+pub(crate) use xattr::validate_name as validate_xattr_name;
 
 use crate::error::{db_err, decode_err, MetaError};
-use distfs_proto::{BadReplica, RenameMode, SliceWrite};
+use distfs_proto::{BadReplica, RenameMode, SliceWrite, XattrMode};
 use distfs_types::{Attr, FsError, FsResult, InodeId, NodeId, SetAttr, Timestamp};
 use openraft::{BasicNode, LogId, StoredMembership};
 use redb::{Database, Durability, ReadableDatabase, TableDefinition, WriteTransaction};
@@ -33,6 +38,14 @@ pub(crate) const GC: TableDefinition<(u64, u128), ()> = TableDefinition::new("gc
 pub(crate) const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 pub(crate) const BAD: TableDefinition<u64, &[u8]> = TableDefinition::new("bad_replicas");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Client sessions: session id -> lease expiry (`Timestamp`).
+pub(crate) const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
+/// Open files: (inode, session) = the session holds the inode open.
+pub(crate) const OPENS: TableDefinition<(u64, u64), ()> = TableDefinition::new("opens");
+/// The same, keyed by session first (to release a session's opens).
+pub(crate) const SESSION_OPENS: TableDefinition<(u64, u64), ()> = TableDefinition::new("session_opens");
+/// Extended attributes: (inode, name) -> raw value.
+pub(crate) const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
 /// The current Raft snapshot (not part of the state it describes).
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
@@ -215,6 +228,39 @@ pub enum Command {
         node: NodeId,
         blocks: Vec<distfs_types::BlockId>,
     },
+    /// `session` holds `ino` open; its lease runs at least until `expires`.
+    OpenFile {
+        ino: InodeId,
+        session: u64,
+        expires: Timestamp,
+    },
+    ReleaseFile {
+        ino: InodeId,
+        session: u64,
+    },
+    RenewSession {
+        session: u64,
+        expires: Timestamp,
+    },
+    CloseSession {
+        session: u64,
+    },
+    /// Ends every session whose lease expired before `now` (decided by the leader).
+    ExpireSessions {
+        now: Timestamp,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: String,
+        value: Vec<u8>,
+        mode: XattrMode,
+        now: Timestamp,
+    },
+    RemoveXattr {
+        ino: InodeId,
+        name: String,
+        now: Timestamp,
+    },
 }
 
 /// What a successfully applied command returns.
@@ -267,6 +313,13 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         Command::SetNodeAdmin { node, admin } => heal::set_node_admin(txn, *node, *admin),
         Command::RemoveNode { node } => heal::remove_node(txn, *node),
         Command::GcQueue { node, blocks } => heal::gc_queue(txn, *node, blocks),
+        Command::OpenFile { ino, session, expires } => open_files::open(txn, *ino, *session, *expires),
+        Command::ReleaseFile { ino, session } => open_files::release(txn, *ino, *session),
+        Command::RenewSession { session, expires } => open_files::renew(txn, *session, *expires),
+        Command::CloseSession { session } => open_files::close_session(txn, *session),
+        Command::ExpireSessions { now } => open_files::expire(txn, *now),
+        Command::SetXattr { ino, name, value, mode, now } => xattr::set(txn, *ino, name, value, *mode, *now),
+        Command::RemoveXattr { ino, name, now } => xattr::remove(txn, *ino, name, *now),
     }
 }
 
@@ -292,9 +345,11 @@ pub(crate) fn put_inode(txn: &WriteTransaction, inode: &Inode) -> FsResult<()> {
 }
 
 pub(crate) fn del_inode(txn: &WriteTransaction, ino: InodeId) -> FsResult<()> {
-    let mut t = txn.open_table(INODES).map_err(db_err)?;
-    t.remove(ino.0).map_err(db_err)?;
-    Ok(())
+    {
+        let mut t = txn.open_table(INODES).map_err(db_err)?;
+        t.remove(ino.0).map_err(db_err)?;
+    }
+    xattr::remove_all(txn, ino)
 }
 
 /// Durability of state-machine commits: the Raft log is the durable record; the state
@@ -337,6 +392,10 @@ impl StateStore {
             txn.open_table(BAD).map_err(s)?;
             txn.open_table(META).map_err(s)?;
             txn.open_table(SNAPSHOT).map_err(s)?;
+            txn.open_table(SESSIONS).map_err(s)?;
+            txn.open_table(OPENS).map_err(s)?;
+            txn.open_table(SESSION_OPENS).map_err(s)?;
+            txn.open_table(XATTRS).map_err(s)?;
         }
         txn.commit().map_err(|e| MetaError::storage("init state db", e))?;
         Ok(StateStore { db: Arc::new(db) })

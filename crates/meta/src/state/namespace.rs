@@ -2,7 +2,7 @@
 //! POSIX rules for nlink (a directory has 2 + subdirectories), ctime/mtime, and the
 //! rename cases (replace, no-replace, exchange, loops).
 
-use super::data::{free_chunks_from, truncate_data};
+use super::data::truncate_data;
 use super::*;
 use distfs_types::{FileKind, NAME_MAX, PATH_MAX};
 
@@ -194,12 +194,12 @@ pub(super) fn link(
     Ok(CommandResult::Attr(i.attr))
 }
 
-/// Removes one link of a non-directory; the last link frees the inode and its data.
+/// Removes one link of a non-directory; the last link frees the inode and its data,
+/// unless a client session holds it open (then it lives on with nlink 0 until released).
 fn drop_link(txn: &WriteTransaction, ino: InodeId, now: Timestamp) -> FsResult<()> {
     let mut i = get_inode(txn, ino)?;
     if i.attr.nlink <= 1 {
-        free_chunks_from(txn, ino, 0)?;
-        del_inode(txn, ino)
+        super::open_files::drop_last_link(txn, i, now)
     } else {
         i.attr.nlink -= 1;
         i.attr.ctime = now;

@@ -36,6 +36,12 @@ pub trait Reader {
     fn inode_count(&self) -> FsResult<u64>;
     /// Full scan of inodes and blocks (admin paths only).
     fn stats(&self, replication: u32) -> FsResult<Stats>;
+    /// Every client session and the end of its lease.
+    fn sessions(&self) -> FsResult<Vec<(u64, Timestamp)>>;
+    /// One extended attribute's value.
+    fn xattr(&self, ino: InodeId, name: &str) -> FsResult<Option<Vec<u8>>>;
+    /// The extended attributes of `ino`: name and value length, sorted by name.
+    fn xattr_names(&self, ino: InodeId) -> FsResult<Vec<(String, usize)>>;
 
     /// The formatted parameters, or `Unavailable` before the first format.
     fn format_or_unavailable(&self) -> FsResult<Format> {
@@ -182,6 +188,32 @@ macro_rules! impl_reader {
                 }
                 s.gc_pending = self.open_table(GC).map_err(db_err)?.len().map_err(db_err)?;
                 Ok(s)
+            }
+
+            fn sessions(&self) -> FsResult<Vec<(u64, Timestamp)>> {
+                let t = self.open_table(SESSIONS).map_err(db_err)?;
+                let mut out = Vec::new();
+                for item in t.iter().map_err(db_err)? {
+                    let (k, v) = item.map_err(db_err)?;
+                    out.push((k.value(), dec("sessions", v.value())?));
+                }
+                Ok(out)
+            }
+
+            fn xattr(&self, ino: InodeId, name: &str) -> FsResult<Option<Vec<u8>>> {
+                let t = self.open_table(XATTRS).map_err(db_err)?;
+                let v = t.get((ino.0, name)).map_err(db_err)?;
+                Ok(v.map(|g| g.value().to_vec()))
+            }
+
+            fn xattr_names(&self, ino: InodeId) -> FsResult<Vec<(String, usize)>> {
+                let t = self.open_table(XATTRS).map_err(db_err)?;
+                let mut out = Vec::new();
+                for item in t.range((ino.0, "")..(ino.0.saturating_add(1), "")).map_err(db_err)? {
+                    let (k, v) = item.map_err(db_err)?;
+                    out.push((k.value().1.to_string(), v.value().len()));
+                }
+                Ok(out)
             }
         }
     };

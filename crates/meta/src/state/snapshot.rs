@@ -1,10 +1,13 @@
 //! Snapshots of the state machine: every state table dumped into one postcard blob
 //! (`Dump`), and installing such a blob in place of the current state.
 
+use super::snapshot_ext::ExtDump;
 use super::*;
 use redb::ReadableTable;
 
 const DUMP_V1: u8 = 1;
+/// Version 1 followed by the `ExtDump` blob.
+const DUMP_V2: u8 = 2;
 
 /// All state tables, raw values (each already versioned by `enc`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +20,9 @@ pub struct Dump {
     pub nodes: Vec<(u64, Vec<u8>)>,
     pub bad: Vec<(u64, Vec<u8>)>,
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Tables added later, encoded after the fields above (snapshot version 2).
+    #[serde(skip)]
+    pub ext: ExtDump,
 }
 
 macro_rules! dump_table {
@@ -44,18 +50,26 @@ impl Dump {
             nodes: dump_table!(txn, NODES, |k, v| (k, v.to_vec())),
             bad: dump_table!(txn, BAD, |k, v| (k, v.to_vec())),
             meta: dump_table!(txn, META, |k, v| (k.to_string(), v.to_vec())),
+            ext: ExtDump::read(txn)?,
         })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![DUMP_V1];
+        let mut out = vec![DUMP_V2];
         out.extend(postcard::to_stdvec(self).expect("postcard encoding of a dump"));
+        out.extend(postcard::to_stdvec(&self.ext).expect("postcard encoding of a dump"));
         out
     }
 
     pub fn from_bytes(b: &[u8]) -> FsResult<Dump> {
         match b.split_first() {
             Some((&DUMP_V1, rest)) => postcard::from_bytes(rest).map_err(|e| decode_err("snapshot", e)),
+            Some((&DUMP_V2, rest)) => {
+                let (mut d, ext): (Dump, &[u8]) =
+                    postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+                d.ext = postcard::from_bytes(ext).map_err(|e| decode_err("snapshot", e))?;
+                Ok(d)
+            }
             Some((v, _)) => Err(decode_err("snapshot", format!("unknown snapshot version {v}"))),
             None => Err(decode_err("snapshot", "empty snapshot")),
         }
@@ -115,7 +129,8 @@ impl Dump {
         for (k, v) in &self.meta {
             t.insert(k.as_str(), v.as_slice()).map_err(db_err)?;
         }
-        Ok(())
+        drop(t);
+        self.ext.install(txn)
     }
 }
 

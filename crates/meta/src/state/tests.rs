@@ -337,3 +337,124 @@ fn snapshot_round_trip_reproduces_state() {
     assert_eq!(r.dentry(ROOT, "d").unwrap().map(|x| x.ino), Some(d.ino));
     assert_eq!(r.gc_for_node(NodeId(1), 10).unwrap(), vec![BlockId(1)]);
 }
+
+#[test]
+fn unlinked_while_open_keeps_data_until_the_last_release() {
+    let t = T::new();
+    let f = t.create(ROOT, "f");
+    t.commit(f.ino, 0, 0, &[(1, 100)], 100);
+    let open = |s: u64| t.run(Command::OpenFile { ino: f.ino, session: s, expires: ts(100) });
+    open(7).expect("open by session 7");
+    open(8).expect("open by session 8");
+    t.run(Command::Unlink { parent: ROOT, name: "f".into(), now: ts(9) }).expect("unlink");
+    assert_eq!(t.lookup(ROOT, "f"), None);
+    assert_eq!(t.get(f.ino).expect("kept while open").nlink, 0);
+    assert!(t.block(1).is_some() && t.gc(1).is_empty(), "the data stays while open");
+    t.run(Command::ReleaseFile { ino: f.ino, session: 7 }).expect("release 7");
+    assert!(t.get(f.ino).is_some(), "session 8 still holds it");
+    t.run(Command::ReleaseFile { ino: f.ino, session: 8 }).expect("release 8");
+    assert_eq!(t.get(f.ino), None);
+    assert_eq!(t.gc(1), vec![BlockId(1)]);
+    // A file that is not open is freed at once, and releasing it is harmless.
+    let g = t.create(ROOT, "g");
+    t.commit(g.ino, 0, 0, &[(2, 10)], 10);
+    t.run(Command::Unlink { parent: ROOT, name: "g".into(), now: ts(9) }).expect("unlink g");
+    assert_eq!(t.get(g.ino), None);
+    t.run(Command::ReleaseFile { ino: g.ino, session: 8 }).expect("release of a freed inode");
+    assert!(matches!(
+        t.run(Command::OpenFile { ino: g.ino, session: 8, expires: ts(100) }),
+        Err(FsError::StaleInode { .. })
+    ));
+}
+
+#[test]
+fn renamed_over_while_open_and_session_expiry_and_close() {
+    let t = T::new();
+    let old = t.create(ROOT, "target");
+    t.commit(old.ino, 0, 0, &[(1, 100)], 100);
+    let new = t.create(ROOT, "tmp");
+    t.run(Command::OpenFile { ino: old.ino, session: 5, expires: ts(50) }).expect("open");
+    t.rename(ROOT, "tmp", ROOT, "target", RenameMode::Replace).expect("rename over");
+    assert_eq!(t.lookup(ROOT, "target"), Some(new.ino));
+    assert_eq!(t.get(old.ino).expect("kept").nlink, 0);
+    // Renewal moves the lease forward; expiry before it does nothing.
+    t.run(Command::RenewSession { session: 5, expires: ts(60) }).expect("renew");
+    t.run(Command::ExpireSessions { now: ts(55) }).expect("expire early");
+    assert!(t.get(old.ino).is_some());
+    t.run(Command::ExpireSessions { now: ts(61) }).expect("expire");
+    assert_eq!(t.get(old.ino), None);
+    assert_eq!(t.gc(1), vec![BlockId(1)]);
+    assert!(matches!(t.run(Command::RenewSession { session: 5, expires: ts(70) }), Err(FsError::NotFound { .. })));
+    // Closing a session releases what it holds.
+    let h = t.create(ROOT, "h");
+    t.run(Command::OpenFile { ino: h.ino, session: 6, expires: ts(90) }).expect("open h");
+    t.run(Command::Unlink { parent: ROOT, name: "h".into(), now: ts(9) }).expect("unlink h");
+    assert!(t.get(h.ino).is_some());
+    t.run(Command::CloseSession { session: 6 }).expect("close");
+    assert_eq!(t.get(h.ino), None);
+    assert!(t.s.read().unwrap().sessions().unwrap().is_empty());
+}
+
+#[test]
+fn xattrs_create_replace_remove_limits_and_snapshot() {
+    use distfs_proto::{XattrMode, XATTR_SIZE_MAX};
+    let t = T::new();
+    let f = t.create(ROOT, "f");
+    let set = |name: &str, v: &[u8], mode| {
+        t.run(Command::SetXattr { ino: f.ino, name: name.into(), value: v.to_vec(), mode, now: ts(20) })
+    };
+    assert!(matches!(set("user.a", b"1", XattrMode::Replace), Err(FsError::NoData { .. })));
+    set("user.a", b"1", XattrMode::Create).expect("create");
+    assert!(matches!(set("user.a", b"2", XattrMode::Create), Err(FsError::AlreadyExists { .. })));
+    set("user.a", b"2", XattrMode::Replace).expect("replace");
+    set("user.b", b"", XattrMode::Any).expect("empty value");
+    assert!(matches!(set(&"n".repeat(256), b"x", XattrMode::Any), Err(FsError::OutOfRange { .. })));
+    assert!(matches!(set("user.big", &vec![0; XATTR_SIZE_MAX + 1], XattrMode::Any), Err(FsError::TooBig { .. })));
+    set("user.max", &vec![7; XATTR_SIZE_MAX], XattrMode::Any).expect("64 KiB value");
+    assert_eq!(t.get(f.ino).unwrap().ctime, ts(20));
+    let r = t.s.read().unwrap();
+    assert_eq!(r.xattr(f.ino, "user.a").unwrap(), Some(b"2".to_vec()));
+    let names: Vec<String> = r.xattr_names(f.ino).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["user.a", "user.b", "user.max"]);
+    drop(r);
+    let rm = |name: &str| t.run(Command::RemoveXattr { ino: f.ino, name: name.into(), now: ts(21) });
+    rm("user.b").expect("remove");
+    assert!(matches!(rm("user.b"), Err(FsError::NoData { .. })));
+
+    // Snapshots carry xattrs and open files.
+    t.run(Command::OpenFile { ino: f.ino, session: 3, expires: ts(40) }).expect("open");
+    let (blob, _, m) = t.s.dump().expect("dump");
+    let copy = StateStore::in_memory().expect("store");
+    copy.install(&blob, None, &m).expect("install");
+    let r = copy.read().unwrap();
+    assert_eq!(r.xattr(f.ino, "user.a").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(r.sessions().unwrap(), vec![(3, ts(40))]);
+    drop(r);
+    // Freeing the inode drops its xattrs.
+    t.run(Command::CloseSession { session: 3 }).expect("close");
+    t.run(Command::Unlink { parent: ROOT, name: "f".into(), now: ts(30) }).expect("unlink");
+    assert!(t.s.read().unwrap().xattr_names(f.ino).unwrap().is_empty());
+}
+
+/// A repair copy onto a node that still has a deletion of the same block queued (a bad
+/// copy it reported) is not recorded: the queued deletion could remove the new copy.
+/// Once the node acknowledges the deletion, the next copy is recorded.
+#[test]
+fn a_copy_is_not_recorded_while_a_deletion_on_that_node_is_pending() {
+    let t = T::new();
+    let f = t.create(ROOT, "f");
+    t.commit(f.ino, 0, 0, &[(7, 1000)], 1000);
+    t.run(Command::ReportBadReplica { bad: BadReplica { block: BlockId(7), node: NodeId(2), reason: "crc".into() } })
+        .unwrap();
+    assert_eq!(t.gc(2), vec![BlockId(7)], "the bad copy is queued for deletion");
+    let replicas = |t: &T| t.s.read().unwrap().block(BlockId(7)).unwrap().unwrap().replicas;
+    assert_eq!(replicas(&t), vec![NodeId(1)]);
+
+    t.run(Command::UpdateReplicas { block: BlockId(7), add: Some(NodeId(2)), drop: vec![] }).unwrap();
+    assert_eq!(replicas(&t), vec![NodeId(1)], "not recorded while the deletion is pending");
+
+    t.run(Command::GcAck { node: NodeId(2), blocks: vec![BlockId(7)] }).unwrap();
+    t.run(Command::UpdateReplicas { block: BlockId(7), add: Some(NodeId(2)), drop: vec![] }).unwrap();
+    assert_eq!(replicas(&t), vec![NodeId(1), NodeId(2)]);
+    assert!(t.gc(2).is_empty());
+}

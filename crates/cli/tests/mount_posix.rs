@@ -1,0 +1,309 @@
+//! POSIX corners of the FUSE mount, mounted for real against a real-process cluster:
+//! a file unlinked or renamed over while open keeps its data until the last close (and
+//! its blocks are then deleted), extended attributes (`setfattr`/`getfattr`, `cp -a`,
+//! `rsync -aX`), flock and OFD locks within one mount, sparse files, a 5 GiB sparse file
+//! across the 4 GiB boundary, and shared writable mmap read back from another mount.
+
+mod common;
+mod mount_common;
+
+use common::*;
+use mount_common::*;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(120);
+
+fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+fn block_count(c: &distfs_testkit::ProcessCluster) -> usize {
+    (0..3).map(|i| c.block_files(i).len()).sum()
+}
+
+/// Drops this kernel's cached pages of `f`, so reads go to the cluster.
+fn drop_pages(f: &std::fs::File) {
+    // SAFETY: a valid open descriptor; the advice has no memory effects.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
+
+fn read_all_at(f: &std::fs::File, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, 0).expect("read the whole file");
+    buf
+}
+
+/// Writes and deletes a file of `len` bytes through `dir`, then waits until the storage
+/// nodes hold `expect` block files again: the metadata's GC has run a whole cycle (queue,
+/// heartbeat, delete, ack) after everything that happened before this call.
+async fn gc_cycle(c: &distfs_testkit::ProcessCluster, dir: &Path, expect: usize) {
+    std::fs::write(dir.join("gc-control"), random_bytes(6 << 20, 77)).expect("write control");
+    assert!(block_count(c) > expect, "the control file wrote no blocks");
+    std::fs::remove_file(dir.join("gc-control")).expect("remove control");
+    distfs_testkit::wait_for("the control file's blocks to be deleted by GC", T, || {
+        let n = block_count(c);
+        async move { (n == expect).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_deleted_or_renamed_over_while_open_keep_their_data_until_closed() {
+    let c = cluster().await;
+    let a = MountProc::start(&c, "a").await;
+    let b = MountProc::start(&c, "b").await;
+    let empty = block_count(&c);
+
+    eprintln!("phase: files written on b, held open for reading on a");
+    let held = random_bytes(9 << 20, 1);
+    let replaced = random_bytes(5 << 20, 2);
+    std::fs::write(b.path("held"), &held).expect("write held");
+    std::fs::write(b.path("replaced"), &replaced).expect("write replaced");
+    let fh = std::fs::File::open(a.path("held")).expect("open held on a");
+    let fr = std::fs::File::open(a.path("replaced")).expect("open replaced on a");
+    let with_both = block_count(&c);
+
+    eprintln!("phase: unlink on b (another mount), rename over on a (this mount)");
+    std::fs::remove_file(b.path("held")).expect("unlink held on b");
+    std::fs::write(a.path("new"), b"new content").expect("write new");
+    std::fs::rename(a.path("new"), a.path("replaced")).expect("rename over replaced");
+    let with_new = block_count(&c);
+    assert!(with_new > with_both, "the new file wrote no blocks");
+    assert_eq!(errno_of(std::fs::metadata(b.path("held"))), Some(libc::ENOENT));
+    assert_eq!(fh.metadata().expect("fstat held").nlink(), 0);
+
+    eprintln!("phase: a whole GC cycle later, the blocks are still there and read back whole");
+    gc_cycle(&c, b.dir.as_path(), with_new).await;
+    drop_pages(&fh);
+    drop_pages(&fr);
+    assert!(read_all_at(&fh, held.len()) == held, "the unlinked file read back wrong");
+    assert!(read_all_at(&fr, replaced.len()) == replaced, "the renamed-over file read back wrong");
+    // b may still have the old name cached: opening an unlinked inode by name is ESTALE,
+    // and the kernel looks the name up again.
+    let now = std::fs::read(b.path("replaced")).expect("read new");
+    assert!(now == b"new content", "b read {} bytes, not the new file", now.len());
+
+    eprintln!("phase: closing frees the inodes and GC deletes their blocks");
+    drop(fh);
+    drop(fr);
+    let new_only = distfs_testkit::wait_for("the held files' blocks to be deleted", T, || {
+        let n = block_count(&c);
+        async move { (n < with_new && n > empty).then_some(n) }
+    })
+    .await;
+    distfs_testkit::wait_for("GC to finish", T, || {
+        let n = block_count(&c);
+        async move { (n == with_new - (with_both - empty)).then_some(()) }
+    })
+    .await;
+    eprintln!("block files: {empty} empty, {with_new} with all three, {new_only} after close");
+    b.unmount().await;
+    a.unmount().await;
+}
+
+fn xattr_get(p: &Path, name: &str, size: usize) -> std::io::Result<Vec<u8>> {
+    let (c, n) = (cstr(p), std::ffi::CString::new(name).expect("name"));
+    let mut buf = vec![0u8; size];
+    // SAFETY: valid NUL-terminated strings and a buffer of `size` bytes.
+    let rc = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+fn xattr_set(p: &Path, name: &str, value: &[u8], flags: i32) -> std::io::Result<()> {
+    let (c, n) = (cstr(p), std::ffi::CString::new(name).expect("name"));
+    // SAFETY: valid NUL-terminated strings and a value buffer of its length.
+    let rc = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn cstr(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn xattrs_and_locks_work_on_the_mount() {
+    let c = cluster().await;
+    let m = MountProc::start(&c, "xattr").await;
+    let other = MountProc::start(&c, "xattr-2").await;
+    let f = m.path("f");
+    std::fs::write(&f, b"data").expect("write f");
+
+    eprintln!("phase: setfattr/getfattr and the errno of each corner");
+    run_ok(&format!("setfattr -n user.color -v blue '{}'", f.display()), T).await;
+    let got = run_ok(&format!("getfattr --only-values -n user.color '{}'", other.path("f").display()), T).await;
+    assert_eq!(got, "blue", "seen from the other mount");
+    assert_eq!(xattr_get(&f, "user.color", 64).expect("getxattr"), b"blue");
+    assert_eq!(xattr_get(&f, "user.color", 0).expect("size query").len(), 0);
+    assert_eq!(errno_of(xattr_get(&f, "user.color", 2)), Some(libc::ERANGE));
+    assert_eq!(errno_of(xattr_get(&f, "user.none", 64)), Some(libc::ENODATA));
+    assert_eq!(errno_of(xattr_set(&f, "user.color", b"red", libc::XATTR_CREATE)), Some(libc::EEXIST));
+    assert_eq!(errno_of(xattr_set(&f, "user.new", b"x", libc::XATTR_REPLACE)), Some(libc::ENODATA));
+    xattr_set(&f, "user.color", b"red", libc::XATTR_REPLACE).expect("replace");
+    let big = vec![b'v'; 65536];
+    xattr_set(&f, "user.big", &big, 0).expect("a 64 KiB value");
+    assert_eq!(xattr_get(&f, "user.big", 65536).expect("get 64 KiB"), big);
+    assert_eq!(errno_of(xattr_set(&f, "user.huge", &vec![0; 65537], 0)), Some(libc::E2BIG));
+    assert_eq!(errno_of(xattr_set(&f, &format!("user.{}", "n".repeat(251)), b"x", 0)), Some(libc::ERANGE));
+    let list = run_ok(&format!("getfattr -d -m - '{}'", f.display()), T).await;
+    assert!(list.contains("user.color=\"red\"") && list.contains("user.big="), "getfattr -d: {list}");
+    run_ok(&format!("setfattr -x user.big '{}'", f.display()), T).await;
+    assert_eq!(errno_of(xattr_get(&f, "user.big", 64)), Some(libc::ENODATA));
+    // A minimal POSIX ACL (version 2; user::rw-, group::r--, other::r--) is refused: ACLs
+    // are not stored, so tools fall back to the mode bits.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 6u16), (0x04, 4), (0x20, 4)] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(u32::MAX.to_le_bytes());
+    }
+    assert_eq!(errno_of(xattr_set(&f, "system.posix_acl_access", &acl, 0)), Some(libc::EOPNOTSUPP));
+    std::fs::create_dir(m.path("dir")).expect("mkdir");
+    xattr_set(&m.path("dir"), "user.d", b"on a directory", 0).expect("xattr on a directory");
+
+    eprintln!("phase: cp -a --preserve=xattr and rsync -aX keep them, in and out");
+    let local = tempfile::tempdir().expect("local dir");
+    let src = local.path().join("src");
+    std::fs::create_dir(&src).expect("mkdir src");
+    for i in 0..5 {
+        let p = src.join(format!("x{i}"));
+        std::fs::write(&p, format!("file {i}")).expect("write");
+        xattr_set(&p, "user.k", format!("value {i}").as_bytes(), 0)
+            .expect("local xattr (needs a file system with user xattrs)");
+    }
+    run_ok(&format!("cp -a --preserve=xattr '{}' '{}'", src.display(), m.path("cp").display()), T).await;
+    run_ok(&format!("rsync -aX '{}/' '{}/'", src.display(), m.path("rs").display()), T).await;
+    let back = local.path().join("back");
+    run_ok(&format!("rsync -aX '{}/' '{}/'", other.path("rs").display(), back.display()), T).await;
+    for i in 0..5 {
+        let want = format!("value {i}").into_bytes();
+        for dir in [m.path("cp"), other.path("rs"), back.clone()] {
+            let got = xattr_get(&dir.join(format!("x{i}")), "user.k", 64).expect("xattr kept");
+            assert_eq!(got, want, "{}", dir.display());
+        }
+    }
+
+    eprintln!("phase: flock and OFD locks conflict between open files of one mount");
+    let l1 = std::fs::OpenOptions::new().read(true).write(true).open(&f).expect("open 1");
+    let l2 = std::fs::OpenOptions::new().read(true).write(true).open(&f).expect("open 2");
+    // SAFETY: flock on valid descriptors.
+    unsafe {
+        assert_eq!(libc::flock(l1.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+        assert_eq!(libc::flock(l2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EWOULDBLOCK));
+        assert_eq!(libc::flock(l1.as_raw_fd(), libc::LOCK_UN), 0);
+        assert_eq!(libc::flock(l2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+    }
+    let ofd = |fd: &std::fs::File, ty: i32| {
+        // SAFETY: a zeroed flock struct filled in below, on a valid descriptor.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = ty as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_len = 10;
+        // SAFETY: as above.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+        if rc == 0 {
+            None
+        } else {
+            std::io::Error::last_os_error().raw_os_error()
+        }
+    };
+    assert_eq!(ofd(&l1, libc::F_WRLCK), None);
+    assert_eq!(ofd(&l2, libc::F_WRLCK), Some(libc::EAGAIN));
+    assert_eq!(ofd(&l1, libc::F_UNLCK), None);
+    assert_eq!(ofd(&l2, libc::F_WRLCK), None);
+    drop((l1, l2));
+    other.unmount().await;
+    m.unmount().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sparse_files_a_5_gib_file_and_shared_mmap() {
+    let c = cluster().await;
+    let a = MountProc::start(&c, "sparse").await;
+    let b = MountProc::start(&c, "sparse-2").await;
+
+    eprintln!("phase: seek past the end and write: the hole reads as zeros");
+    {
+        let f = std::fs::File::create(a.path("sparse")).expect("create sparse");
+        f.write_all_at(b"head", 0).expect("write head");
+        f.write_all_at(b"tail", (10 << 20) + 123).expect("write past the end");
+    }
+    let got = std::fs::read(b.path("sparse")).expect("read sparse");
+    assert_eq!(got.len(), (10 << 20) + 127);
+    assert_eq!(&got[..4], b"head");
+    assert_eq!(&got[got.len() - 4..], b"tail");
+    assert!(got[4..got.len() - 4].iter().all(|&x| x == 0), "the hole is not zeros");
+    let du = run_ok(&format!("du -k --apparent-size '{}'", b.path("sparse").display()), T).await;
+    assert!(du.starts_with("10241\t"), "apparent size: {du}");
+    // Truncate down, then extend: the cut bytes come back as zeros.
+    {
+        let f = std::fs::OpenOptions::new().write(true).open(a.path("sparse")).expect("open");
+        f.set_len(2).expect("truncate");
+        f.set_len(6).expect("extend");
+    }
+    assert_eq!(std::fs::read(b.path("sparse")).expect("read"), b"he\0\0\0\0");
+
+    eprintln!("phase: a 5 GiB sparse file with data at both ends and across 4 GiB");
+    const GIB: u64 = 1 << 30;
+    let pieces = [(0u64, 1), (4 * GIB - (512 << 10), 2), (5 * GIB - (1 << 20), 3)];
+    {
+        let f = std::fs::File::create(a.path("big")).expect("create big");
+        for (off, seed) in pieces {
+            f.write_all_at(&random_bytes(1 << 20, seed), off).expect("write piece");
+        }
+    }
+    let f = std::fs::File::open(b.path("big")).expect("open big on b");
+    assert_eq!(f.metadata().expect("stat big").len(), 5 * GIB);
+    for (off, seed) in pieces {
+        let mut buf = vec![0u8; 1 << 20];
+        f.read_exact_at(&mut buf, off).expect("read piece");
+        assert!(buf == random_bytes(1 << 20, seed), "piece at {off} differs");
+    }
+    for off in [1 << 20, 3 * GIB, 4 * GIB + (512 << 10), 5 * GIB - (2 << 20)] {
+        let mut buf = vec![1u8; 64 << 10];
+        f.read_exact_at(&mut buf, off).expect("read hole");
+        assert!(buf.iter().all(|&x| x == 0), "hole at {off} is not zeros");
+    }
+    drop(f);
+
+    eprintln!("phase: write through a shared mmap, msync, munmap; the other mount reads it");
+    let len = 3 << 20;
+    std::fs::write(a.path("mapped"), vec![0u8; len]).expect("write mapped");
+    let pattern = random_bytes(len, 9);
+    {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(a.path("mapped")).expect("open");
+        // SAFETY: a fresh shared mapping of `len` bytes of a file that is `len` long; it
+        // is written only through `p` and unmapped before `f` closes.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+            std::ptr::copy_nonoverlapping(pattern.as_ptr(), p.cast::<u8>(), len);
+            assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0, "msync: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::munmap(p, len), 0);
+        }
+    }
+    let got = std::fs::read(b.path("mapped")).expect("read mapped on b");
+    assert!(got == pattern, "the other mount read different bytes than written through mmap");
+    b.unmount().await;
+    a.unmount().await;
+}

@@ -1,0 +1,59 @@
+//! Open-file registration of a client session (so an unlinked file keeps its data while
+//! this client holds it open) and extended attributes: thin typed wrappers over
+//! `MetaRequest`.
+
+use crate::error::Result;
+use crate::ns::expect_resp;
+use crate::Client;
+use distfs_proto::{MetaRequest, MetaResponse, XattrMode};
+use distfs_types::{Attr, InodeId};
+
+/// A new random client session id.
+pub fn new_session_id() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
+impl Client {
+    /// Registers that `session` holds `ino` open; answers its current attributes.
+    pub async fn open_file(&self, ino: InodeId, session: u64) -> Result<Attr> {
+        let r = self.meta_call(MetaRequest::OpenFile { ino, session }).await?;
+        expect_resp!(r, MetaResponse::Attr(a) => a, "OpenFile")
+    }
+
+    pub async fn release_file(&self, ino: InodeId, session: u64) -> Result<()> {
+        let r = self.meta_call(MetaRequest::ReleaseFile { ino, session }).await?;
+        expect_resp!(r, MetaResponse::Done => (), "ReleaseFile")
+    }
+
+    /// Extends the session's lease; `NotFound` when it already expired.
+    pub async fn renew_session(&self, session: u64) -> Result<()> {
+        let r = self.meta_call(MetaRequest::RenewSession { session }).await?;
+        expect_resp!(r, MetaResponse::Done => (), "RenewSession")
+    }
+
+    pub async fn close_session(&self, session: u64) -> Result<()> {
+        let r = self.meta_call(MetaRequest::CloseSession { session }).await?;
+        expect_resp!(r, MetaResponse::Done => (), "CloseSession")
+    }
+
+    pub async fn getxattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>> {
+        let r = self.meta_call(MetaRequest::GetXattr { ino, name: name.to_string() }).await?;
+        expect_resp!(r, MetaResponse::Xattr { value } => value, "GetXattr")
+    }
+
+    pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<String>> {
+        let r = self.meta_call(MetaRequest::ListXattr { ino }).await?;
+        expect_resp!(r, MetaResponse::XattrNames { names } => names, "ListXattr")
+    }
+
+    pub async fn setxattr(&self, ino: InodeId, name: &str, value: &[u8], mode: XattrMode) -> Result<()> {
+        let req = MetaRequest::SetXattr { ino, name: name.to_string(), value: value.to_vec(), mode };
+        let r = self.meta_call(req).await?;
+        expect_resp!(r, MetaResponse::Done => (), "SetXattr")
+    }
+
+    pub async fn removexattr(&self, ino: InodeId, name: &str) -> Result<()> {
+        let r = self.meta_call(MetaRequest::RemoveXattr { ino, name: name.to_string() }).await?;
+        expect_resp!(r, MetaResponse::Done => (), "RemoveXattr")
+    }
+}

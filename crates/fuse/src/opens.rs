@@ -1,0 +1,114 @@
+//! This mount's client session: it registers each inode it holds open with the metadata
+//! service (once per inode, however many handles), so a file unlinked or renamed over
+//! while open keeps its data until the last handle closes, here or on any other mount.
+//! A named background task renews the session's lease; at unmount the session is closed.
+//! A mount that dies without closing lets its lease expire, and its opens are released.
+
+use crate::data::gone_is_stale;
+use crate::state::Inner;
+use distfs_client::{ClientError, Result};
+use distfs_proto::SESSION_LEASE;
+use distfs_types::{Attr, FsError, InodeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use tracing::{debug, info, warn};
+
+/// The session of one mount and the inodes it holds open (with their handle counts).
+pub(crate) struct Session {
+    pub id: u64,
+    /// Held across the metadata call of a first open or a last release, so an open and
+    /// a release of the same inode never overtake each other.
+    held: tokio::sync::Mutex<HashMap<InodeId, u32>>,
+    renewer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session {
+            id: distfs_client::session::new_session_id(),
+            held: tokio::sync::Mutex::default(),
+            renewer: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Inner {
+    /// Notes one more handle of `ino`; the first registers the open with the metadata
+    /// and answers the inode's attributes as of then.
+    pub async fn hold(&self, ino: InodeId) -> Result<Option<Attr>> {
+        let mut held = self.session.held.lock().await;
+        if let Some(n) = held.get_mut(&ino) {
+            *n += 1;
+            return Ok(None);
+        }
+        let attr = self.client.open_file(ino, self.session.id).await.map_err(|e| gone_is_stale(ino, e))?;
+        held.insert(ino, 1);
+        Ok(Some(attr))
+    }
+
+    /// One handle of `ino` fewer; the last releases the open at the metadata (which then
+    /// frees the inode if it has no name left). A failure is logged: the lease covers it.
+    pub async fn unhold(&self, ino: InodeId) {
+        let mut held = self.session.held.lock().await;
+        let Some(n) = held.get_mut(&ino) else { return };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        held.remove(&ino);
+        if let Err(e) = self.client.release_file(ino, self.session.id).await {
+            warn!(%ino, error = %e, "could not release an open file; the session lease will");
+        }
+    }
+
+    /// Starts the lease renewal task (once the session exists).
+    pub fn start_renewer(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        let weak = Arc::downgrade(self);
+        let task = rt.spawn(async move { renew_loop(weak).await });
+        *self.session.renewer.lock().expect("renewer lock") = Some(task);
+    }
+
+    /// Stops renewing and closes the session: every open of this mount is released.
+    pub async fn close_session(&self) {
+        if let Some(t) = self.session.renewer.lock().expect("renewer lock").take() {
+            t.abort();
+        }
+        self.session.held.lock().await.clear();
+        match self.client.close_session(self.session.id).await {
+            Ok(()) => info!(session = format_args!("{:016x}", self.session.id), "client session closed"),
+            Err(e) => warn!(error = %e, "could not close the client session; its lease will expire"),
+        }
+    }
+
+    /// Renews the lease; when it had expired (a long partition), registers every inode
+    /// still held again (an inode freed meanwhile stays gone: its handles get `ESTALE`).
+    async fn renew(&self) {
+        match self.client.renew_session(self.session.id).await {
+            Ok(()) => {}
+            Err(ClientError::Fs(FsError::NotFound { .. })) => {
+                let held = self.session.held.lock().await;
+                if held.is_empty() {
+                    return;
+                }
+                warn!(files = held.len(), "the client session had expired; registering its open files again");
+                for ino in held.keys() {
+                    if let Err(e) = self.client.open_file(*ino, self.session.id).await {
+                        warn!(%ino, error = %e, "could not register an open file again");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "could not renew the client session lease"),
+        }
+    }
+}
+
+/// Renews the session's lease four times per lease period while the mount exists.
+async fn renew_loop(inner: Weak<Inner>) {
+    let every = SESSION_LEASE / 4;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        debug!("renewing the client session lease");
+        inner.renew().await;
+    }
+}
