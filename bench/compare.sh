@@ -22,7 +22,7 @@ bin="${CARGO_TARGET_DIR:-$here/target}/release"
 
 rm -rf "$work" && mkdir -p "$work/mnt" "$work/local"
 tsv="$work/results.tsv"
-port=$((20000 + RANDOM % 20000))
+port=$((20000 + RANDOM % 10000))
 export DISTFS_META="127.0.0.1:$port"
 up=""
 cleanup() {
