@@ -6,3 +6,4 @@ pub mod cmd;
 pub mod local;
 pub mod output;
 pub mod runtime;
+pub mod server_main;

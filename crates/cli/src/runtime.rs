@@ -16,8 +16,36 @@ pub fn init_logging(default: &str) {
         .try_init();
 }
 
+/// Set once SIGINT or SIGTERM arrived (when `catch_signals` installed the handlers).
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
+
+/// Installs SIGINT/SIGTERM handlers for the life of the process, so a signal that
+/// arrives before a server reaches its shutdown wait is not lost (and does not kill the
+/// process half-way through start-up). Must run inside the runtime.
+fn catch_signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    if SHUTDOWN.set(rx).is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+}
+
 /// Resolves when the process gets SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
+    if let Some(rx) = SHUTDOWN.get() {
+        let _ = rx.clone().wait_for(|got| *got).await;
+        return;
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -57,17 +85,28 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
 }
 
 /// The body of every `main`: builds the runtime, runs `fut`, prints an error as
-/// `<program>: <error chain>` and maps it to an exit code.
-pub fn block_on_main<F>(program: &str, fut: F) -> ExitCode
+/// `<program>: <error chain>` and maps it to an exit code. Servers (`serves = true`)
+/// catch SIGINT/SIGTERM from the start and shut down cleanly; client commands keep the
+/// default, so Ctrl-C stops them at once. A closed stdout (`| head`) ends the program
+/// quietly instead of failing a write.
+pub fn block_on_main<F>(program: &str, serves: bool, fut: F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{program}: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let fut = async {
+        if serves {
+            catch_signals();
+        }
+        fut.await
     };
     match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
