@@ -112,6 +112,15 @@ async fn overwrite_truncate_and_append_are_seen_by_readers() {
     assert_eq!(attr.size, model.len() as u64);
     assert!(client.read_at(f.ino, 0, 1 << 30).await.unwrap()[..] == model[..], "after append");
 
+    // A writer kept open across a truncate does not grow the file back on its next commit.
+    let mut w = client.writer(f.ino, 0).await.unwrap();
+    w.write(&model[..10]).await.unwrap();
+    w.commit().await.unwrap();
+    client.truncate(f.ino, 3).await.unwrap();
+    model.truncate(3);
+    let attr = w.close().await.unwrap();
+    assert_eq!(attr.size, model.len() as u64, "a commit with nothing new keeps the truncated size");
+
     // A write past the end leaves a hole of zeros.
     client.write_at(f.ino, model.len() as u64 + 100_000, b"tail").await.unwrap();
     model.resize(model.len() + 100_000, 0);

@@ -190,6 +190,10 @@ impl FileWriter {
         while !self.inflight.is_empty() {
             self.reap_one().await?;
         }
+        if self.written.is_empty() && self.end == 0 {
+            // Nothing written since the last commit: no new version, no mtime change.
+            return self.client.getattr(self.ino).await;
+        }
         let slices = slices_of(std::mem::take(&mut self.written), self.geo.chunk_size);
         let req = MetaRequest::CommitWrite {
             ino: self.ino,
@@ -199,7 +203,11 @@ impl FileWriter {
             bad: Vec::new(),
         };
         let r = self.client.meta_call(req).await?;
-        expect_resp!(r, MetaResponse::Attr(a) => a, "CommitWrite")
+        let attr = expect_resp!(r, MetaResponse::Attr(a) => a, "CommitWrite")?;
+        // The size this commit guaranteed is in the file now; a later commit must not
+        // grow the file back to it after a truncate.
+        self.end = 0;
+        Ok(attr)
     }
 
     /// Commits and ends the writer.
