@@ -69,6 +69,7 @@ distfs_up() {
 listen = "127.0.0.1:$META_PORT"
 data_dir = "$ROOT/meta"
 replication = 3
+${META_EXTRA:-}
 EOC
   "$BIN_DIR/distfs-meta" --config "$ROOT/meta.toml" >"$ROOT/meta.log" 2>&1 &
   PIDS+=("$!")
@@ -79,6 +80,7 @@ data_dir = "$ROOT/storage-$i"
 meta = ["127.0.0.1:$META_PORT"]
 zone = "z$i"
 reserve = "0"
+${STORAGE_EXTRA:-}
 EOC
     start_storage "$i"
   done
@@ -88,6 +90,14 @@ EOC
     sleep 0.1
   done
   echo "DistFS did not come up; see $ROOT/*.log" >&2; exit 1
+}
+
+wait_all_up() {
+  for _ in $(seq 1 600); do
+    n=$(status_json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for n in s.get("nodes",[]) if n["state"].lower()=="up"))' 2>/dev/null || echo 0)
+    [ "$n" = 4 ] && return 0; sleep 0.1
+  done
+  echo "not all 4 storage nodes came back up" >&2; exit 1
 }
 
 node_id_of() { sed -n 's/^distfs-node-id v1 //p' "$ROOT/storage-$1/node_id"; }
@@ -137,10 +147,7 @@ echo "SIGKILL: suspect/dead seen at ${D_KILL_DETECT}s, full redundancy at ${D_KI
 # Bring it back, let trims finish, then hang another node.
 start_storage 2
 wait_stable
-for _ in $(seq 1 600); do
-  n=$(status_json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for n in s.get("nodes",[]) if n["state"].lower()=="up"))' 2>/dev/null || echo 0)
-  [ "$n" = 4 ] && break; sleep 0.1
-done
+wait_all_up
 wait_stable
 read -r D_STOP_DETECT D_STOP < <(measure STOP 3)
 echo "SIGSTOP: suspect seen at ${D_STOP_DETECT}s, full redundancy at ${D_STOP}s"
@@ -150,10 +157,49 @@ for f in $(seq -w 1 "$NFILES"); do
   cmp -s <("$DISTFS" cat "/f$f") "$SRC" || { echo "content mismatch: /f$f"; bad=$((bad + 1)); }
 done
 echo "content check: $bad bad of $NFILES"
+
+# Client throughput during repair: the same bounded load (one reader, one writer, 16 MiB
+# files) once with nothing to repair and once from a SIGKILL of node 4 until full
+# redundancy; each operation's bytes count pro rata to its overlap with the window.
+wait_all_up
+LOAD_SRC=$ROOT/load.dat
+head -c $((16 * 1024 * 1024)) /dev/urandom > "$LOAD_SRC"
+"$DISTFS" mkdir -p /load
+for r in 0 1 2 3 4 5 6 7; do "$DISTFS" put --no-progress "$LOAD_SRC" "/load/r$r" >/dev/null; done
+wait_stable
+load_window() {  # OPS_JSON START END -> "read_MBps write_MBps"
+  python3 - "$@" <<'PY'
+import json, sys
+ops, a, b = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3])
+tot = {"read": 0.0, "write": 0.0}
+for kind, s, e, n, rc in ops:
+    ov = max(0.0, min(e, b) - max(s, a))
+    if e > s and n:
+        tot[kind] += n * ov / (e - s)
+print(f'{tot["read"] / (b - a) / 1e6:.1f} {tot["write"] / (b - a) / 1e6:.1f}')
+PY
+}
+rm -f "$ROOT/stop-load"
+T0=$EPOCHREALTIME
+"$HERE/client-load.py" "$DISTFS" "$LOAD_SRC" "$ROOT/load-base.json" "$ROOT/stop-load" 6
+T1=$EPOCHREALTIME
+read -r BASE_R BASE_W < <(load_window "$ROOT/load-base.json" "$T0" "$T1")
+echo "client load without repair: read ${BASE_R} MB/s, write ${BASE_W} MB/s"
+"$HERE/client-load.py" "$DISTFS" "$LOAD_SRC" "$ROOT/load-repair.json" "$ROOT/stop-load" 120 &
+LOAD_PID=$!
+sleep 1  # let the load reach its steady state before the kill
+TK=$EPOCHREALTIME
+read -r D_LOAD_DETECT D_LOAD < <(measure KILL 4)
+TE=$(python3 -c "print($TK + $D_LOAD)")
+touch "$ROOT/stop-load"; wait "$LOAD_PID"
+read -r REP_R REP_W < <(load_window "$ROOT/load-repair.json" "$TK" "$TE")
+FRAC_R=$(python3 -c "print(f'{$REP_R/$BASE_R:.2f}' if $BASE_R else '?')")
+FRAC_W=$(python3 -c "print(f'{$REP_W/$BASE_W:.2f}' if $BASE_W else '?')")
+echo "SIGKILL under client load: full redundancy at ${D_LOAD}s; during repair read ${REP_R} MB/s (${FRAC_R} of idle), write ${REP_W} MB/s (${FRAC_W} of idle)"
 cleanup; PIDS=()
 
 if [ "${SKIP_MFS:-0}" = 1 ]; then
-  echo; echo "DistFS  SIGKILL ${D_KILL}s  SIGSTOP ${D_STOP}s  (MooseFS skipped)"; exit 0
+  echo; echo "DistFS  SIGKILL ${D_KILL}s  SIGSTOP ${D_STOP}s  client throughput during repair: read ${FRAC_R}, write ${FRAC_W}  (MooseFS skipped)"; exit 0
 fi
 
 mfs_run() {  # SIGNAL -> seconds to all-at-goal (live view)
@@ -173,3 +219,4 @@ echo
 printf '%-10s %10s %10s %14s\n' case DistFS MooseFS "DistFS/MooseFS"
 printf '%-10s %9ss %9ss %14s\n' SIGKILL "$D_KILL" "${M_KILL:-?}" "$(ratio "$D_KILL" "${M_KILL:-}")"
 printf '%-10s %9ss %9ss %14s\n' SIGSTOP "$D_STOP" "${M_STOP:-?}" "$(ratio "$D_STOP" "${M_STOP:-}")"
+echo "DistFS client throughput during repair (SIGKILL, ${D_LOAD}s): read ${FRAC_R}, write ${FRAC_W} of idle"

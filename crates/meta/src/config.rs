@@ -65,7 +65,7 @@ impl Default for RepairConfig {
     fn default() -> Self {
         RepairConfig {
             enabled: true,
-            concurrency: 16,
+            concurrency: 32,
             bandwidth: ByteSize(1 << 30),
             scan_interval: HumanDuration::from_millis(100),
             rebalance: true,

@@ -512,6 +512,12 @@ pub enum StorageRequest {
         block: BlockId,
         from: Vec<NodeAddr>,
     },
+    /// A whole-block read on behalf of a repair copy (a peer's `CopyBlock`): answered
+    /// like `GetBlock` over the whole block, but background work, so it does not count
+    /// as client activity when the node decides how many copies it runs at once.
+    FetchForCopy {
+        block: BlockId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

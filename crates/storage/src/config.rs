@@ -39,13 +39,22 @@ pub struct StorageConfig {
     /// is really full.
     pub reserve: ByteSize,
     pub sync: SyncPolicy,
+    /// Durable block writes (sync = "always", blocks of 256 KiB and more) bypass the page
+    /// cache with O_DIRECT; falls back to buffered writes where the file system refuses.
+    pub direct_io: bool,
     pub heartbeat_interval: HumanDuration,
     /// Block writes processed at once; more wait in a bounded queue, beyond it the node
     /// answers Unavailable so memory stays bounded.
     pub max_concurrent_writes: usize,
-    /// Repair copies (`CopyBlock`) processed at once: fewer than client writes, so
-    /// repair traffic yields to clients.
+    /// Repair copies (`CopyBlock`) processed at once while no client request is in
+    /// flight or finished in the last 200 ms.
     pub max_concurrent_copies: usize,
+    /// Repair copies processed at once while clients are reading or writing: repair
+    /// yields to client traffic but never stops (at least 1).
+    pub copies_while_busy: usize,
+    /// While clients are working, the percentage of its time a node spends on repair
+    /// copies (1..=100): after a copy that took t, the next waits t * (100 - p) / p.
+    pub copy_percent_while_busy: u32,
     /// Scrubber read rate, bytes per second; 0 turns the scrubber off.
     pub scrub_bandwidth: ByteSize,
     /// Pause between two scrub passes (the first starts this long after start-up).
@@ -66,9 +75,12 @@ impl Default for StorageConfig {
             capacity: None,
             reserve: ByteSize(1 << 30),
             sync: SyncPolicy::Always,
+            direct_io: true,
             heartbeat_interval: HumanDuration::from_secs(1),
             max_concurrent_writes: 16,
-            max_concurrent_copies: 4,
+            max_concurrent_copies: 8,
+            copies_while_busy: 1,
+            copy_percent_while_busy: 25,
             scrub_bandwidth: ByteSize(32 << 20),
             scrub_interval: HumanDuration::from_secs(24 * 3600),
             block_report_interval: HumanDuration::from_secs(3600),
@@ -132,6 +144,18 @@ impl StorageConfig {
         }
         if self.max_concurrent_copies == 0 || self.max_concurrent_copies > 1024 {
             return bad("max_concurrent_copies", format!("{} is outside 1..=1024", self.max_concurrent_copies));
+        }
+        if !(1..=100).contains(&self.copy_percent_while_busy) {
+            return bad("copy_percent_while_busy", format!("{} is outside 1..=100", self.copy_percent_while_busy));
+        }
+        if self.copies_while_busy == 0 || self.copies_while_busy > self.max_concurrent_copies {
+            return bad(
+                "copies_while_busy",
+                format!(
+                    "{} is outside 1..=max_concurrent_copies ({})",
+                    self.copies_while_busy, self.max_concurrent_copies
+                ),
+            );
         }
         if self.scrub_interval.0 < std::time::Duration::from_millis(100) {
             return bad("scrub_interval", format!("{} is shorter than 100ms", self.scrub_interval));

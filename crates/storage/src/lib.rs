@@ -3,6 +3,7 @@
 //! framed protocol with registration and heartbeats to the metadata service (`server`).
 
 pub mod config;
+pub mod copy_gate;
 pub mod disk;
 pub mod error;
 mod meta_link;

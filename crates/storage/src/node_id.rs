@@ -56,11 +56,11 @@ mod tests {
     #[test]
     fn round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(load(&StdDisk, dir.path()).expect("load"), None);
-        store(&StdDisk, dir.path(), NodeId(17)).expect("store");
-        store(&StdDisk, dir.path(), NodeId(18)).expect("store again");
-        assert_eq!(load(&StdDisk, dir.path()).expect("load"), Some(NodeId(18)));
+        assert_eq!(load(&StdDisk::default(), dir.path()).expect("load"), None);
+        store(&StdDisk::default(), dir.path(), NodeId(17)).expect("store");
+        store(&StdDisk::default(), dir.path(), NodeId(18)).expect("store again");
+        assert_eq!(load(&StdDisk::default(), dir.path()).expect("load"), Some(NodeId(18)));
         std::fs::write(dir.path().join(FILE), "garbage").expect("write");
-        assert!(load(&StdDisk, dir.path()).is_err());
+        assert!(load(&StdDisk::default(), dir.path()).is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! by a semaphore plus a bounded wait queue.
 
 use crate::config::{StorageConfig, SyncPolicy};
+use crate::copy_gate::CopyGate;
 use crate::disk::{Disk, StdDisk};
 use crate::error::StorageError;
 use crate::meta_link::MetaLink;
@@ -36,8 +37,8 @@ pub(crate) struct Shared {
     write_slots: Semaphore,
     writes_queued: AtomicUsize,
     max_writes: usize,
-    /// Repair copies: fewer slots than client writes.
-    copy_slots: Semaphore,
+    /// Repair copies: full width while clients are quiet, `copies_while_busy` otherwise.
+    copy_gate: CopyGate,
     /// Connections to peer storage nodes (sources of repair copies).
     peers: RpcClient,
 }
@@ -62,7 +63,8 @@ impl StorageNode {
     /// registering and heartbeating. Everything stops when `shutdown` (or `shutdown()`)
     /// is cancelled.
     pub async fn start(config: StorageConfig, shutdown: CancellationToken) -> Result<StorageNode, StorageError> {
-        Self::start_with_disk(config, shutdown, Arc::new(StdDisk)).await
+        let disk = StdDisk { direct_io: config.direct_io };
+        Self::start_with_disk(config, shutdown, Arc::new(disk)).await
     }
 
     /// `start` with another disk implementation (fault injection, simulation).
@@ -108,7 +110,11 @@ impl StorageNode {
             write_slots: Semaphore::new(config.max_concurrent_writes),
             writes_queued: AtomicUsize::new(0),
             max_writes: config.max_concurrent_writes,
-            copy_slots: Semaphore::new(config.max_concurrent_copies),
+            copy_gate: CopyGate::new(
+                config.max_concurrent_copies,
+                config.copies_while_busy,
+                f64::from(config.copy_percent_while_busy) / 100.0,
+            ),
             peers: RpcClient::new(RpcConfig {
                 connect_timeout: std::time::Duration::from_secs(1),
                 request_timeout: std::time::Duration::from_secs(20),
@@ -220,6 +226,7 @@ impl Handler for Service {
             StorageRequest::DeleteBlocks { .. } => ("delete", None),
             StorageRequest::Ping => ("ping", None),
             StorageRequest::CopyBlock { block, .. } => ("copy", Some(*block)),
+            StorageRequest::FetchForCopy { block } => ("fetch_for_copy", Some(*block)),
         };
         let span = info_span!("storage", %node, op, block = %block.map(|b| b.to_string()).unwrap_or_default(), peer = %req.peer);
         async {
@@ -243,28 +250,35 @@ impl Service {
         let store = &self.shared.store;
         match req {
             StorageRequest::PutBlock { block, crcs } => {
+                let _client = self.shared.copy_gate.client();
                 let _slot = self.write_slot().await?;
                 let outcome = store.put(block, crcs, body).await?;
                 debug!(?outcome, "block stored");
                 Ok(Reply::new(&StorageResponse::Stored))
             }
             StorageRequest::GetBlock { block, offset, len } => {
-                let r = store.get(block, offset.into(), len.into()).await?;
-                let offset = u32::try_from(r.offset)
-                    .map_err(|_| StorageError::Internal(format!("offset {} of block {block} exceeds u32", r.offset)))?;
-                Ok(Reply::with_body(&StorageResponse::Block { offset, crcs: r.crcs }, r.data))
+                let _client = self.shared.copy_gate.client();
+                self.get(block, offset, len).await
             }
+            StorageRequest::FetchForCopy { block } => self.get(block, 0, u32::MAX).await,
             StorageRequest::DeleteBlocks { blocks } => {
                 let count = delete_all(store, &blocks).await?;
                 Ok(Reply::new(&StorageResponse::Deleted { count }))
             }
             StorageRequest::Ping => Ok(Reply::new(&StorageResponse::Pong { node: *self.shared.registered.borrow() })),
             StorageRequest::CopyBlock { block, from } => {
-                let _slot = self.shared.copy_slots.acquire().await.map_err(|_| StorageError::ShuttingDown)?;
+                let _slot = self.shared.copy_gate.acquire().await;
                 self.copy(block, from).await?;
                 Ok(Reply::new(&StorageResponse::Stored))
             }
         }
+    }
+
+    async fn get(&self, block: BlockId, offset: u32, len: u32) -> Result<Reply, StorageError> {
+        let r = self.shared.store.get(block, offset.into(), len.into()).await?;
+        let offset = u32::try_from(r.offset)
+            .map_err(|_| StorageError::Internal(format!("offset {} of block {block} exceeds u32", r.offset)))?;
+        Ok(Reply::with_body(&StorageResponse::Block { offset, crcs: r.crcs }, r.data))
     }
 
     /// Fetches `block` from the first source that delivers a verified copy and stores it
@@ -272,7 +286,7 @@ impl Service {
     async fn copy(&self, block: BlockId, from: Vec<distfs_proto::NodeAddr>) -> Result<(), StorageError> {
         let mut why = Vec::new();
         for src in from {
-            let req = StorageRequest::GetBlock { block, offset: 0, len: u32::MAX };
+            let req = StorageRequest::FetchForCopy { block };
             match self.shared.peers.storage(&src.addr, &req, bytes::Bytes::new(), None).await {
                 Ok((StorageResponse::Block { offset: 0, crcs }, body)) => {
                     match self.shared.store.put(block, crcs, body).await {

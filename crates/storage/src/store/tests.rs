@@ -17,7 +17,7 @@ fn opts(dir: &Path, sync: SyncPolicy) -> StoreOptions {
 }
 
 async fn open(dir: &Path, sync: SyncPolicy) -> (BlockStore, ScanReport) {
-    BlockStore::open(opts(dir, sync), Arc::new(crate::disk::StdDisk)).await.expect("open store")
+    BlockStore::open(opts(dir, sync), Arc::new(crate::disk::StdDisk::default())).await.expect("open store")
 }
 
 fn data(len: usize, seed: u8) -> Bytes {
@@ -212,7 +212,7 @@ async fn full_disk_is_no_space_with_nothing_left_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut o = opts(dir.path(), SyncPolicy::Always);
     o.capacity = Some(100 << 10);
-    let (store, _) = BlockStore::open(o, Arc::new(crate::disk::StdDisk)).await.expect("open");
+    let (store, _) = BlockStore::open(o, Arc::new(crate::disk::StdDisk::default())).await.expect("open");
     put(&store, BlockId(1), &data(PIECE, 1)).await.expect("first block fits");
     let e = put(&store, BlockId(2), &data(PIECE, 2)).await.unwrap_err();
     assert!(matches!(e, StorageError::NoSpace { why: NoSpaceWhy::Capacity { .. }, .. }), "{e}");
@@ -224,7 +224,7 @@ async fn full_disk_is_no_space_with_nothing_left_behind() {
     // The reserve: keep more free space than the file system has.
     let mut o = opts(dir.path(), SyncPolicy::None);
     o.reserve = u64::MAX / 2;
-    let (store, _) = BlockStore::open(o, Arc::new(crate::disk::StdDisk)).await.expect("open");
+    let (store, _) = BlockStore::open(o, Arc::new(crate::disk::StdDisk::default())).await.expect("open");
     let e = put(&store, BlockId(3), &data(10, 3)).await.unwrap_err();
     assert!(matches!(e, StorageError::NoSpace { why: NoSpaceWhy::Reserve { .. }, .. }), "{e}");
     assert_eq!(files_in(store.tmp_dir()), 0);
@@ -277,34 +277,34 @@ impl crate::disk::Disk for FullDisk {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.budget.store(left - 1, Ordering::SeqCst);
-        crate::disk::StdDisk.write_new(path, parts, sync)
+        crate::disk::StdDisk::default().write_new(path, parts, sync)
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn crate::disk::ReadFile>> {
-        crate::disk::StdDisk.open(path)
+        crate::disk::StdDisk::default().open(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        crate::disk::StdDisk.rename(from, to)
+        crate::disk::StdDisk::default().rename(from, to)
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        crate::disk::StdDisk.remove(path)
+        crate::disk::StdDisk::default().remove(path)
     }
     fn create_dir(&self, path: &Path) -> io::Result<bool> {
-        crate::disk::StdDisk.create_dir(path)
+        crate::disk::StdDisk::default().create_dir(path)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<crate::disk::Entry>> {
-        crate::disk::StdDisk.list(dir)
+        crate::disk::StdDisk::default().list(dir)
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
-        crate::disk::StdDisk.exists(path)
+        crate::disk::StdDisk::default().exists(path)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        crate::disk::StdDisk.sync_dir(dir)
+        crate::disk::StdDisk::default().sync_dir(dir)
     }
     fn sync_fs(&self, path: &Path) -> io::Result<()> {
-        crate::disk::StdDisk.sync_fs(path)
+        crate::disk::StdDisk::default().sync_fs(path)
     }
     fn stat_fs(&self, path: &Path) -> io::Result<crate::disk::FsStats> {
-        crate::disk::StdDisk.stat_fs(path)
+        crate::disk::StdDisk::default().stat_fs(path)
     }
 }
 
