@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::ns::expect_resp;
 use crate::Client;
 use distfs_proto::{MetaRequest, MetaResponse, XattrMode};
-use distfs_types::{Attr, InodeId};
+use distfs_types::{Attr, InodeId, LockInfo, LockKind};
 
 /// A new random client session id.
 pub fn new_session_id() -> u64 {
@@ -18,6 +18,38 @@ impl Client {
     pub async fn open_file(&self, ino: InodeId, session: u64) -> Result<Attr> {
         let r = self.meta_call(MetaRequest::OpenFile { ino, session }).await?;
         expect_resp!(r, MetaResponse::Attr(a) => a, "OpenFile")
+    }
+
+    /// Sets or clears (`kind: None`) an advisory lock of `(session, owner)` over bytes
+    /// `[start, end]`; `LockConflict` when another owner holds a conflicting one.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_lock(
+        &self,
+        ino: InodeId,
+        session: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        kind: Option<LockKind>,
+        pid: u32,
+    ) -> Result<()> {
+        let r = self.meta_call(MetaRequest::SetLock { ino, session, owner, start, end, kind, pid }).await?;
+        expect_resp!(r, MetaResponse::Done => (), "SetLock")
+    }
+
+    /// The first lock of another owner that a `kind` lock over `[start, end]` would
+    /// conflict with.
+    pub async fn get_lock(
+        &self,
+        ino: InodeId,
+        session: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        kind: LockKind,
+    ) -> Result<Option<LockInfo>> {
+        let r = self.meta_call(MetaRequest::GetLock { ino, session, owner, start, end, kind }).await?;
+        expect_resp!(r, MetaResponse::Lock(l) => l, "GetLock")
     }
 
     pub async fn release_file(&self, ino: InodeId, session: u64) -> Result<()> {

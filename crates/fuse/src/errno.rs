@@ -34,6 +34,7 @@ pub fn errno_of(e: &FsError) -> Errno {
         FsError::NoData { .. } => Errno::ENODATA,
         FsError::TooBig { .. } => Errno::E2BIG,
         FsError::OutOfRange { .. } => Errno::ERANGE,
+        FsError::LockConflict { .. } => Errno::EAGAIN,
     }
 }
 
@@ -96,6 +97,7 @@ mod tests {
             (FsError::NoData { what: s() }, libc::ENODATA),
             (FsError::TooBig { what: s(), len: 70_000, max: 65_536 }, libc::E2BIG),
             (FsError::OutOfRange { reason: s() }, libc::ERANGE),
+            (FsError::LockConflict { what: s() }, libc::EAGAIN),
         ];
         // `errno_of` matches exhaustively, so a new FsError variant does not compile
         // until it is mapped; this list must then grow with it.

@@ -14,7 +14,7 @@ use distfs_types::{Attr, DirEntry, FileKind, FsError, InodeId, SetAttr};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -221,6 +221,12 @@ impl Filesystem for DistFs {
         // every namespace operation is atomic in the metadata service.
         if config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS).is_err() {
             warn!("the kernel cannot run directory operations in parallel");
+        }
+        // fcntl locks (POSIX and OFD) come here, so they hold across mounts (locks.rs).
+        // flock stays with the kernel: fuser does not pass FUSE_LK_FLOCK on, and flock and
+        // fcntl locks must not conflict with each other.
+        if config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS).is_err() {
+            warn!("the kernel does not route fcntl locks to the file system: they are local to this machine");
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
@@ -489,11 +495,61 @@ impl Filesystem for DistFs {
         });
     }
 
-    fn flush(&self, _req: &Request, i: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, i: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let Some(f) = self.inner.file(fh.0) else { return reply.error(local::BAD_HANDLE) };
         let inner = self.inner.clone();
         self.spawn(debug_span!("flush", ino = i.0, fh = fh.0), async move {
-            DistFs::empty(reply, inner.commit(&f).await);
+            let r = inner.commit(&f).await;
+            // close(2) of any descriptor drops the process's POSIX locks on the file.
+            inner.unlock_owner(ino(i), lock_owner.0).await;
+            DistFs::empty(reply, r);
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Ok(Some(kind)) = crate::locks::kind_of(typ) else { return reply.error(Errno::EINVAL) };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("getlk", ino = i.0, fh = fh.0), async move {
+            match inner.getlk(ino(i), lock_owner.0, start, end, kind).await {
+                Ok(Some(l)) => reply.locked(l.start, l.end, crate::locks::typ_of(l.kind), l.pid),
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Ok(kind) = crate::locks::kind_of(typ) else { return reply.error(Errno::EINVAL) };
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("setlk", ino = i.0, fh = fh.0, sleep), async move {
+            match inner.setlk(ino(i), lock_owner.0, start, end, kind, pid, sleep).await {
+                Ok(()) => reply.ok(),
+                Err(crate::locks::LockWait::TimedOut) => reply.error(Errno::EINTR),
+                Err(crate::locks::LockWait::Failed(e)) => reply.error(errno_of_client(&e)),
+            }
         });
     }
 
@@ -503,12 +559,16 @@ impl Filesystem for DistFs {
         i: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let inner = self.inner.clone();
         self.spawn(debug_span!("release", ino = i.0, fh = fh.0), async move {
+            // The kernel names an owner here only for flock, which it keeps itself; an
+            // OFD lock's owner (the open file) is not named: this mount's last release of
+            // the inode, or the session, drops it.
+            let _ = lock_owner;
             let r = inner.release(fh.0).await;
             if let Err(e) = &r {
                 // close(2) has already returned: nobody else hears of this.

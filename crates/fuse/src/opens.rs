@@ -20,6 +20,8 @@ pub(crate) struct Session {
     /// a release of the same inode never overtake each other.
     held: tokio::sync::Mutex<HashMap<InodeId, u32>>,
     renewer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Inodes this mount has taken locks on (unlocks elsewhere need no metadata call).
+    locked: std::sync::Mutex<std::collections::HashSet<InodeId>>,
 }
 
 impl Session {
@@ -28,7 +30,16 @@ impl Session {
             id: distfs_client::session::new_session_id(),
             held: tokio::sync::Mutex::default(),
             renewer: std::sync::Mutex::new(None),
+            locked: std::sync::Mutex::default(),
         }
+    }
+
+    pub fn has_locks(&self, ino: InodeId) -> bool {
+        self.locked.lock().expect("locked set").contains(&ino)
+    }
+
+    pub fn note_locks(&self, ino: InodeId) {
+        self.locked.lock().expect("locked set").insert(ino);
     }
 }
 
@@ -56,6 +67,8 @@ impl Inner {
             return;
         }
         held.remove(&ino);
+        // The metadata drops this session's locks on the inode with the release.
+        self.session.locked.lock().expect("locked set").remove(&ino);
         if let Err(e) = self.client.release_file(ino, self.session.id).await {
             warn!(%ino, error = %e, "could not release an open file; the session lease will");
         }

@@ -9,6 +9,7 @@ pub mod placement;
 pub use config::{MetaConfig, RaftConfig, RepairConfig};
 pub use error::MetaError;
 pub mod liveness;
+pub mod locks;
 mod membership;
 pub mod raft;
 pub mod repair;

@@ -283,6 +283,8 @@ impl Service {
             | MetaRequest::ReleaseFile { .. }
             | MetaRequest::RenewSession { .. }
             | MetaRequest::CloseSession { .. }
+            | MetaRequest::SetLock { .. }
+            | MetaRequest::GetLock { .. }
             | MetaRequest::GetXattr { .. }
             | MetaRequest::ListXattr { .. }
             | MetaRequest::SetXattr { .. }
@@ -508,7 +510,9 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         | R::GetXattr { ino, .. }
         | R::ListXattr { ino }
         | R::SetXattr { ino, .. }
-        | R::RemoveXattr { ino, .. } => {
+        | R::RemoveXattr { ino, .. }
+        | R::SetLock { ino, .. }
+        | R::GetLock { ino, .. } => {
             tracing::debug_span!("meta", op = op_name(req), inode = %ino)
         }
         R::RenewSession { .. } | R::CloseSession { .. } => tracing::debug_span!("meta", op = op_name(req)),
@@ -573,6 +577,8 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::ListXattr { .. } => "listxattr",
         R::SetXattr { .. } => "setxattr",
         R::RemoveXattr { .. } => "removexattr",
+        R::SetLock { .. } => "setlk",
+        R::GetLock { .. } => "getlk",
     }
 }
 

@@ -69,6 +69,19 @@ impl Service {
                 self.write(Command::RemoveXattr { ino, name, now }).await?;
                 Ok(MetaResponse::Done)
             }
+            MetaRequest::SetLock { ino, session, owner, start, end, kind, pid } => {
+                let req = crate::locks::LockReq { session, owner, start, end, kind, pid };
+                self.write(Command::SetLock { ino, req }).await?;
+                Ok(MetaResponse::Done)
+            }
+            MetaRequest::GetLock { ino, session, owner, start, end, kind } => {
+                self.read_barrier().await?;
+                let r = self.store.read()?;
+                exists(&r, ino)?;
+                let locks = crate::state::locks::locks_of(&r, ino)?;
+                let c = crate::locks::conflict(&locks, session, owner, start, end, kind);
+                Ok(MetaResponse::Lock(c.map(|l| l.info())))
+            }
             other => Err(FsError::internal(format!("{other:?} is not a session or xattr request"))),
         }
     }

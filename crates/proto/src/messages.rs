@@ -1,7 +1,9 @@
 //! Typed headers of every service. A request enum per service, a response enum per
 //! service; bulk data never goes in a typed header, it travels as the frame body.
 
-use distfs_types::{Attr, BlockId, BlockRef, DirEntry, InodeId, NodeId, NodeInfo, SetAttr, Slice, Timestamp};
+use distfs_types::{
+    Attr, BlockId, BlockRef, DirEntry, InodeId, LockInfo, LockKind, NodeId, NodeInfo, SetAttr, Slice, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------------------
@@ -370,6 +372,29 @@ pub enum MetaRequest {
     CloseSession {
         session: u64,
     },
+    // --- advisory locks (fcntl, flock), cluster-wide --------------------------------------
+    /// Sets (`kind: Some`) or clears (`None`) the lock of `(session, owner)` over bytes
+    /// `[start, end]` of `ino`. `LockConflict` when another owner holds a conflicting
+    /// lock; a blocking caller waits and asks again.
+    SetLock {
+        ino: InodeId,
+        session: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        kind: Option<LockKind>,
+        pid: u32,
+    },
+    /// The first lock of another owner that a `kind` lock over `[start, end]` would
+    /// conflict with (`Lock(None)`: none).
+    GetLock {
+        ino: InodeId,
+        session: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        kind: LockKind,
+    },
     // --- extended attributes ------------------------------------------------------------
     GetXattr {
         ino: InodeId,
@@ -441,6 +466,7 @@ pub struct MetaStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaResponse {
     Attr(Attr),
+    Lock(Option<LockInfo>),
     Entries {
         entries: Vec<DirEntry>,
         more: bool,

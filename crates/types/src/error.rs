@@ -68,6 +68,10 @@ pub enum FsError {
     /// A size or name outside the range an operation accepts (`ERANGE`).
     #[error("out of range: {reason}")]
     OutOfRange { reason: String },
+    /// A lock request that conflicts with a lock another owner holds (`EAGAIN`); a
+    /// blocking request waits and asks again.
+    #[error("lock conflict: {what}")]
+    LockConflict { what: String },
 }
 
 impl FsError {

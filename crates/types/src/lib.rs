@@ -6,6 +6,7 @@ pub mod attr;
 pub mod error;
 pub mod ids;
 pub mod layout;
+pub mod lock;
 pub mod node;
 pub mod units;
 
@@ -15,6 +16,7 @@ pub use ids::{BlockId, InodeId, NodeId, Seq};
 pub use layout::{
     visible_extents, BlockLocation, BlockRef, Extent, Slice, BLOCK_SIZE_DEFAULT, CHUNK_SIZE_DEFAULT, CRC_CHUNK,
 };
+pub use lock::{LockInfo, LockKind};
 pub use node::{AdminState, NodeInfo, NodeState};
 pub use units::{ByteSize, Duration as HumanDuration};
 

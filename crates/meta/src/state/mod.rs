@@ -5,6 +5,7 @@
 
 mod data;
 mod heal;
+pub(crate) mod locks;
 mod namespace;
 pub(crate) mod open_files;
 mod read;
@@ -249,6 +250,12 @@ pub enum Command {
     ExpireSessions {
         now: Timestamp,
     },
+    /// Sets or clears an advisory lock (fcntl/flock); `LockConflict` when another owner
+    /// holds a conflicting lock (nothing changes then).
+    SetLock {
+        ino: InodeId,
+        req: crate::locks::LockReq,
+    },
     SetXattr {
         ino: InodeId,
         name: String,
@@ -318,6 +325,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         Command::RenewSession { session, expires } => open_files::renew(txn, *session, *expires),
         Command::CloseSession { session } => open_files::close_session(txn, *session),
         Command::ExpireSessions { now } => open_files::expire(txn, *now),
+        Command::SetLock { ino, req } => locks::set_lock(txn, *ino, *req),
         Command::SetXattr { ino, name, value, mode, now } => xattr::set(txn, *ino, name, value, *mode, *now),
         Command::RemoveXattr { ino, name, now } => xattr::remove(txn, *ino, name, *now),
     }
@@ -349,7 +357,8 @@ pub(crate) fn del_inode(txn: &WriteTransaction, ino: InodeId) -> FsResult<()> {
         let mut t = txn.open_table(INODES).map_err(db_err)?;
         t.remove(ino.0).map_err(db_err)?;
     }
-    xattr::remove_all(txn, ino)
+    xattr::remove_all(txn, ino)?;
+    locks::drop_inode_locks(txn, ino)
 }
 
 /// Durability of state-machine commits: the Raft log is the durable record; the state

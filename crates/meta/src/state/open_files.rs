@@ -66,6 +66,8 @@ pub(super) fn open(txn: &WriteTransaction, ino: InodeId, session: u64, expires: 
 }
 
 pub(super) fn release(txn: &WriteTransaction, ino: InodeId, session: u64) -> FsResult<CommandResult> {
+    // The mount's last handle of the inode is gone: so are its processes' locks on it.
+    super::locks::drop_session_locks(txn, session, Some(ino))?;
     txn.open_table(OPENS).map_err(db_err)?.remove((ino.0, session)).map_err(db_err)?;
     txn.open_table(SESSION_OPENS).map_err(db_err)?.remove((session, ino.0)).map_err(db_err)?;
     free_if_orphan(txn, ino)?;
@@ -105,6 +107,7 @@ pub(super) fn close_session(txn: &WriteTransaction, session: u64) -> FsResult<Co
         }
     }
     txn.open_table(SESSIONS).map_err(db_err)?.remove(session).map_err(db_err)?;
+    super::locks::drop_session_locks(txn, session, None)?;
     for ino in inos {
         free_if_orphan(txn, InodeId(ino))?;
     }

@@ -458,3 +458,44 @@ fn a_copy_is_not_recorded_while_a_deletion_on_that_node_is_pending() {
     assert_eq!(replicas(&t), vec![NodeId(1), NodeId(2)]);
     assert!(t.gc(2).is_empty());
 }
+
+#[test]
+fn locks_conflict_between_sessions_and_end_with_release_session_and_inode() {
+    use crate::locks::LockReq;
+    use distfs_types::LockKind::{Read, Write};
+    let t = T::new();
+    let f = t.create(ROOT, "f");
+    let lock = |session: u64, start: u64, end: u64, kind| {
+        t.run(Command::SetLock { ino: f.ino, req: LockReq { session, owner: 1, start, end, kind, pid: 9 } })
+    };
+    lock(1, 0, 99, Some(Write)).expect("session 1 locks 0..=99");
+    assert!(matches!(lock(2, 50, 50, Some(Read)), Err(FsError::LockConflict { .. })));
+    lock(2, 100, 200, Some(Write)).expect("a free range");
+    // The locks travel with a snapshot (they live in the meta table).
+    let copy = T::new();
+    let (blob, last, m) = t.s.dump().expect("dump");
+    copy.s.install(&blob, last, &m).expect("install");
+    let conflicting = copy.run(Command::SetLock {
+        ino: f.ino,
+        req: LockReq { session: 2, owner: 1, start: 0, end: 0, kind: Some(Write), pid: 9 },
+    });
+    assert!(matches!(conflicting, Err(FsError::LockConflict { .. })), "{conflicting:?}");
+    // The last release of the inode by session 1 drops its locks on it.
+    t.run(Command::OpenFile { ino: f.ino, session: 1, expires: ts(50) }).expect("open");
+    t.run(Command::ReleaseFile { ino: f.ino, session: 1 }).expect("release");
+    lock(2, 0, 99, Some(Write)).expect("free after session 1 released the file");
+    // Closing (or expiring) a session drops all its locks.
+    t.run(Command::OpenFile { ino: f.ino, session: 2, expires: ts(50) }).expect("open");
+    t.run(Command::CloseSession { session: 2 }).expect("close");
+    lock(3, 0, u64::MAX, Some(Write)).expect("free after session 2 closed");
+    // Freeing the inode forgets its locks; a lock on a gone inode is stale.
+    t.run(Command::Unlink { parent: ROOT, name: "f".into(), now: ts(9) }).expect("unlink");
+    assert!(matches!(lock(3, 0, 0, Some(Write)), Err(FsError::StaleInode { .. })));
+    assert!(t
+        .s
+        .read()
+        .unwrap()
+        .meta_get::<Vec<crate::locks::LockRec>>(&format!("locks/{:020}", f.ino.0))
+        .unwrap()
+        .is_none());
+}
