@@ -10,6 +10,7 @@ pub use config::{MetaConfig, RaftConfig, RepairConfig};
 pub use error::MetaError;
 pub mod liveness;
 mod membership;
+mod ops;
 pub mod raft;
 pub mod repair;
 pub mod server;

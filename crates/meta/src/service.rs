@@ -44,6 +44,10 @@ pub(crate) struct Service {
     pub(crate) heal: Mutex<crate::service_heal::HealState>,
     /// Something changed that the repair worker should look at now.
     pub(crate) kicked: AtomicBool,
+    /// Request metrics and the in-flight count (`ops.rs`).
+    pub(crate) ops: crate::ops::MetaMetrics,
+    /// The configuration in force: `config` plus the keys reloaded since (SIGHUP).
+    tunables: std::sync::RwLock<MetaConfig>,
 }
 
 pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
@@ -58,14 +62,40 @@ impl Service {
             id,
             raft,
             store,
-            config,
             clock,
             live: Mutex::new(live),
             ring: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
             heal: Mutex::new(Default::default()),
             kicked: AtomicBool::new(true),
+            ops: Default::default(),
+            tunables: std::sync::RwLock::new(config.clone()),
+            config,
         }
+    }
+
+    /// The configuration in force (reloadable keys as last reloaded).
+    pub(crate) fn tunables(&self) -> MetaConfig {
+        self.tunables.read().expect("tunables lock").clone()
+    }
+
+    /// The repair settings in force.
+    pub(crate) fn repair_config(&self) -> crate::config::RepairConfig {
+        self.tunables.read().expect("tunables lock").repair.clone()
+    }
+
+    /// Applies the reloadable keys of `new` (already validated).
+    pub(crate) fn reload(&self, new: &MetaConfig) -> distfs_ops::Reloaded {
+        let mut t = self.tunables.write().expect("tunables lock");
+        let (changed, needs_restart) = t.apply_reloadable(new);
+        self.live.lock().expect("liveness lock").set_timings(
+            t.suspect_after.0,
+            t.dead_after.0,
+            t.dead_after_disconnect.0,
+        );
+        drop(t);
+        self.kick();
+        distfs_ops::Reloaded { changed, needs_restart }
     }
 
     /// Asks the repair worker to look at the cluster now.
@@ -329,7 +359,7 @@ impl Service {
         })
     }
 
-    fn status(&self) -> FsResult<ClusterStatus> {
+    pub(crate) fn status(&self) -> FsResult<ClusterStatus> {
         let r = self.store.read()?;
         let fmt = r.format_or_unavailable()?;
         let stats = r.stats(fmt.replication)?;
@@ -586,7 +616,16 @@ impl Handler for MetaHandler {
                 let m: MetaRequest =
                     distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
                 let span = describe(&m);
+                let op = op_name(&m);
+                let _in_flight = self.0.ops.begin();
+                let started = std::time::Instant::now();
                 let resp = self.0.handle_meta(m, Some(req.peer)).instrument(span.clone()).await;
+                self.0.ops.ops.record(op, started.elapsed(), resp.is_ok());
+                match (op, &resp) {
+                    ("heartbeat", Ok(_)) => self.0.ops.heartbeats.inc(),
+                    ("register", Ok(_)) => self.0.ops.registrations.inc(),
+                    _ => {}
+                }
                 if let Err(e) = &resp {
                     span.in_scope(|| tracing::debug!(error = %e, "request failed"));
                 }
@@ -595,9 +634,11 @@ impl Handler for MetaHandler {
             Kind::Raft => {
                 let rpc: RaftRpc =
                     distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
+                let started = std::time::Instant::now();
                 let reply = handle_raft_rpc(&self.0.raft, rpc)
                     .instrument(tracing::trace_span!("raft_rpc", peer = %req.peer))
                     .await;
+                self.0.ops.ops.record("raft", started.elapsed(), true);
                 Ok(Reply::new(&reply))
             }
             Kind::Storage => Err(FsError::Protocol { reason: "storage request sent to a metadata server".into() }),
