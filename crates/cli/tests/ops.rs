@@ -377,3 +377,58 @@ async fn dashboard_shows_nodes_and_their_states_in_headless_chromium() {
     assert_eq!(rows.get(&ids[0]).map(String::as_str), Some("up"), "{rows:?}");
     screenshot(&url, "dashboard-node-dead.png").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_file_and_a_log_level_changed_by_sighup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (listen, http_addr) =
+        (format!("127.0.0.1:{}", distfs_testkit::free_port()), format!("127.0.0.1:{}", distfs_testkit::free_port()));
+    let config = dir.path().join("meta.toml");
+    let base = format!(
+        "listen = \"{listen}\"\nhttp_addr = \"{http_addr}\"\ndata_dir = \"{}\"\n",
+        dir.path().join("m").display()
+    );
+    std::fs::write(&config, format!("{base}log_level = \"warn\"\n")).expect("write config");
+    let log = dir.path().join("logs").join("meta.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distfs-meta"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--log-file")
+        .arg(&log)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn distfs-meta");
+    wait_for("metadata /ready", Duration::from_secs(20), || async {
+        (http(&http_addr, "/ready").await?.status == 200).then_some(())
+    })
+    .await;
+    // Daily rotation: the file is meta.log.YYYY-MM-DD.
+    let read_logs = || {
+        let mut text = String::new();
+        for e in std::fs::read_dir(log.parent().unwrap()).into_iter().flatten().flatten() {
+            text += &std::fs::read_to_string(e.path()).unwrap_or_default();
+        }
+        text
+    };
+    assert!(!read_logs().contains("\"level\":\"INFO\""), "warn filter: no INFO lines yet");
+
+    std::fs::write(&config, format!("{base}log_level = \"info,distfs_meta=debug\"\n")).expect("rewrite config");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let text = wait_for("the reload logged at INFO in the JSON file", Duration::from_secs(10), || async {
+        let t = read_logs();
+        t.contains("configuration reloaded").then_some(t)
+    })
+    .await;
+    let line = text.lines().find(|l| l.contains("configuration reloaded")).expect("reload line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert!(v["fields"]["changed"].as_str().unwrap_or_default().contains("log_level"), "{line}");
+
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(read_logs().contains("metadata server stopped"));
+}

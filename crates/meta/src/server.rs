@@ -252,7 +252,11 @@ impl MetaServer {
         let f = self.service.store.flush().map_err(|e| MetaError::Raft { reason: format!("final flush: {e}") });
         self.http_stop.cancel();
         if let Some(t) = self.http_task.take() {
-            let _ = t.await;
+            // A client that keeps a request open does not hold the shutdown up.
+            let abort = t.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(2), t).await.is_err() {
+                abort.abort();
+            }
         }
         r?;
         f?;

@@ -275,7 +275,11 @@ impl StorageNode {
         self.http_stop.cancel();
         let task = self.http_task.lock().expect("http task lock").take();
         if let Some(t) = task {
-            let _ = t.await;
+            // A client that keeps a request open does not hold the shutdown up.
+            let abort = t.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(2), t).await.is_err() {
+                abort.abort();
+            }
         }
         info!(addr = %self.local_addr, drained_in_ms = start.elapsed().as_millis() as u64, "storage node stopped");
     }
