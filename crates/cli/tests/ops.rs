@@ -269,8 +269,9 @@ async fn sigterm_during_writes_loses_nothing_acknowledged() {
     }
     let files = acked.lock().unwrap().clone();
     eprintln!("{} files acknowledged, {} writes failed (not acknowledged)", files.len(), errors.lock().unwrap().len());
-    assert!(c.log("storage-1").contains("storage node stopped"));
-    assert!(c.log("meta-0").contains("metadata server stopped"));
+    let (slog, mlog) = (c.log("storage-1"), c.log("meta-0"));
+    assert!(slog.contains("deregistered from the metadata service") && slog.contains("storage node stopped"), "{slog}");
+    assert!(mlog.contains("storage node deregistered") && mlog.contains("metadata server stopped"), "{mlog}");
 
     c.start_meta_server(0);
     c.start_storage(1);

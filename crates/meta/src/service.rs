@@ -309,6 +309,13 @@ impl Service {
             MetaRequest::NodeRemove { node } => self.remove_node(node).await,
             MetaRequest::NodeMaintenance { node, on, window_ms } => self.maintenance(node, on, window_ms).await,
             MetaRequest::Fsck { repair } => self.fsck(repair).await.map(MetaResponse::Fsck),
+            MetaRequest::Deregister { node } => {
+                let now = self.clock.now();
+                self.live().disconnected(node, now);
+                self.kick();
+                tracing::info!(node = %node, "storage node deregistered (clean shutdown); suspect now");
+                Ok(MetaResponse::Done)
+            }
             req @ (MetaRequest::OpenFile { .. }
             | MetaRequest::ReleaseFile { .. }
             | MetaRequest::RenewSession { .. }
@@ -558,7 +565,8 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         R::BlockReport { node, .. }
         | R::NodeDrain { node, .. }
         | R::NodeRemove { node }
-        | R::NodeMaintenance { node, .. } => tracing::debug_span!("meta", op = op_name(req), node_id = %node),
+        | R::NodeMaintenance { node, .. }
+        | R::Deregister { node } => tracing::debug_span!("meta", op = op_name(req), node_id = %node),
     }
 }
 
@@ -603,6 +611,7 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::ListXattr { .. } => "listxattr",
         R::SetXattr { .. } => "setxattr",
         R::RemoveXattr { .. } => "removexattr",
+        R::Deregister { .. } => "deregister",
     }
 }
 

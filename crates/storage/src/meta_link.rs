@@ -154,6 +154,16 @@ impl MetaLink {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        // The node is stopping (requests drained, so nothing more is acknowledged): tell
+        // the metadata service, so it places no new writes here.
+        if let Some(id) = node {
+            let req = MetaRequest::Deregister { node: id };
+            match tokio::time::timeout(Duration::from_secs(2), self.meta.call(&req)).await {
+                Ok(Ok(_)) => info!(node = %id, "deregistered from the metadata service"),
+                Ok(Err(e)) => warn!(node = %id, error = %e, "cannot deregister; the metadata service will notice"),
+                Err(_) => warn!(node = %id, "deregistration timed out; the metadata service will notice"),
+            }
+        }
     }
 
     async fn stats(&mut self) -> StoreStats {

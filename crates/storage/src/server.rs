@@ -250,9 +250,10 @@ impl StorageNode {
     }
 
     /// Stops the node gracefully: not ready, stop accepting connections and requests,
-    /// let requests in flight finish (at most `DRAIN_LIMIT`), stop the background tasks
-    /// (the heartbeat link closes, so the metadata leader marks the node suspect at once
-    /// and places no new writes on it), flush the file system, stop the HTTP endpoints.
+    /// let requests in flight finish (at most `DRAIN_LIMIT`), flush the file system
+    /// (syncfs), stop the background tasks (the heartbeat link deregisters, so the
+    /// metadata leader marks the node suspect at once and places no new writes on it),
+    /// stop the HTTP endpoints.
     pub async fn shutdown(&self) {
         self.shared.ops.shutting_down.store(true, Ordering::Release);
         self.serve_cancel.cancel();
@@ -264,14 +265,15 @@ impl StorageNode {
         if left > 0 {
             warn!(requests = left, "requests still in flight after {DRAIN_LIMIT:?}; stopping anyway");
         }
-        self.cancel.cancel();
-        self.tasks.wait().await;
         let dir = self.data_dir.clone();
         match tokio::task::spawn_blocking(move || syncfs(&dir)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "final flush (syncfs) failed"),
             Err(e) => warn!(error = %e, "final flush task failed"),
         }
+        // The heartbeat link deregisters as its last act.
+        self.cancel.cancel();
+        self.tasks.wait().await;
         self.http_stop.cancel();
         let task = self.http_task.lock().expect("http task lock").take();
         if let Some(t) = task {
