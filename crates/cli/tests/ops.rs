@@ -103,6 +103,22 @@ async fn metrics_change_with_traffic() {
     let out = distfs_ok(&c, &["cluster", "status"]).await;
     assert!(out.contains("NODE") && out.contains("STATE") && out.contains("USED"), "{out}");
     assert_eq!(out.lines().filter(|l| l.contains(" up ")).count(), 3, "{out}");
+
+    // `cluster top` refreshes the same table with a throughput line.
+    let top_out = c.dir().join("top.out");
+    let mut top = c.cli();
+    top.args(["cluster", "top", "--interval", "200ms"])
+        .stdout(std::fs::File::create(&top_out).expect("create top.out"))
+        .stderr(std::process::Stdio::null());
+    let mut top = top.spawn().expect("spawn distfs cluster top");
+    let text = wait_for("two refreshes of cluster top", Duration::from_secs(10), || async {
+        let t = std::fs::read_to_string(&top_out).unwrap_or_default();
+        (t.matches("distfs top: every 200ms").count() >= 2 && t.contains("B/s")).then_some(t)
+    })
+    .await;
+    let _ = top.kill();
+    let _ = top.wait();
+    assert!(text.contains("NODE") && text.contains("\x1b[2J"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -139,6 +139,12 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// `cluster status` refreshed every interval, with write throughput (Ctrl-C ends it).
+    Top {
+        /// Refresh period, e.g. 1s or 500ms.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,6 +236,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Df { json } => cluster::df(&client(), json).await,
         Command::Cluster { command: ClusterCommand::Status { json } } => cluster::status(&client(), json).await,
+        Command::Cluster { command: ClusterCommand::Top { interval } } => cluster::top(&client(), interval).await,
         Command::Meta { command: MetaCommand::Status { json } } => meta::status(&client(), json).await,
         Command::Meta { command: MetaCommand::Add { ref addr } } => meta::add(&client(), addr).await,
         Command::Meta { command: MetaCommand::Remove { id } } => meta::remove(&client(), id).await,
