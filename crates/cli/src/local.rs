@@ -131,7 +131,8 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
 
     crate::runtime::shutdown_signal().await;
     info!("stopping");
-    shutdown.cancel();
+    // Each server shuts down gracefully in turn (storage nodes first: they drain,
+    // flush and deregister while the metadata service still runs).
     for n in &nodes {
         n.shutdown().await;
     }

@@ -40,8 +40,14 @@ fn catch_signals() {
         }
         let _ = tx.send(true);
     });
-    // SIGHUP asks a server to reload its configuration; installed here so an early one
-    // does not kill the process (the default action).
+}
+
+/// Installs a SIGHUP handler for the life of the process (the servers: SIGHUP reloads
+/// the configuration); call it first thing, so an early SIGHUP does not kill the
+/// process. Other programs keep the default (a closed terminal ends them). Must run
+/// inside the runtime.
+pub fn catch_hangups() {
+    use tokio::signal::unix::{signal, SignalKind};
     if let Ok(mut hup) = signal(SignalKind::hangup()) {
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         if HANGUPS.set(rx).is_ok() {

@@ -4,10 +4,11 @@
 
 use crate::service::Service;
 use distfs_ops::{Counter, Encoder, OpStats, Probe, ReloadCounters};
+use distfs_proto::ClusterStatus;
 use distfs_types::{AdminState, NodeState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Counters of the metadata server (state-derived values are computed when scraped).
 #[derive(Default)]
@@ -61,11 +62,32 @@ impl MetaMetrics {
 }
 
 /// The metadata server's answers to `/metrics`, `/ready` and `/api/status`.
-pub(crate) struct MetaProbe(pub Arc<Service>);
+pub(crate) struct MetaProbe(pub Arc<Service>, std::sync::Mutex<Option<(Instant, ClusterStatus)>>);
+
+/// How long a computed cluster status serves dashboard refreshes (it scans the block
+/// map: many open dashboards cost one scan per this period). Scrapes compute it fresh.
+const STATUS_TTL: Duration = Duration::from_millis(500);
 
 impl MetaProbe {
+    pub fn new(service: Arc<Service>) -> MetaProbe {
+        MetaProbe(service, std::sync::Mutex::new(None))
+    }
+
     fn is_leader(&self) -> bool {
         self.0.raft.metrics().borrow().current_leader == Some(self.0.id)
+    }
+
+    /// The leader's cluster status, at most `STATUS_TTL` old.
+    fn status_cached(&self) -> distfs_types::FsResult<ClusterStatus> {
+        let mut cache = self.1.lock().expect("status cache lock");
+        if let Some((at, s)) = cache.as_ref() {
+            if at.elapsed() < STATUS_TTL {
+                return Ok(s.clone());
+            }
+        }
+        let s = self.0.status()?;
+        *cache = Some((Instant::now(), s.clone()));
+        Ok(s)
     }
 }
 
@@ -219,7 +241,7 @@ impl Probe for MetaProbe {
                 None => "no metadata leader is known".into(),
             }));
         }
-        Some(self.0.status().map_err(|e| e.to_string()).and_then(|c| {
+        Some(self.status_cached().map_err(|e| e.to_string()).and_then(|c| {
             let cluster = serde_json::to_value(&c).map_err(|e| e.to_string())?;
             Ok(serde_json::json!({
                 "server": self.0.id,

@@ -122,7 +122,7 @@ impl MetaServer {
             None => (None, None),
             Some(l) => {
                 let addr = l.local_addr().ok();
-                let probe = Arc::new(crate::ops::MetaProbe(service.clone()));
+                let probe = Arc::new(crate::ops::MetaProbe::new(service.clone()));
                 let task = tokio::spawn(
                     distfs_ops::http::serve(l, probe, http_stop.clone())
                         .instrument(tracing::info_span!("meta_http", id = config.id)),

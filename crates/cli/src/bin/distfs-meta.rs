@@ -21,6 +21,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    distfs::runtime::catch_hangups();
     let tweak = |_: &mut MetaConfig| {};
     let Some(config) = load::<MetaConfig>(&args.server, &tweak)? else { return Ok(()) };
     let log = init_logging(&args.server, &config)?;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    distfs::runtime::catch_hangups();
     let meta = args.meta.clone();
     let tweak = move |c: &mut StorageConfig| {
         if let Some(m) = &meta {
