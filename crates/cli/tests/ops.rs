@@ -193,6 +193,10 @@ async fn sighup_applies_a_changed_key_and_rejects_a_broken_file() {
         (val(&m, "distfs_storage_config_heartbeat_interval_seconds") == 0.2).then_some(())
     })
     .await;
+    wait_for("the heartbeat loop on the new interval", Duration::from_secs(10), || async {
+        c.log("storage-0").contains("heartbeat interval changed").then_some(())
+    })
+    .await;
 
     // A file that does not parse: rejected, logged with its name, the old values stay.
     std::fs::write(&path, "suspect_after = [this is not toml\n").expect("write broken config");

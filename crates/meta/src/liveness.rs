@@ -78,6 +78,11 @@ impl Liveness {
         }
     }
 
+    /// `suspect_after` and `dead_after` in force.
+    pub fn timings(&self) -> (Duration, Duration) {
+        (self.suspect_after, self.dead_after)
+    }
+
     /// The node's connection to the leader closed at `now`.
     pub fn disconnected(&mut self, node: NodeId, now: Instant) {
         if let Some(s) = self.nodes.get_mut(&node) {

@@ -118,12 +118,17 @@ impl Probe for MetaProbe {
         enc.counter("distfs_meta_registrations_total", "Storage-node registrations answered.", m.registrations.get());
         m.reloads.encode(enc, "distfs_meta");
         let cfg = s.tunables();
+        let (suspect_after, dead_after) = s.liveness_timings();
         enc.gauge(
             "distfs_meta_config_suspect_after_seconds",
-            "suspect_after in force.",
-            cfg.suspect_after.0.as_secs_f64(),
+            "suspect_after in force (as the liveness table applies it).",
+            suspect_after.as_secs_f64(),
         );
-        enc.gauge("distfs_meta_config_dead_after_seconds", "dead_after in force.", cfg.dead_after.0.as_secs_f64());
+        enc.gauge(
+            "distfs_meta_config_dead_after_seconds",
+            "dead_after in force (as the liveness table applies it).",
+            dead_after.as_secs_f64(),
+        );
         enc.gauge(
             "distfs_meta_config_repair_bandwidth_bytes",
             "repair.bandwidth in force (bytes per second).",

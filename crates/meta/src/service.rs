@@ -84,6 +84,11 @@ impl Service {
         self.tunables.read().expect("tunables lock").repair.clone()
     }
 
+    /// `suspect_after` and `dead_after` as the liveness table applies them.
+    pub(crate) fn liveness_timings(&self) -> (std::time::Duration, std::time::Duration) {
+        self.live.lock().expect("liveness lock").timings()
+    }
+
     /// Applies the reloadable keys of `new` (already validated).
     pub(crate) fn reload(&self, new: &MetaConfig) -> distfs_ops::Reloaded {
         let mut t = self.tunables.write().expect("tunables lock");
