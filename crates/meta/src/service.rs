@@ -315,6 +315,8 @@ impl Service {
             MetaRequest::NodeMaintenance { node, on, window_ms } => self.maintenance(node, on, window_ms).await,
             MetaRequest::Fsck { repair } => self.fsck(repair).await.map(MetaResponse::Fsck),
             MetaRequest::Deregister { node } => {
+                // Liveness is the leader's: a follower answers NotLeader and the node retries there.
+                self.read_barrier().await?;
                 let now = self.clock.now();
                 self.live().disconnected(node, now);
                 self.kick();
