@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use distfs_ops::client::{get, HttpAnswer};
 use distfs_ops::metrics::parse_text;
-use distfs_testkit::{wait_for, ProcessCluster};
+use distfs_testkit::{wait_for, ClusterOpts, ProcessCluster};
 use distfs_types::{InodeId, NodeState};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -153,6 +153,33 @@ async fn ready_flips_when_a_storage_node_loses_its_metadata_server() {
     let m = scrape(c.storage_http(0)).await;
     assert_eq!(val(&m, "distfs_storage_meta_connected"), 1.0);
     assert!(val(&m, "distfs_storage_heartbeat_failures_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metadata_ready_follows_the_quorum() {
+    let mut c = ProcessCluster::start(bins(), ClusterOpts { meta_servers: 3, ..ClusterOpts::default() }).await;
+    let leader = c.meta_leader().await.expect("a leader");
+    for i in 0..3 {
+        let a = http(c.meta_http(i), "/ready").await.expect("meta /ready answers");
+        assert_eq!(a.status, 200, "server {i}: {}", a.body);
+    }
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for &i in &others {
+        c.kill_meta_server(i);
+    }
+    let body = wait_for("the lone leader not ready", Duration::from_secs(20), || async {
+        let a = http(c.meta_http(leader), "/ready").await?;
+        (a.status == 503).then_some(a.body)
+    })
+    .await;
+    eprintln!("lone former leader: {body}");
+    assert_eq!(http(c.meta_http(leader), "/health").await.map(|a| a.status), Some(200));
+    c.start_meta_server(others[0]);
+    wait_for("ready again with a quorum", Duration::from_secs(30), || async {
+        let (a, b) = (http(c.meta_http(leader), "/ready").await?, http(c.meta_http(others[0]), "/ready").await?);
+        (a.status == 200 && b.status == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -164,6 +164,13 @@ impl Probe for MetaProbe {
             if rm.current_leader == Some(s.id) { 1.0 } else { 0.0 },
         );
         enc.gauge("distfs_meta_server_id", "Raft id of this server.", s.id as f64);
+        if let Some(ms) = rm.millis_since_quorum_ack {
+            enc.gauge(
+                "distfs_meta_raft_quorum_ack_age_seconds",
+                "Leader only: time since a quorum last acknowledged it.",
+                ms as f64 / 1000.0,
+            );
+        }
 
         // Cluster state: only the leader knows liveness, so only it reports it.
         if rm.current_leader != Some(s.id) {
@@ -227,9 +234,19 @@ impl Probe for MetaProbe {
         if s.ops.shutting_down.load(Ordering::Acquire) {
             return Err("shutting down".into());
         }
-        let leader = s.raft.metrics().borrow().current_leader;
-        if leader.is_none() {
+        let m = s.raft.metrics().borrow().clone();
+        if m.current_leader.is_none() {
             return Err("no metadata leader is known (no quorum?)".into());
+        }
+        // A leader cut off from its quorum cannot commit: not ready either.
+        let voters = m.membership_config.membership().voter_ids().count();
+        let limit = 3 * s.config.raft.election_timeout_max.0.as_millis() as u64;
+        if m.current_leader == Some(s.id) && voters > 1 {
+            match m.millis_since_quorum_ack {
+                Some(ms) if ms <= limit => {}
+                Some(ms) => return Err(format!("leader without a quorum: no acknowledgement for {ms} ms")),
+                None => return Err("leader not yet acknowledged by a quorum".into()),
+            }
         }
         match s.store.read().and_then(|r| crate::state::Reader::format(&r)) {
             Ok(Some(_)) => Ok(()),
