@@ -300,6 +300,8 @@ async fn sigterm_during_writes_loses_nothing_acknowledged() {
 
     // A storage node stops gracefully in the middle of the writes; W = 2 of 3 still holds.
     let at_term = count();
+    let puts = val(&scrape(c.storage_http(1)).await, "distfs_storage_requests_total{op=\"put\"}");
+    assert!(puts > 0.0, "storage node 1 takes writes before its SIGTERM");
     let status = c.terminate_storage(1, Duration::from_secs(20)).await;
     assert!(status.success(), "storage node exit status after SIGTERM: {status}");
     wait_for("20 more files acknowledged with one node stopped", Duration::from_secs(30), || async {
@@ -318,6 +320,7 @@ async fn sigterm_during_writes_loses_nothing_acknowledged() {
     eprintln!("{} files acknowledged, {} writes failed (not acknowledged)", files.len(), errors.lock().unwrap().len());
     let (slog, mlog) = (c.log("storage-1"), c.log("meta-0"));
     assert!(slog.contains("deregistered from the metadata service") && slog.contains("storage node stopped"), "{slog}");
+    assert!(!slog.contains("still in flight"), "every request finished within the drain limit: {slog}");
     assert!(mlog.contains("storage node deregistered") && mlog.contains("metadata server stopped"), "{mlog}");
 
     c.start_meta_server(0);
