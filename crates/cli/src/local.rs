@@ -20,6 +20,8 @@ pub struct LocalOptions {
     pub meta_servers: usize,
     pub replication: u32,
     pub sync: String,
+    /// First HTTP port (see `distfs local up --help`); `None`: listen port + 80; 0: off.
+    pub http_port: Option<u16>,
 }
 
 pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
@@ -38,6 +40,22 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     );
     let first: std::net::SocketAddr =
         opts.listen.parse().with_context(|| format!("--listen `{}` is not an IP:PORT address", opts.listen))?;
+    let http_base = match opts.http_port {
+        Some(0) => None,
+        Some(p) => Some(p),
+        None => Some(
+            first.port().checked_add(80).context("--listen port too high to derive the HTTP port; give --http-port")?,
+        ),
+    };
+    let http = |offset: u16| -> anyhow::Result<Option<String>> {
+        Ok(match http_base {
+            None => Some(String::new()),
+            Some(b) => {
+                let port = b.checked_add(offset).context("--http-port too high")?;
+                Some(std::net::SocketAddr::new(first.ip(), port).to_string())
+            }
+        })
+    };
     let addrs: Vec<String> = (0..opts.meta_servers as u16)
         .map(|i| std::net::SocketAddr::new(first.ip(), first.port() + i).to_string())
         .collect();
@@ -55,6 +73,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
             data_dir,
             replication: opts.replication,
             initial_members: initial_members.clone(),
+            http_addr: http(i as u16)?,
             ..MetaConfig::default()
         };
         let server = MetaServer::start(cfg, shutdown.child_token())
@@ -72,6 +91,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
             meta: addrs.clone(),
             zone: format!("local-{}", i + 1),
             sync,
+            http_addr: http(100 + i as u16)?,
             ..StorageConfig::default()
         };
         let node = StorageNode::start(cfg, shutdown.child_token())
@@ -102,10 +122,17 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     if opts.meta_servers > 1 {
         println!("Clients should know every metadata server: export DISTFS_META={meta_addr}");
     }
+    if let Some(a) = metas.first().and_then(|m| m.http_addr()) {
+        println!(
+            "Dashboard: http://{a}/ (metrics at /metrics on every server; storage nodes from port {}).",
+            a.port() + 100
+        );
+    }
 
     crate::runtime::shutdown_signal().await;
     info!("stopping");
-    shutdown.cancel();
+    // Each server shuts down gracefully in turn (storage nodes first: they drain,
+    // flush and deregister while the metadata service still runs).
     for n in &nodes {
         n.shutdown().await;
     }

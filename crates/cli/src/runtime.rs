@@ -18,6 +18,8 @@ pub fn init_logging(default: &str) {
 
 /// Set once SIGINT or SIGTERM arrived (when `catch_signals` installed the handlers).
 static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
+/// Counts SIGHUPs (when `catch_signals` installed the handler).
+static HANGUPS: std::sync::OnceLock<tokio::sync::watch::Receiver<u64>> = std::sync::OnceLock::new();
 
 /// Installs SIGINT/SIGTERM handlers for the life of the process, so a signal that
 /// arrives before a server reaches its shutdown wait is not lost (and does not kill the
@@ -38,6 +40,29 @@ fn catch_signals() {
         }
         let _ = tx.send(true);
     });
+}
+
+/// Installs a SIGHUP handler for the life of the process (the servers: SIGHUP reloads
+/// the configuration); call it first thing, so an early SIGHUP does not kill the
+/// process. Other programs keep the default (a closed terminal ends them). Must run
+/// inside the runtime.
+pub fn catch_hangups() {
+    use tokio::signal::unix::{signal, SignalKind};
+    if let Ok(mut hup) = signal(SignalKind::hangup()) {
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        if HANGUPS.set(rx).is_ok() {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tx.send_modify(|n| *n += 1);
+                }
+            });
+        }
+    }
+}
+
+/// SIGHUPs received so far (`None` when the process does not catch signals).
+pub fn hangups() -> Option<tokio::sync::watch::Receiver<u64>> {
+    HANGUPS.get().cloned()
 }
 
 /// Resolves when the process gets SIGINT (Ctrl-C) or SIGTERM.

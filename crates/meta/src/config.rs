@@ -37,6 +37,12 @@ pub struct MetaConfig {
     /// A storage node whose connection to the leader closed is Suspect at once, and Dead
     /// this long after (unless it heartbeats again); never later than `dead_after`.
     pub dead_after_disconnect: HumanDuration,
+    /// HTTP endpoints (`/metrics`, `/health`, `/ready`, the dashboard at `/`); unset:
+    /// the `listen` host with the port + 80 (port 0 stays 0); empty: off.
+    pub http_addr: Option<String>,
+    /// Log filter in `RUST_LOG` syntax (e.g. `"info,distfs_meta::repair=debug"`); when
+    /// unset, `RUST_LOG` or `info`. Reloadable.
+    pub log_level: Option<String>,
     pub raft: RaftConfig,
     pub repair: RepairConfig,
 }
@@ -112,6 +118,8 @@ impl Default for MetaConfig {
             initial_members: Vec::new(),
             join: false,
             dead_after_disconnect: HumanDuration::from_secs(1),
+            http_addr: None,
+            log_level: None,
             raft: RaftConfig::default(),
             repair: RepairConfig::default(),
         }
@@ -181,6 +189,16 @@ impl MetaConfig {
                 return bad("advertise", format!("`{a}` is not a host:port address"));
             }
         }
+        if let Some(a) = self.http_addr.as_deref().filter(|a| !a.is_empty()) {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return bad("http_addr", format!("`{a}` is not IP:PORT (or \"\" for no HTTP endpoint)"));
+            }
+        }
+        if let Some(l) = &self.log_level {
+            if let Err(e) = distfs_ops::logging::parse_filter(l) {
+                return bad("log_level", e.to_string());
+            }
+        }
         if !(1..=7).contains(&self.replication) {
             return bad("replication", format!("must be between 1 and 7, got {}", self.replication));
         }
@@ -244,6 +262,52 @@ impl MetaConfig {
         Ok(())
     }
 
+    /// Takes the keys that can change while running (SIGHUP) from `new`; returns the
+    /// names of those that changed, and of the other keys that differ (they take effect
+    /// only after a restart).
+    pub fn apply_reloadable(&mut self, new: &MetaConfig) -> (Vec<&'static str>, Vec<&'static str>) {
+        let mut changed = Vec::new();
+        macro_rules! take {
+            ($($f:ident).+, $name:literal) => {
+                if self.$($f).+ != new.$($f).+ {
+                    self.$($f).+ = new.$($f).+.clone();
+                    changed.push($name);
+                }
+            };
+        }
+        take!(log_level, "log_level");
+        take!(suspect_after, "suspect_after");
+        take!(dead_after, "dead_after");
+        take!(dead_after_disconnect, "dead_after_disconnect");
+        take!(repair.concurrency, "repair.concurrency");
+        take!(repair.bandwidth, "repair.bandwidth");
+        take!(repair.rebalance, "repair.rebalance");
+        take!(repair.rebalance_concurrency, "repair.rebalance_concurrency");
+        take!(repair.rebalance_bandwidth, "repair.rebalance_bandwidth");
+        let mut fixed = Vec::new();
+        macro_rules! fixed {
+            ($($f:ident).+, $name:literal) => {
+                if self.$($f).+ != new.$($f).+ {
+                    fixed.push($name);
+                }
+            };
+        }
+        fixed!(id, "id");
+        fixed!(listen, "listen");
+        fixed!(advertise, "advertise");
+        fixed!(data_dir, "data_dir");
+        fixed!(replication, "replication");
+        fixed!(chunk_size, "chunk_size");
+        fixed!(block_size, "block_size");
+        fixed!(initial_members, "initial_members");
+        fixed!(join, "join");
+        fixed!(http_addr, "http_addr");
+        fixed!(raft, "raft");
+        fixed!(repair.enabled, "repair.enabled");
+        fixed!(repair.scan_interval, "repair.scan_interval");
+        (changed, fixed)
+    }
+
     /// The openraft configuration derived from `raft`.
     pub fn openraft_config(&self) -> Result<openraft::Config, MetaError> {
         let ms = |d: HumanDuration| d.0.as_millis() as u64;
@@ -283,6 +347,8 @@ mod tests {
             ("replication = 0", "replication"),
             ("replication = 8", "replication"),
             ("suspect_after = \"6s\"\ndead_after = \"2s\"", "dead_after"),
+            ("http_addr = \"nowhere\"", "http_addr"),
+            ("log_level = \"info,distfs_meta=loud\"", "log_level"),
         ];
         for (toml, key) in cases {
             let c = MetaConfig::from_toml_str(toml).expect("parses");
@@ -293,5 +359,19 @@ mod tests {
         }
         assert!(MetaConfig::from_toml_str("no_such_key = 1").is_err());
         assert!(MetaConfig::from_toml_str("[raft]\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn reload_takes_only_reloadable_keys() {
+        let mut run = MetaConfig::default();
+        let new = MetaConfig::from_toml_str(
+            "suspect_after = \"3s\"\nlisten = \"127.0.0.1:9\"\n[repair]\nbandwidth = \"10MiB\"",
+        )
+        .expect("parses");
+        let (changed, fixed) = run.apply_reloadable(&new);
+        assert_eq!(changed, ["suspect_after", "repair.bandwidth"]);
+        assert_eq!(fixed, ["listen"]);
+        assert_eq!(run.suspect_after, HumanDuration::from_secs(3));
+        assert_eq!(run.listen, MetaConfig::default().listen);
     }
 }

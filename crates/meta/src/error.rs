@@ -31,6 +31,8 @@ pub enum MetaError {
     },
     #[error("timed out waiting for {what}")]
     Timeout { what: String },
+    #[error(transparent)]
+    Ops(#[from] distfs_ops::OpsError),
 }
 
 impl MetaError {
@@ -44,7 +46,9 @@ impl From<MetaError> for FsError {
         match e {
             MetaError::Config { .. } => FsError::invalid(e),
             MetaError::Raft { .. } | MetaError::Timeout { .. } => FsError::Unavailable { reason: e.to_string() },
-            MetaError::Storage { .. } | MetaError::Io { .. } | MetaError::Bind { .. } => FsError::io(e),
+            MetaError::Storage { .. } | MetaError::Io { .. } | MetaError::Bind { .. } | MetaError::Ops(_) => {
+                FsError::io(e)
+            }
             MetaError::Corrupt { .. } => FsError::internal(e),
         }
     }

@@ -11,6 +11,7 @@ pub use error::MetaError;
 pub mod liveness;
 pub mod locks;
 mod membership;
+mod ops;
 pub mod raft;
 pub mod repair;
 pub mod server;

@@ -69,6 +69,20 @@ impl Liveness {
         self
     }
 
+    /// New thresholds (a configuration reload); states are judged with them from now on.
+    pub fn set_timings(&mut self, suspect_after: Duration, dead_after: Duration, dead_after_disconnect: Duration) {
+        self.suspect_after = suspect_after;
+        self.dead_after = dead_after;
+        if self.dead_after_disconnect.is_some() {
+            self.dead_after_disconnect = Some(dead_after_disconnect.min(dead_after));
+        }
+    }
+
+    /// `suspect_after` and `dead_after` in force.
+    pub fn timings(&self) -> (Duration, Duration) {
+        (self.suspect_after, self.dead_after)
+    }
+
     /// The node's connection to the leader closed at `now`.
     pub fn disconnected(&mut self, node: NodeId, now: Instant) {
         if let Some(s) = self.nodes.get_mut(&node) {

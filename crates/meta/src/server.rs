@@ -27,7 +27,14 @@ pub struct MetaServer {
     advertised: String,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    http: Option<SocketAddr>,
+    /// The HTTP endpoints stop last, so `/ready` reports the shutdown while it runs.
+    http_stop: CancellationToken,
+    http_task: Option<JoinHandle<()>>,
 }
+
+/// How long a shutdown waits for client requests in flight.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 impl MetaServer {
     /// Starts a server with the production clock and a TCP RPC client.
@@ -55,6 +62,10 @@ impl MetaServer {
         let local_addr =
             listener.local_addr().map_err(|source| MetaError::Bind { addr: config.listen.clone(), source })?;
         let advertised = config.advertise.clone().unwrap_or_else(|| local_addr.to_string());
+        let http_listener = match distfs_ops::http::http_listen(config.http_addr.as_deref(), &config.listen) {
+            None => None,
+            Some(a) => Some(distfs_ops::http::bind(&a).await?),
+        };
 
         let fresh = {
             let state = log.get_log_state().await.map_err(|e| MetaError::Raft { reason: e.to_string() })?;
@@ -106,8 +117,43 @@ impl MetaServer {
             crate::sessions::expire_sessions_when_leader(service.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("meta_sessions", id = config.id)),
         ));
-        info!(id = config.id, addr = %local_addr, advertised = %advertised, "metadata server started");
-        Ok(MetaServer { service, local_addr, advertised, shutdown, tasks })
+        let http_stop = CancellationToken::new();
+        let (http, http_task) = match http_listener {
+            None => (None, None),
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                let probe = Arc::new(crate::ops::MetaProbe::new(service.clone()));
+                let task = tokio::spawn(
+                    distfs_ops::http::serve(l, probe, http_stop.clone())
+                        .instrument(tracing::info_span!("meta_http", id = config.id)),
+                );
+                (addr, Some(task))
+            }
+        };
+        info!(id = config.id, addr = %local_addr, advertised = %advertised, http = ?http, "metadata server started");
+        Ok(MetaServer { service, local_addr, advertised, shutdown, tasks, http, http_stop, http_task })
+    }
+
+    /// The bound address of the HTTP endpoints (`http_addr`), if on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// Applies the reloadable keys of `new` (SIGHUP). An invalid `new` is rejected and
+    /// nothing changes.
+    pub fn reload(&self, new: &MetaConfig) -> Result<distfs_ops::Reloaded, MetaError> {
+        if let Err(e) = new.validate() {
+            self.reload_rejected();
+            return Err(e);
+        }
+        let r = self.service.reload(new);
+        self.service.ops.reloads.applied.inc();
+        Ok(r)
+    }
+
+    /// Counts a reload rejected before it reached the server (the file did not parse).
+    pub fn reload_rejected(&self) {
+        self.service.ops.reloads.rejected.inc();
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -188,14 +234,32 @@ impl MetaServer {
         self.stop().await
     }
 
+    /// The shutdown sequence: not ready, stop accepting (the serving loop and the
+    /// background tasks end with the token), let client requests in flight finish (at
+    /// most `DRAIN_LIMIT`), stop Raft, flush the state, stop the HTTP endpoints.
     async fn stop(&mut self) -> Result<(), MetaError> {
+        self.service.ops.shutting_down.store(true, std::sync::atomic::Ordering::Release);
         for t in self.tasks.drain(..) {
             if let Err(e) = t.await {
                 warn!(error = %e, "metadata server task ended abnormally");
             }
         }
-        self.service.raft.shutdown().await.map_err(|e| MetaError::Raft { reason: format!("shutdown: {e}") })?;
-        self.service.store.flush().map_err(|e| MetaError::Raft { reason: format!("final flush: {e}") })?;
+        let left = self.service.ops.drained(DRAIN_LIMIT).await;
+        if left > 0 {
+            warn!(requests = left, "requests still in flight after {DRAIN_LIMIT:?}; stopping anyway");
+        }
+        let r = self.service.raft.shutdown().await.map_err(|e| MetaError::Raft { reason: format!("shutdown: {e}") });
+        let f = self.service.store.flush().map_err(|e| MetaError::Raft { reason: format!("final flush: {e}") });
+        self.http_stop.cancel();
+        if let Some(t) = self.http_task.take() {
+            // A client that keeps a request open does not hold the shutdown up.
+            let abort = t.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(2), t).await.is_err() {
+                abort.abort();
+            }
+        }
+        r?;
+        f?;
         info!(id = self.service.id, "metadata server stopped");
         Ok(())
     }

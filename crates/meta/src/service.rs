@@ -44,6 +44,10 @@ pub(crate) struct Service {
     pub(crate) heal: Mutex<crate::service_heal::HealState>,
     /// Something changed that the repair worker should look at now.
     pub(crate) kicked: AtomicBool,
+    /// Request metrics and the in-flight count (`ops.rs`).
+    pub(crate) ops: crate::ops::MetaMetrics,
+    /// The configuration in force: `config` plus the keys reloaded since (SIGHUP).
+    tunables: std::sync::RwLock<MetaConfig>,
 }
 
 pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
@@ -58,14 +62,45 @@ impl Service {
             id,
             raft,
             store,
-            config,
             clock,
             live: Mutex::new(live),
             ring: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
             heal: Mutex::new(Default::default()),
             kicked: AtomicBool::new(true),
+            ops: Default::default(),
+            tunables: std::sync::RwLock::new(config.clone()),
+            config,
         }
+    }
+
+    /// The configuration in force (reloadable keys as last reloaded).
+    pub(crate) fn tunables(&self) -> MetaConfig {
+        self.tunables.read().expect("tunables lock").clone()
+    }
+
+    /// The repair settings in force.
+    pub(crate) fn repair_config(&self) -> crate::config::RepairConfig {
+        self.tunables.read().expect("tunables lock").repair.clone()
+    }
+
+    /// `suspect_after` and `dead_after` as the liveness table applies them.
+    pub(crate) fn liveness_timings(&self) -> (std::time::Duration, std::time::Duration) {
+        self.live.lock().expect("liveness lock").timings()
+    }
+
+    /// Applies the reloadable keys of `new` (already validated).
+    pub(crate) fn reload(&self, new: &MetaConfig) -> distfs_ops::Reloaded {
+        let mut t = self.tunables.write().expect("tunables lock");
+        let (changed, needs_restart) = t.apply_reloadable(new);
+        self.live.lock().expect("liveness lock").set_timings(
+            t.suspect_after.0,
+            t.dead_after.0,
+            t.dead_after_disconnect.0,
+        );
+        drop(t);
+        self.kick();
+        distfs_ops::Reloaded { changed, needs_restart }
     }
 
     /// Asks the repair worker to look at the cluster now.
@@ -279,6 +314,15 @@ impl Service {
             MetaRequest::NodeRemove { node } => self.remove_node(node).await,
             MetaRequest::NodeMaintenance { node, on, window_ms } => self.maintenance(node, on, window_ms).await,
             MetaRequest::Fsck { repair } => self.fsck(repair).await.map(MetaResponse::Fsck),
+            MetaRequest::Deregister { node } => {
+                // Liveness is the leader's: a follower answers NotLeader and the node retries there.
+                self.read_barrier().await?;
+                let now = self.clock.now();
+                self.live().disconnected(node, now);
+                self.kick();
+                tracing::info!(node = %node, "storage node deregistered (clean shutdown); suspect now");
+                Ok(MetaResponse::Done)
+            }
             req @ (MetaRequest::OpenFile { .. }
             | MetaRequest::ReleaseFile { .. }
             | MetaRequest::RenewSession { .. }
@@ -331,7 +375,7 @@ impl Service {
         })
     }
 
-    fn status(&self) -> FsResult<ClusterStatus> {
+    pub(crate) fn status(&self) -> FsResult<ClusterStatus> {
         let r = self.store.read()?;
         let fmt = r.format_or_unavailable()?;
         let stats = r.stats(fmt.replication)?;
@@ -532,7 +576,8 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         R::BlockReport { node, .. }
         | R::NodeDrain { node, .. }
         | R::NodeRemove { node }
-        | R::NodeMaintenance { node, .. } => tracing::debug_span!("meta", op = op_name(req), node_id = %node),
+        | R::NodeMaintenance { node, .. }
+        | R::Deregister { node } => tracing::debug_span!("meta", op = op_name(req), node_id = %node),
     }
 }
 
@@ -579,6 +624,7 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::RemoveXattr { .. } => "removexattr",
         R::SetLock { .. } => "setlk",
         R::GetLock { .. } => "getlk",
+        R::Deregister { .. } => "deregister",
     }
 }
 
@@ -592,7 +638,16 @@ impl Handler for MetaHandler {
                 let m: MetaRequest =
                     distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
                 let span = describe(&m);
+                let op = op_name(&m);
+                let _in_flight = self.0.ops.begin();
+                let started = std::time::Instant::now();
                 let resp = self.0.handle_meta(m, Some(req.peer)).instrument(span.clone()).await;
+                self.0.ops.ops.record(op, started.elapsed(), resp.is_ok());
+                match (op, &resp) {
+                    ("heartbeat", Ok(_)) => self.0.ops.heartbeats.inc(),
+                    ("register", Ok(_)) => self.0.ops.registrations.inc(),
+                    _ => {}
+                }
                 if let Err(e) = &resp {
                     span.in_scope(|| tracing::debug!(error = %e, "request failed"));
                 }
@@ -601,9 +656,11 @@ impl Handler for MetaHandler {
             Kind::Raft => {
                 let rpc: RaftRpc =
                     distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
+                let started = std::time::Instant::now();
                 let reply = handle_raft_rpc(&self.0.raft, rpc)
                     .instrument(tracing::trace_span!("raft_rpc", peer = %req.peer))
                     .await;
+                self.0.ops.ops.record("raft", started.elapsed(), true);
                 Ok(Reply::new(&reply))
             }
             Kind::Storage => Err(FsError::Protocol { reason: "storage request sent to a metadata server".into() }),

@@ -413,6 +413,11 @@ pub enum MetaRequest {
         ino: InodeId,
         name: String,
     },
+    /// A storage node is shutting down cleanly (it has finished its requests in flight
+    /// and flushed): it gets no new writes from now on. Answered `Done`.
+    Deregister {
+        node: NodeId,
+    },
 }
 
 /// How long a client session's lease lasts without renewal: after it, the files the

@@ -62,6 +62,11 @@ pub struct StorageConfig {
     /// How often the full block list is sent to the metadata service (also sent at
     /// every registration).
     pub block_report_interval: HumanDuration,
+    /// HTTP endpoints (`/metrics`, `/health`, `/ready`); unset: the `listen` host with
+    /// the port + 80 (port 0 stays 0); empty: off.
+    pub http_addr: Option<String>,
+    /// Log filter in `RUST_LOG` syntax; unset: `RUST_LOG` or `info`. Reloadable.
+    pub log_level: Option<String>,
 }
 
 impl Default for StorageConfig {
@@ -84,6 +89,8 @@ impl Default for StorageConfig {
             scrub_bandwidth: ByteSize(32 << 20),
             scrub_interval: HumanDuration::from_secs(24 * 3600),
             block_report_interval: HumanDuration::from_secs(3600),
+            http_addr: None,
+            log_level: None,
         }
     }
 }
@@ -163,7 +170,57 @@ impl StorageConfig {
         if self.block_report_interval.0 < std::time::Duration::from_secs(1) {
             return bad("block_report_interval", format!("{} is shorter than 1s", self.block_report_interval));
         }
+        if let Some(a) = self.http_addr.as_deref().filter(|a| !a.is_empty()) {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return bad("http_addr", format!("`{a}` is not IP:PORT (or \"\" for no HTTP endpoint)"));
+            }
+        }
+        if let Some(l) = &self.log_level {
+            if let Err(e) = distfs_ops::logging::parse_filter(l) {
+                return bad("log_level", e.to_string());
+            }
+        }
         Ok(())
+    }
+
+    /// Takes the keys that can change while running (SIGHUP) from `new`; returns the
+    /// names of those that changed, and of the other keys that differ (they take effect
+    /// only after a restart).
+    pub fn apply_reloadable(&mut self, new: &StorageConfig) -> (Vec<&'static str>, Vec<&'static str>) {
+        let mut changed = Vec::new();
+        macro_rules! take {
+            ($f:ident) => {
+                if self.$f != new.$f {
+                    self.$f = new.$f.clone();
+                    changed.push(stringify!($f));
+                }
+            };
+        }
+        take!(log_level);
+        take!(heartbeat_interval);
+        take!(scrub_bandwidth);
+        let mut fixed = Vec::new();
+        macro_rules! fixed {
+            ($f:ident) => {
+                if self.$f != new.$f {
+                    fixed.push(stringify!($f));
+                }
+            };
+        }
+        fixed!(listen);
+        fixed!(advertise);
+        fixed!(data_dir);
+        fixed!(meta);
+        fixed!(zone);
+        fixed!(capacity);
+        fixed!(reserve);
+        fixed!(sync);
+        fixed!(max_concurrent_writes);
+        fixed!(max_concurrent_copies);
+        fixed!(scrub_interval);
+        fixed!(block_report_interval);
+        fixed!(http_addr);
+        (changed, fixed)
     }
 }
 
@@ -211,5 +268,20 @@ mod tests {
         assert!(e.to_string().contains("max_concurrent_writes"), "{e}");
         let e = StorageConfig::from_toml_str("heartbeat_interval = \"1ms\"").unwrap_err();
         assert!(e.to_string().contains("heartbeat_interval"), "{e}");
+        let e = StorageConfig::from_toml_str("http_addr = \"localhost\"").unwrap_err();
+        assert!(e.to_string().contains("http_addr"), "{e}");
+        let e = StorageConfig::from_toml_str("log_level = \"warn,x=chatty\"").unwrap_err();
+        assert!(e.to_string().contains("log_level"), "{e}");
+    }
+
+    #[test]
+    fn reload_takes_only_reloadable_keys() {
+        let mut run = StorageConfig::default();
+        let new = StorageConfig::from_toml_str("heartbeat_interval = \"250ms\"\nzone = \"b\"").expect("parses");
+        let (changed, fixed) = run.apply_reloadable(&new);
+        assert_eq!(changed, ["heartbeat_interval"]);
+        assert_eq!(fixed, ["zone"]);
+        assert_eq!(run.heartbeat_interval, HumanDuration::from_millis(250));
+        assert_eq!(run.zone, "default");
     }
 }

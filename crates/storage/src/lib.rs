@@ -8,6 +8,7 @@ pub mod disk;
 pub mod error;
 mod meta_link;
 mod node_id;
+mod ops;
 mod scrub;
 pub mod server;
 pub mod store;

@@ -78,9 +78,18 @@ impl MetaLink {
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
         loop {
+            let interval = self.shared.tunables().heartbeat_interval.0;
+            if interval != self.interval {
+                info!(from = ?self.interval, to = ?interval, "heartbeat interval changed");
+                self.interval = interval;
+            }
+            let shared = self.shared.clone();
+            let ops = &shared.ops;
             let wait = match node {
                 None => match self.register().await {
                     Ok(id) => {
+                        ops.registrations.inc();
+                        ops.meta_connected(true);
                         node = Some(id);
                         self.next_report = Some(tokio::time::Instant::now());
                         failures = 0;
@@ -88,6 +97,7 @@ impl MetaLink {
                         Duration::ZERO
                     }
                     Err(e) => {
+                        ops.meta_connected(false);
                         failures += 1;
                         if failures % 10 == 1 {
                             warn!(error = %e, attempts = failures, meta = ?self.meta.leader_addr(),
@@ -100,6 +110,8 @@ impl MetaLink {
                 },
                 Some(id) => match self.heartbeat(id, &to_ack).await {
                     Ok(delete) => {
+                        ops.heartbeats_sent.inc();
+                        ops.meta_connected(true);
                         if failures > 0 {
                             info!(node = %id, "heartbeats reach the metadata service again");
                         }
@@ -120,11 +132,15 @@ impl MetaLink {
                         self.interval
                     }
                     Err(RpcError::Remote(e)) if e.retry() == Retry::Never => {
+                        ops.heartbeat_failures.inc();
+                        ops.meta_connected(false);
                         warn!(node = %id, error = %e, "metadata service refused the heartbeat; registering again");
                         node = None;
                         Duration::ZERO
                     }
                     Err(e) => {
+                        ops.heartbeat_failures.inc();
+                        ops.meta_connected(false);
                         failures += 1;
                         if failures % 10 == 1 {
                             warn!(node = %id, error = %e, missed = failures, "heartbeat failed");
@@ -136,6 +152,16 @@ impl MetaLink {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // The node is stopping (requests drained, so nothing more is acknowledged): tell
+        // the metadata service, so it places no new writes here.
+        if let Some(id) = node {
+            let req = MetaRequest::Deregister { node: id };
+            match tokio::time::timeout(Duration::from_secs(2), self.meta.call(&req)).await {
+                Ok(Ok(_)) => info!(node = %id, "deregistered from the metadata service"),
+                Ok(Err(e)) => warn!(node = %id, error = %e, "cannot deregister; the metadata service will notice"),
+                Err(_) => warn!(node = %id, "deregistration timed out; the metadata service will notice"),
             }
         }
     }

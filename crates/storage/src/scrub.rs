@@ -15,8 +15,6 @@ use tracing::{debug, info, warn};
 pub(crate) struct Scrubber {
     shared: Arc<Shared>,
     meta: MetaClient,
-    /// Bytes per second.
-    rate: u64,
     interval: Duration,
 }
 
@@ -24,7 +22,7 @@ impl Scrubber {
     pub fn new(config: &StorageConfig, shared: Arc<Shared>) -> Scrubber {
         let rpc = RpcClient::new(RpcConfig { connect_timeout: Duration::from_secs(1), ..RpcConfig::default() });
         let meta = MetaClient::new(rpc, config.meta.clone()).with_deadline(Duration::from_secs(30));
-        Scrubber { shared, meta, rate: config.scrub_bandwidth.0.max(1), interval: config.scrub_interval.0 }
+        Scrubber { shared, meta, interval: config.scrub_interval.0 }
     }
 
     pub async fn run(self, cancel: CancellationToken) {
@@ -64,8 +62,17 @@ impl Scrubber {
                 }
             };
             bytes += read;
-            // Pace: this block's bytes at `rate`, minus the time the read took.
-            let budget = Duration::from_secs_f64(read as f64 / self.rate as f64);
+            // Pace: this block's bytes at the rate in force (reloadable; 0 pauses),
+            // minus the time the read took.
+            let mut rate = self.shared.tunables().scrub_bandwidth.0;
+            while rate == 0 {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                rate = self.shared.tunables().scrub_bandwidth.0;
+            }
+            let budget = Duration::from_secs_f64(read as f64 / rate as f64);
             if let Some(wait) = budget.checked_sub(t.elapsed()) {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),

@@ -41,9 +41,18 @@ pub(crate) struct Shared {
     copy_gate: CopyGate,
     /// Connections to peer storage nodes (sources of repair copies).
     peers: RpcClient,
+    /// Metrics and the metadata-link state (`ops.rs`).
+    pub ops: crate::ops::StorageMetrics,
+    /// The configuration in force: the start-up one plus keys reloaded since (SIGHUP).
+    tunables: std::sync::RwLock<StorageConfig>,
 }
 
 impl Shared {
+    /// The configuration in force.
+    pub fn tunables(&self) -> StorageConfig {
+        self.tunables.read().expect("tunables lock").clone()
+    }
+
     pub fn wire_id(&self) -> NodeId {
         NodeId(self.known_id.load(Ordering::Relaxed))
     }
@@ -55,8 +64,17 @@ pub struct StorageNode {
     advertise: String,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    /// Cancels only the serving loop: a shutdown stops accepting first.
+    serve_cancel: CancellationToken,
     tasks: TaskTracker,
+    data_dir: std::path::PathBuf,
+    http: Option<SocketAddr>,
+    http_stop: CancellationToken,
+    http_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// How long a shutdown waits for requests in flight.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl StorageNode {
     /// Validates `config`, opens and scans the store, binds the listener and starts serving,
@@ -100,6 +118,14 @@ impl StorageNode {
             }
             None => local_addr.to_string(),
         };
+        let http_listener = match distfs_ops::http::http_listen(config.http_addr.as_deref(), &config.listen) {
+            None => None,
+            Some(a) => Some(
+                distfs_ops::http::bind(&a)
+                    .await
+                    .map_err(|e| StorageError::Config { key: "http_addr", reason: e.to_string() })?,
+            ),
+        };
 
         let (registered, _) = watch::channel(None);
         let shared = Arc::new(Shared {
@@ -120,12 +146,15 @@ impl StorageNode {
                 request_timeout: std::time::Duration::from_secs(20),
                 ..RpcConfig::default()
             }),
+            ops: Default::default(),
+            tunables: std::sync::RwLock::new(config.clone()),
         });
         let cancel = shutdown.child_token();
+        let serve_cancel = cancel.child_token();
         let tasks = TaskTracker::new();
 
         let handler = Arc::new(Service { shared: shared.clone() });
-        spawn_named(&tasks, "serve", distfs_proto::serve(listener, handler, Limits::default(), cancel.clone()));
+        spawn_named(&tasks, "serve", distfs_proto::serve(listener, handler, Limits::default(), serve_cancel.clone()));
         if config.sync == SyncPolicy::Batch {
             let (s, c) = (store.clone(), cancel.clone());
             spawn_named(&tasks, "batch-syncer", async move { s.run_syncer(c).await });
@@ -137,10 +166,55 @@ impl StorageNode {
             spawn_named(&tasks, "scrubber", scrub.run(cancel.clone()));
         }
         tasks.close();
+        let http_stop = CancellationToken::new();
+        let (http, http_task) = match http_listener {
+            None => (None, None),
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                let probe = Arc::new(crate::ops::StorageProbe(shared.clone()));
+                let task = tokio::spawn(
+                    distfs_ops::http::serve(l, probe, http_stop.clone()).instrument(info_span!("task", name = "http")),
+                );
+                (addr, Some(task))
+            }
+        };
 
-        info!(addr = %local_addr, advertise = %advertise, zone = %config.zone,
+        info!(addr = %local_addr, advertise = %advertise, zone = %config.zone, http = ?http,
             sync = ?config.sync, node = ?previous, "storage node serving");
-        Ok(StorageNode { local_addr, advertise, shared, cancel, tasks })
+        Ok(StorageNode {
+            local_addr,
+            advertise,
+            shared,
+            cancel,
+            serve_cancel,
+            tasks,
+            data_dir: config.data_dir.clone(),
+            http,
+            http_stop,
+            http_task: std::sync::Mutex::new(http_task),
+        })
+    }
+
+    /// The bound address of the HTTP endpoints (`http_addr`), if on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// Applies the reloadable keys of `new` (SIGHUP). An invalid `new` is rejected and
+    /// nothing changes.
+    pub fn reload(&self, new: &StorageConfig) -> Result<distfs_ops::Reloaded, StorageError> {
+        if let Err(e) = new.validate() {
+            self.reload_rejected();
+            return Err(e);
+        }
+        let (changed, needs_restart) = self.shared.tunables.write().expect("tunables lock").apply_reloadable(new);
+        self.shared.ops.reloads.applied.inc();
+        Ok(distfs_ops::Reloaded { changed, needs_restart })
+    }
+
+    /// Counts a reload rejected before it reached the node (the file did not parse).
+    pub fn reload_rejected(&self) {
+        self.shared.ops.reloads.rejected.inc();
     }
 
     /// The address the listener is bound to.
@@ -181,11 +255,54 @@ impl StorageNode {
         self.tasks.wait().await;
     }
 
-    /// Stops the node and waits for its tasks to finish.
+    /// Stops the node gracefully: not ready, stop accepting connections and requests,
+    /// let requests in flight finish (at most `DRAIN_LIMIT`), flush the file system
+    /// (syncfs), stop the background tasks (the heartbeat link deregisters, so the
+    /// metadata leader marks the node suspect at once and places no new writes on it),
+    /// stop the HTTP endpoints.
     pub async fn shutdown(&self) {
+        self.shared.ops.shutting_down.store(true, Ordering::Release);
+        self.serve_cancel.cancel();
+        let start = std::time::Instant::now();
+        while self.shared.in_flight.load(Ordering::Acquire) > 0 && start.elapsed() < DRAIN_LIMIT {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let left = self.shared.in_flight.load(Ordering::Acquire);
+        if left > 0 {
+            warn!(requests = left, "requests still in flight after {DRAIN_LIMIT:?}; stopping anyway");
+        }
+        let dir = self.data_dir.clone();
+        match tokio::task::spawn_blocking(move || syncfs(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "final flush (syncfs) failed"),
+            Err(e) => warn!(error = %e, "final flush task failed"),
+        }
+        // The heartbeat link deregisters as its last act.
         self.cancel.cancel();
         self.tasks.wait().await;
-        info!(addr = %self.local_addr, "storage node stopped");
+        self.http_stop.cancel();
+        let task = self.http_task.lock().expect("http task lock").take();
+        if let Some(t) = task {
+            // A client that keeps a request open does not hold the shutdown up.
+            let abort = t.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(2), t).await.is_err() {
+                abort.abort();
+            }
+        }
+        info!(addr = %self.local_addr, drained_in_ms = start.elapsed().as_millis() as u64, "storage node stopped");
+    }
+}
+
+/// Makes everything written to the file system holding `dir` durable (even with
+/// `sync = "none"`, a clean stop loses nothing acknowledged).
+fn syncfs(dir: &std::path::Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: syncfs(2) on a descriptor we own for the duration of the call.
+    let r = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -218,8 +335,11 @@ impl Handler for Service {
             Kind::Meta => return Err(StorageError::WrongService { kind: "metadata" }.to_fs(node)),
             Kind::Raft => return Err(StorageError::WrongService { kind: "raft" }.to_fs(node)),
         };
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         let _load = InFlight(&self.shared.in_flight);
+        let started = std::time::Instant::now();
+        let ops = &self.shared.ops;
+        ops.bytes_in.add(req.body.len() as u64);
         let (op, block) = match &request {
             StorageRequest::PutBlock { block, .. } => ("put", Some(*block)),
             StorageRequest::GetBlock { block, .. } => ("get", Some(*block)),
@@ -229,7 +349,7 @@ impl Handler for Service {
             StorageRequest::FetchForCopy { block } => ("fetch_for_copy", Some(*block)),
         };
         let span = info_span!("storage", %node, op, block = %block.map(|b| b.to_string()).unwrap_or_default(), peer = %req.peer);
-        async {
+        let result = async {
             self.serve(request, req.body).await.map_err(|e| {
                 match &e {
                     StorageError::NotFound { .. } => debug!(error = %e, "request failed"),
@@ -241,7 +361,12 @@ impl Handler for Service {
             })
         }
         .instrument(span)
-        .await
+        .await;
+        ops.ops.record(op, started.elapsed(), result.is_ok());
+        if let Ok(r) = &result {
+            ops.bytes_out.add(r.body.len() as u64);
+        }
+        result
     }
 }
 
@@ -252,7 +377,9 @@ impl Service {
             StorageRequest::PutBlock { block, crcs } => {
                 let _client = self.shared.copy_gate.client();
                 let _slot = self.write_slot().await?;
+                let len = body.len() as u64;
                 let outcome = store.put(block, crcs, body).await?;
+                self.shared.ops.bytes_written.add(len);
                 debug!(?outcome, "block stored");
                 Ok(Reply::new(&StorageResponse::Stored))
             }
@@ -289,8 +416,10 @@ impl Service {
             let req = StorageRequest::FetchForCopy { block };
             match self.shared.peers.storage(&src.addr, &req, bytes::Bytes::new(), None).await {
                 Ok((StorageResponse::Block { offset: 0, crcs }, body)) => {
+                    let len = body.len() as u64;
                     match self.shared.store.put(block, crcs, body).await {
                         Ok(outcome) => {
+                            self.shared.ops.bytes_written.add(len);
                             debug!(source = %src.id, ?outcome, "block copied from a peer");
                             return Ok(());
                         }
@@ -347,7 +476,7 @@ struct InFlight<'a>(&'a AtomicU32);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

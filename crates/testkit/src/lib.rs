@@ -60,6 +60,10 @@ pub struct ProcessCluster {
     pub opts: ClusterOpts,
     dir: tempfile::TempDir,
     meta_addrs: Vec<String>,
+    /// HTTP endpoint (`/metrics`, `/ready`, dashboard) of each metadata server.
+    meta_http: Vec<String>,
+    /// HTTP endpoint of each storage node slot.
+    storage_http: Vec<String>,
     metas: Vec<Option<Child>>,
     storage: Vec<Option<Child>>,
 }
@@ -96,7 +100,17 @@ impl ProcessCluster {
         let meta_addrs: Vec<String> =
             (0..opts.meta_servers.max(1)).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let metas = meta_addrs.iter().map(|_| None).collect();
-        let mut c = ProcessCluster { bins, opts, dir, meta_addrs, metas, storage: Vec::new() };
+        let meta_http = meta_addrs.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let mut c = ProcessCluster {
+            bins,
+            opts,
+            dir,
+            meta_addrs,
+            meta_http,
+            storage_http: Vec::new(),
+            metas,
+            storage: Vec::new(),
+        };
         c.write_configs();
         for i in 0..c.metas.len() {
             c.start_meta_server(i);
@@ -127,19 +141,73 @@ impl ProcessCluster {
         &self.meta_addrs
     }
 
+    /// The HTTP endpoint (`host:port`) of metadata server `i`.
+    pub fn meta_http(&self, i: usize) -> &str {
+        &self.meta_http[i]
+    }
+
+    /// The HTTP endpoint (`host:port`) of storage node `i`.
+    pub fn storage_http(&self, i: usize) -> &str {
+        &self.storage_http[i]
+    }
+
+    /// The config file of metadata server `i` (rewrite it, then `signal_meta(i, SIGHUP)`).
+    pub fn meta_config_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("meta-{i}.toml"))
+    }
+
+    /// The config file of storage node `i`.
+    pub fn storage_config_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("storage-{i}.toml"))
+    }
+
+    /// The log (stdout and stderr) of a process: `meta-0`, `storage-2`, ...
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Sends `sig` to metadata server `i` (if running).
+    pub fn signal_meta(&self, i: usize, sig: i32) {
+        if let Some(c) = &self.metas[i] {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Sends `sig` to storage node `i` (if running).
+    pub fn signal_storage(&self, i: usize, sig: i32) {
+        if let Some(c) = &self.storage[i] {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// SIGTERM to storage node `i`, then waits (bounded) for it to exit; its status.
+    pub async fn terminate_storage(&mut self, i: usize, timeout: Duration) -> std::process::ExitStatus {
+        let c = self.storage[i].take().expect("storage node running");
+        terminate(c, timeout).await
+    }
+
+    /// SIGTERM to metadata server `i`, then waits (bounded) for it to exit; its status.
+    pub async fn terminate_meta(&mut self, i: usize, timeout: Duration) -> std::process::ExitStatus {
+        let c = self.metas[i].take().expect("metadata server running");
+        terminate(c, timeout).await
+    }
+
     pub fn storage_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("storage-{i}"))
     }
 
-    fn write_configs(&self) {
+    fn write_configs(&mut self) {
         let o = &self.opts;
         let members: Vec<String> =
             self.meta_addrs.iter().enumerate().map(|(i, a)| format!("\"{}@{a}\"", i + 1)).collect();
         for (i, addr) in self.meta_addrs.iter().enumerate() {
             let initial = if self.meta_addrs.len() > 1 { members.join(", ") } else { String::new() };
             let meta = format!(
-                "id = {}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\ninitial_members = [{initial}]\n{}\n",
+                "id = {}\nlisten = \"{addr}\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\ninitial_members = [{initial}]\n{}\n",
                 i + 1,
+                self.meta_http[i],
                 self.dir.path().join(format!("meta-{i}")).display(),
                 o.replication,
                 o.suspect_after,
@@ -148,16 +216,20 @@ impl ProcessCluster {
             );
             std::fs::write(self.dir.path().join(format!("meta-{i}.toml")), meta).expect("write meta config");
         }
-        for i in 0..o.storage_nodes {
+        for i in 0..self.opts.storage_nodes {
             self.write_storage_config(i);
         }
     }
 
-    fn write_storage_config(&self, i: usize) {
+    fn write_storage_config(&mut self, i: usize) {
+        if self.storage_http.len() <= i {
+            self.storage_http.push(format!("127.0.0.1:{}", free_port()));
+        }
         let o = &self.opts;
         let meta_list: Vec<String> = self.meta_addrs.iter().map(|a| format!("\"{a}\"")).collect();
         let s = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n{}\n",
+            "listen = \"127.0.0.1:0\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n{}\n",
+            self.storage_http[i],
             self.storage_dir(i).display(),
             meta_list.join(", "),
             o.sync,
@@ -362,6 +434,24 @@ impl ProcessCluster {
                 }
             }
         }
+    }
+}
+
+/// SIGTERM, then polls for the exit; SIGKILL and panic after `timeout`.
+async fn terminate(mut c: Child, timeout: Duration) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = c.try_wait() {
+            return status;
+        }
+        if start.elapsed() > timeout {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("process did not exit within {timeout:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

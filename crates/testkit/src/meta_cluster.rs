@@ -43,6 +43,8 @@ impl MetaCluster {
                 data_dir: dir.path().join(format!("meta-{}", i + 1)),
                 initial_members: if n == 1 { Vec::new() } else { members.clone() },
                 raft: test_raft(),
+                // In-process servers on free ports: no HTTP endpoint (port + 80 might be taken).
+                http_addr: Some(String::new()),
                 ..MetaConfig::default()
             };
             tweak(&mut c);
@@ -112,6 +114,7 @@ impl MetaCluster {
             data_dir: self.dir.path().join(format!("meta-{}", i + 1)),
             join: true,
             raft: self.configs[0].raft.clone(),
+            http_addr: Some(String::new()),
             ..MetaConfig::default()
         };
         self.configs.push(c);

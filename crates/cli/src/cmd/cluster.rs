@@ -27,6 +27,37 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&s);
     }
+    print_status(&s);
+    Ok(())
+}
+
+/// `cluster status` every `interval`, on a cleared screen, with the write throughput
+/// (logical bytes committed per second) since the previous refresh.
+pub async fn top(client: &Client, interval: std::time::Duration) -> anyhow::Result<()> {
+    anyhow::ensure!(interval >= std::time::Duration::from_millis(100), "--interval must be at least 100ms");
+    let mut prev: Option<(std::time::Instant, u64)> = None;
+    loop {
+        let answer = client.cluster_status().await;
+        let now = std::time::Instant::now();
+        print!("\x1b[2J\x1b[H");
+        match answer {
+            Ok(s) => {
+                let rate = prev.map(|(t, b)| s.logical_bytes.saturating_sub(b) as f64 / (now - t).as_secs_f64());
+                println!(
+                    "distfs top: every {}, write throughput {}",
+                    humantime::format_duration(interval),
+                    rate.map(|r| format!("{}/s", human_bytes(r as u64))).unwrap_or_else(|| "-".into())
+                );
+                prev = Some((now, s.logical_bytes));
+                print_status(&s);
+            }
+            Err(e) => println!("distfs top: cannot get the cluster status: {e}"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn print_status(s: &distfs_proto::ClusterStatus) {
     println!(
         "metadata: leader {}, term {}, applied index {}",
         s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
@@ -93,5 +124,4 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
             s.bad_replicas.iter().map(|b| vec![b.block.to_string(), b.node.to_string(), b.reason.clone()]).collect();
         print_table(Some(&["BLOCK", "NODE", "REASON"]), &rows);
     }
-    Ok(())
 }

@@ -139,6 +139,12 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// `cluster status` refreshed every interval, with write throughput (Ctrl-C ends it).
+    Top {
+        /// Refresh period, e.g. 1s or 500ms.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,6 +210,11 @@ pub enum LocalCommand {
         /// Storage sync policy: always, batch or none.
         #[arg(long, default_value = "always")]
         sync: String,
+        /// First HTTP port (/metrics, /health, /ready; the dashboard on the metadata
+        /// server): metadata server i gets PORT+i, storage node i PORT+100+i, on the
+        /// --listen IP. Default: the --listen port + 80 (7480). 0 turns HTTP off.
+        #[arg(long)]
+        http_port: Option<u16>,
     },
 }
 
@@ -225,12 +236,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Df { json } => cluster::df(&client(), json).await,
         Command::Cluster { command: ClusterCommand::Status { json } } => cluster::status(&client(), json).await,
+        Command::Cluster { command: ClusterCommand::Top { interval } } => cluster::top(&client(), interval).await,
         Command::Meta { command: MetaCommand::Status { json } } => meta::status(&client(), json).await,
         Command::Meta { command: MetaCommand::Add { ref addr } } => meta::add(&client(), addr).await,
         Command::Meta { command: MetaCommand::Remove { id } } => meta::remove(&client(), id).await,
         Command::Node { ref command } => heal::node(&client(), command).await,
         Command::Fsck { repair, json } => heal::fsck(&client(), repair, json).await,
-        Command::Local { command: LocalCommand::Up { ref dir, ref listen, storage, replication, ref sync } } => {
+        Command::Local {
+            command: LocalCommand::Up { ref dir, ref listen, storage, replication, ref sync, http_port },
+        } => {
             // `local up --meta N`: a count, not an address (an address, e.g. from
             // DISTFS_META, means the default of one server).
             let meta_servers = match cli.meta.as_slice() {
@@ -244,6 +258,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 meta_servers,
                 replication,
                 sync: sync.clone(),
+                http_port,
             })
             .await
         }

@@ -59,7 +59,7 @@ struct Done {
 
 /// Runs until `cancel` fires.
 pub(crate) async fn run(service: Arc<Service>, cancel: CancellationToken) {
-    let cfg = service.config.repair.clone();
+    let cfg = service.repair_config();
     if !cfg.enabled {
         info!("automatic repair is disabled (repair.enabled = false)");
         cancel.cancelled().await;
@@ -243,7 +243,7 @@ impl Worker {
             }
         }
         let mut queue: VecDeque<CopyTask> = plan.copies.into_iter().collect();
-        let cfg = &self.service.config.repair;
+        let cfg = &self.service.repair_config();
         if queue.is_empty() && plan.trims.is_empty() && plan.under_replicated == 0 && cfg.rebalance && settled(&c) {
             let moves = plan_rebalance(&c, &view.blocks, cfg.rebalance_concurrency * 8);
             if !moves.is_empty() {
@@ -257,7 +257,10 @@ impl Worker {
 
     /// Starts copies while the concurrency and bandwidth budgets allow.
     fn dispatch(&mut self) {
-        let cfg = self.service.config.repair.clone();
+        // Reloadable (SIGHUP): concurrency and bandwidth caps are read every round.
+        let cfg = self.service.repair_config();
+        self.repair_bw.rate = cfg.bandwidth.0 as f64;
+        self.rebalance_bw.rate = cfg.rebalance_bandwidth.0 as f64;
         while let Some(task) = self.queue.front() {
             if self.busy.contains(&task.block) && task.drop.is_empty() {
                 // Another copy of the same block is running; the next scan sees it.
