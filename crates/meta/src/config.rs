@@ -117,7 +117,7 @@ impl Default for MetaConfig {
             dead_after: HumanDuration::from_secs(6),
             initial_members: Vec::new(),
             join: false,
-            dead_after_disconnect: HumanDuration::from_secs(1),
+            dead_after_disconnect: HumanDuration::from_millis(500),
             http_addr: None,
             log_level: None,
             raft: RaftConfig::default(),

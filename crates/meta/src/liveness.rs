@@ -90,6 +90,16 @@ impl Liveness {
         }
     }
 
+    /// The node answered a connection after its old one closed (its process is alive:
+    /// the connection dropped, the node did not die). It is judged by silence again.
+    pub fn still_listening(&mut self, node: NodeId, since: Instant) {
+        if let Some(s) = self.nodes.get_mut(&node) {
+            if s.disconnected.is_some_and(|at| at <= since) {
+                s.disconnected = None;
+            }
+        }
+    }
+
     /// Call with the current Raft term: when it changed (a new leadership), every node
     /// gets a fresh grace period from `now`.
     pub fn observe_term(&mut self, term: u64, now: Instant) {
@@ -169,6 +179,11 @@ mod tests {
         l.disconnected(n, t0 + ms(100));
         assert_eq!(l.state(n, t0 + ms(150)), NodeState::Suspect);
         assert_eq!(l.state(n, t0 + ms(1100)), NodeState::Dead);
+        // A probe that finds the node still listening takes it back to silence rules.
+        l.disconnected(n, t0 + ms(1150));
+        l.still_listening(n, t0 + ms(1150));
+        assert_eq!(l.state(n, t0 + ms(1160)), NodeState::Up);
+        l.disconnected(n, t0 + ms(100));
         // A heartbeat (a quick restart) clears it.
         l.heartbeat(n, t0 + ms(1200), None);
         assert_eq!(l.state(n, t0 + ms(1300)), NodeState::Up);

@@ -30,13 +30,16 @@ pub const MAX_READDIR: u32 = 10_000;
 /// Most symlinks followed while resolving a path.
 const MAX_SYMLINKS: usize = 40;
 
+/// How long the dial of a node whose connection closed may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+
 pub(crate) struct Service {
     pub id: u64,
     pub raft: MetaRaft,
     pub store: StateStore,
     pub config: MetaConfig,
     pub clock: Arc<dyn Clock>,
-    live: Mutex<Liveness>,
+    live: Arc<Mutex<Liveness>>,
     ring: Mutex<Option<(Vec<RingNode>, Arc<Ring>)>>,
     /// Which storage node heartbeats over which connection (to notice a closed one).
     peers: Mutex<HashMap<SocketAddr, NodeId>>,
@@ -63,7 +66,7 @@ impl Service {
             raft,
             store,
             clock,
-            live: Mutex::new(live),
+            live: Arc::new(Mutex::new(live)),
             ring: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
             heal: Mutex::new(Default::default()),
@@ -121,7 +124,31 @@ impl Service {
             let now = self.clock.now();
             self.live.lock().expect("liveness lock").disconnected(node, now);
             self.kick();
+            self.probe_after_disconnect(node, now);
         }
+    }
+
+    /// A closed connection means a crash (the kernel reset it) or just a dropped
+    /// connection. Dial the node's own port once: a node still listening is alive and
+    /// goes back to the silence rules (no repair storm for a transient drop); a refused
+    /// or silent dial leaves it Suspect, Dead after `dead_after_disconnect`.
+    fn probe_after_disconnect(&self, node: NodeId, at: std::time::Instant) {
+        let addr = match self.store.read().and_then(|r| r.node(node)) {
+            Ok(Some(n)) => n.addr,
+            _ => return,
+        };
+        let live = self.live.clone();
+        tokio::spawn(async move {
+            let dial = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await;
+            match dial {
+                Ok(Ok(_)) => {
+                    tracing::info!(node = %node, %addr, "storage node still listening after its connection closed");
+                    live.lock().expect("liveness lock").still_listening(node, at);
+                }
+                Ok(Err(e)) => tracing::info!(node = %node, %addr, error = %e, "storage node does not answer: dead after the grace"),
+                Err(_) => tracing::info!(node = %node, %addr, "storage node probe timed out: dead after the grace"),
+            }
+        });
     }
 
     /// Proposes a command and waits until it is applied.
