@@ -145,7 +145,9 @@ impl Service {
                     tracing::info!(node = %node, %addr, "storage node still listening after its connection closed");
                     live.lock().expect("liveness lock").still_listening(node, at);
                 }
-                Ok(Err(e)) => tracing::info!(node = %node, %addr, error = %e, "storage node does not answer: dead after the grace"),
+                Ok(Err(e)) => {
+                    tracing::info!(node = %node, %addr, error = %e, "storage node does not answer: dead after the grace")
+                }
                 Err(_) => tracing::info!(node = %node, %addr, "storage node probe timed out: dead after the grace"),
             }
         });

@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -25,6 +26,44 @@ const RESCAN_EVERY: Duration = Duration::from_secs(5);
 const COPY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most trims proposed per round.
 const TRIMS_PER_ROUND: usize = 256;
+/// Most finished copies recorded by one Raft entry.
+const RECORDS_PER_ENTRY: usize = 256;
+
+/// A finished copy waiting to be recorded, and who waits for the outcome.
+type Record = ((BlockId, Option<NodeId>, Vec<NodeId>), oneshot::Sender<Result<(), String>>);
+
+/// Records finished copies: whatever finished while the previous entry was being
+/// written goes into the next one (`UpdateReplicasMany`), so a repair of hundreds of
+/// blocks costs a few log writes instead of one per block. Ends with `cancel` or when
+/// the worker drops its sender.
+async fn record_copies(service: Arc<Service>, mut rx: mpsc::Receiver<Record>, cancel: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = rx.recv() => match r { Some(r) => r, None => return },
+        };
+        let mut batch = vec![first];
+        while batch.len() < RECORDS_PER_ENTRY {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let (updates, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let n = updates.len();
+        let cmd = if n == 1 {
+            let (block, add, drop) = updates.into_iter().next().expect("one update");
+            Command::UpdateReplicas { block, add, drop }
+        } else {
+            Command::UpdateReplicasMany { updates }
+        };
+        let result = service.write(cmd).await.map(|_| ()).map_err(|e| format!("recording the new replica: {e}"));
+        debug!(copies = n, ok = result.is_ok(), "copies recorded");
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
 
 /// A token bucket: `rate` bytes per second, bursts up to a quarter second's worth.
 struct Bucket {
@@ -72,9 +111,12 @@ pub(crate) async fn run(service: Arc<Service>, cancel: CancellationToken) {
     });
     let mut tick = tokio::time::interval(cfg.scan_interval.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (record_tx, record_rx) = mpsc::channel(4 * RECORDS_PER_ENTRY);
+    let recorder = tokio::spawn(record_copies(service.clone(), record_rx, cancel.child_token()));
     let mut w = Worker {
         service: service.clone(),
         rpc,
+        record_tx,
         inflight: JoinSet::new(),
         busy: HashSet::new(),
         queue: VecDeque::new(),
@@ -101,11 +143,14 @@ pub(crate) async fn run(service: Arc<Service>, cancel: CancellationToken) {
         w.round().await;
     }
     w.inflight.shutdown().await;
+    drop(w);
+    let _ = recorder.await;
 }
 
 struct Worker {
     service: Arc<Service>,
     rpc: RpcClient,
+    record_tx: mpsc::Sender<Record>,
     inflight: JoinSet<Done>,
     busy: HashSet<BlockId>,
     queue: VecDeque<CopyTask>,
@@ -285,10 +330,10 @@ impl Worker {
                 self.rebalancing += 1;
             }
             let span = tracing::info_span!("repair_copy", block = %task.block, to = %task.to, rebalance);
-            let (service, rpc, addrs) = (self.service.clone(), self.rpc.clone(), self.addrs.clone());
+            let (record, rpc, addrs) = (self.record_tx.clone(), self.rpc.clone(), self.addrs.clone());
             self.inflight.spawn(
                 async move {
-                    let result = copy(&service, &rpc, &addrs, &task).await;
+                    let result = copy(&record, &rpc, &addrs, &task).await;
                     Done { task, result }
                 }
                 .instrument(span),
@@ -299,7 +344,7 @@ impl Worker {
 
 /// Has the target fetch the block from a source, then records the new replica.
 async fn copy(
-    service: &Service,
+    record: &mpsc::Sender<Record>,
     rpc: &RpcClient,
     addrs: &HashMap<NodeId, String>,
     task: &CopyTask,
@@ -316,8 +361,12 @@ async fn copy(
         Ok((other, _)) => return Err(format!("unexpected answer {other:?}")),
         Err(e) => return Err(e.to_string()),
     }
-    let cmd = Command::UpdateReplicas { block: task.block, add: Some(task.to), drop: task.drop.clone() };
-    service.write(cmd).await.map_err(|e| format!("recording the new replica: {e}"))?;
+    let (tx, rx) = oneshot::channel();
+    record
+        .send(((task.block, Some(task.to), task.drop.clone()), tx))
+        .await
+        .map_err(|_| "the repair worker is stopping".to_string())?;
+    rx.await.map_err(|_| "the repair worker is stopping".to_string())??;
     debug!(bytes = task.len, "block copied");
     Ok(())
 }

@@ -215,6 +215,11 @@ pub enum Command {
         add: Option<NodeId>,
         drop: Vec<NodeId>,
     },
+    /// Several `UpdateReplicas` in one entry: the repair worker records the copies that
+    /// finished together with one log write.
+    UpdateReplicasMany {
+        updates: Vec<(distfs_types::BlockId, Option<NodeId>, Vec<NodeId>)>,
+    },
     /// Drain / maintenance decisions of the operator.
     SetNodeAdmin {
         node: NodeId,
@@ -317,6 +322,12 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         Command::RegisterNode { node, addr, zone, capacity } => data::register_node(txn, *node, addr, zone, *capacity),
         Command::GcAck { node, blocks } => data::gc_ack(txn, *node, blocks),
         Command::UpdateReplicas { block, add, drop } => heal::update_replicas(txn, *block, *add, drop),
+        Command::UpdateReplicasMany { updates } => {
+            for (block, add, drop) in updates {
+                heal::update_replicas(txn, *block, *add, drop)?;
+            }
+            Ok(CommandResult::Done)
+        }
         Command::SetNodeAdmin { node, admin } => heal::set_node_admin(txn, *node, *admin),
         Command::RemoveNode { node } => heal::remove_node(txn, *node),
         Command::GcQueue { node, blocks } => heal::gc_queue(txn, *node, blocks),

@@ -499,3 +499,25 @@ fn locks_conflict_between_sessions_and_end_with_release_session_and_inode() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn many_replica_updates_in_one_entry_apply_like_single_ones() {
+    let t = T::new();
+    let f = t.create(ROOT, "f");
+    t.commit(f.ino, 0, 0, &[(7, 1000), (8, 1000)], 2000);
+    let replicas = |t: &T, b: u128| t.s.read().unwrap().block(BlockId(b)).unwrap().unwrap().replicas;
+    t.run(Command::UpdateReplicasMany {
+        updates: vec![
+            (BlockId(7), Some(NodeId(5)), vec![]),
+            (BlockId(8), Some(NodeId(3)), vec![NodeId(1)]),
+            // A block freed while it was copied: the new copy goes to the GC queue.
+            (BlockId(99), Some(NodeId(4)), vec![]),
+        ],
+    })
+    .unwrap();
+    let seven = replicas(&t, 7);
+    assert!(seven.ends_with(&[NodeId(5)]), "{seven:?}");
+    assert!(!replicas(&t, 8).contains(&NodeId(1)) && replicas(&t, 8).contains(&NodeId(3)));
+    assert_eq!(t.gc(1), vec![BlockId(8)], "the dropped copy is queued for deletion");
+    assert_eq!(t.gc(4), vec![BlockId(99)]);
+}
