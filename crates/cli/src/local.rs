@@ -55,6 +55,8 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
             data_dir,
             replication: opts.replication,
             initial_members: initial_members.clone(),
+            // `local up` is a development cluster on loopback: plain TCP, said explicitly.
+            tls: distfs_proto::TlsSettings::off(),
             ..MetaConfig::default()
         };
         let server = MetaServer::start(cfg, shutdown.child_token())
@@ -72,6 +74,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
             meta: addrs.clone(),
             zone: format!("local-{}", i + 1),
             sync,
+            tls: distfs_proto::TlsSettings::off(),
             ..StorageConfig::default()
         };
         let node = StorageNode::start(cfg, shutdown.child_token())

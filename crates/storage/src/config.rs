@@ -53,6 +53,10 @@ pub struct StorageConfig {
     /// How often the full block list is sent to the metadata service (also sent at
     /// every registration).
     pub block_report_interval: HumanDuration,
+    /// TLS of every connection (required: `mode = "on"` or `"off"`).
+    pub tls: distfs_proto::TlsSettings,
+    /// Compression of frame bodies, negotiated per connection.
+    pub compression: distfs_proto::CompressionSettings,
 }
 
 impl Default for StorageConfig {
@@ -72,6 +76,8 @@ impl Default for StorageConfig {
             scrub_bandwidth: ByteSize(32 << 20),
             scrub_interval: HumanDuration::from_secs(24 * 3600),
             block_report_interval: HumanDuration::from_secs(3600),
+            tls: distfs_proto::TlsSettings::default(),
+            compression: distfs_proto::CompressionSettings::default(),
         }
     }
 }
@@ -139,6 +145,9 @@ impl StorageConfig {
         if self.block_report_interval.0 < std::time::Duration::from_secs(1) {
             return bad("block_report_interval", format!("{} is shorter than 1s", self.block_report_interval));
         }
+        if let Err((key, reason)) = self.tls.validate() {
+            return bad(key, reason);
+        }
         Ok(())
     }
 }
@@ -157,14 +166,20 @@ mod tests {
     #[test]
     fn example_parses_and_equals_default() {
         let text = include_str!("../storage.example.toml");
-        let c = StorageConfig::from_toml_str(text).expect("example config parses");
+        // tls.mode has no default, so the example alone does not validate.
+        let e = StorageConfig::from_toml_str(text).unwrap_err();
+        assert!(e.to_string().contains("tls.mode"), "{e}");
+        let c: StorageConfig = toml::from_str(text).expect("example config parses");
         assert_eq!(c, StorageConfig::default());
+        let c = StorageConfig::from_toml_str(&text.replace("# mode = \"off\"", "mode = \"off\""))
+            .expect("with tls.mode = off");
+        assert_eq!(c.tls, distfs_proto::TlsSettings::off());
     }
 
     #[test]
     fn human_values_and_policies() {
         let c = StorageConfig::from_toml_str(
-            "capacity = \"10GiB\"\nreserve = 0\nsync = \"batch\"\nheartbeat_interval = \"250ms\"",
+            "capacity = \"10GiB\"\nreserve = 0\nsync = \"batch\"\nheartbeat_interval = \"250ms\"\n[tls]\nmode = \"off\"",
         )
         .expect("parses");
         assert_eq!(c.capacity, Some(ByteSize(10 << 30)));

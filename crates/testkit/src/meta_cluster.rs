@@ -43,6 +43,7 @@ impl MetaCluster {
                 data_dir: dir.path().join(format!("meta-{}", i + 1)),
                 initial_members: if n == 1 { Vec::new() } else { members.clone() },
                 raft: test_raft(),
+                tls: distfs_proto::TlsSettings::off(),
                 ..MetaConfig::default()
             };
             tweak(&mut c);
@@ -112,6 +113,7 @@ impl MetaCluster {
             data_dir: self.dir.path().join(format!("meta-{}", i + 1)),
             join: true,
             raft: self.configs[0].raft.clone(),
+            tls: distfs_proto::TlsSettings::off(),
             ..MetaConfig::default()
         };
         self.configs.push(c);
