@@ -47,7 +47,9 @@ pub fn init(dir: &Path, name: &str, days: i64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("DistFS cluster CA {name}"));
+    // A random suffix: two clusters' CAs never share a subject, so a certificate of one
+    // is refused by the other as "unknown issuer", not matched to the wrong CA.
+    dn.push(DnType::CommonName, format!("DistFS cluster CA {name} {:08x}", rand::random::<u32>()));
     dn.push(DnType::OrganizationName, "DistFS");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

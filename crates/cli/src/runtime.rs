@@ -91,12 +91,30 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
 /// catch SIGINT/SIGTERM from the start and shut down cleanly; client commands keep the
 /// default, so Ctrl-C stops them at once. A closed stdout (`| head`) ends the program
 /// quietly instead of failing a write.
+///
+/// SIGPIPE stays ignored (Rust's default): a peer that closes its connection while we
+/// write (a TLS close_notify to a client that already left, a refused client) must be
+/// an EPIPE error on that connection, never the death of a server or of the CLI before
+/// it prints why it was refused. A closed stdout is handled where it is written (`cat`)
+/// and, for `println!`, by a panic hook that exits quietly with 141 (128 + SIGPIPE), as a
+/// program killed by SIGPIPE would.
 pub fn block_on_main<F>(program: &str, serves: bool, fut: F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    // SAFETY: setting a signal disposition before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info)
+    }));
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -107,9 +107,20 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<HelloAck, HandshakeError> {
     let f =
         Frame { kind: Kind::Hello as u16, flags: 0, request_id: 0, header: crate::encode(hello), body: Bytes::new() };
-    write_frame(s, &f).await.map_err(HandshakeError::Io)?;
-    s.flush().await.map_err(HandshakeError::Io)?;
-    let reply = match read_frame(s, limits).await {
+    let sent = async {
+        write_frame(s, &f).await?;
+        s.flush().await
+    }
+    .await;
+    let read = read_frame(s, limits).await;
+    // A server that refused us (a TLS alert, an error frame) may have closed before our
+    // Hello arrived: its answer, still readable, says more than our failed write.
+    if let (Err(e), Err(ReadError::Io(_)) | Ok(None)) = (&sent, &read) {
+        if !matches!(&read, Err(ReadError::Io(r)) if r.get_ref().is_some_and(|i| i.is::<rustls::Error>())) {
+            return Err(HandshakeError::Io(std::io::Error::new(e.kind(), e.to_string())));
+        }
+    }
+    let reply = match read {
         Ok(Some(r)) => r,
         Ok(None) => {
             return Err(HandshakeError::Io(std::io::Error::new(

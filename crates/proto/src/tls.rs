@@ -206,7 +206,8 @@ fn explain(e: io::Error, side: Side, host: &str) -> io::Error {
             "the server requires a client certificate and none was configured (--tls-cert/--tls-key or DISTFS_TLS_DIR)"
                 .to_string()
         }
-        (rustls::Error::AlertReceived(AlertDescription::UnknownCA), Side::Client) => {
+        // A CA with the same name as ours but another key shows as a bad signature.
+        (rustls::Error::AlertReceived(AlertDescription::UnknownCA | AlertDescription::DecryptError), Side::Client) => {
             "the server does not trust our certificate: it was not issued by this cluster's CA".to_string()
         }
         (rustls::Error::AlertReceived(AlertDescription::CertificateExpired), Side::Client) => {
@@ -214,15 +215,17 @@ fn explain(e: io::Error, side: Side, host: &str) -> io::Error {
         }
         (rustls::Error::AlertReceived(a), Side::Client) => format!("the server refused the TLS handshake ({a:?})"),
         (rustls::Error::NoCertificatesPresented, Side::Server) => "the client presented no certificate".to_string(),
-        (rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer), Side::Server) => {
-            "the client's certificate was not issued by this cluster's CA".to_string()
-        }
+        (
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature),
+            Side::Server,
+        ) => "the client's certificate was not issued by this cluster's CA".to_string(),
         (rustls::Error::InvalidCertificate(c), Side::Server) if expired(c) => {
             "the client's certificate has expired (or is not valid yet)".to_string()
         }
-        (rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer), Side::Client) => {
-            "the server's certificate was not issued by our cluster CA".to_string()
-        }
+        (
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature),
+            Side::Client,
+        ) => "the server's certificate was not issued by our cluster CA".to_string(),
         (rustls::Error::InvalidCertificate(c), Side::Client) if expired(c) => {
             "the server's certificate has expired (or is not valid yet)".to_string()
         }
