@@ -69,6 +69,8 @@ distfs_up() {
 listen = "127.0.0.1:$META_PORT"
 data_dir = "$ROOT/meta"
 replication = 3
+[tls]
+mode = "off"
 EOC
   "$BIN_DIR/distfs-meta" --config "$ROOT/meta.toml" >"$ROOT/meta.log" 2>&1 &
   PIDS+=("$!")
@@ -79,6 +81,8 @@ data_dir = "$ROOT/storage-$i"
 meta = ["127.0.0.1:$META_PORT"]
 zone = "z$i"
 reserve = "0"
+[tls]
+mode = "off"
 EOC
     start_storage "$i"
   done

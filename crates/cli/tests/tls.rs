@@ -229,12 +229,14 @@ async fn roles_and_permissions_are_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compressed_and_uncompressed_peers_interoperate() {
-    // The metadata server accepts no compression, storage nodes accept lz4 and zstd and
+    // The metadata servers accept no compression, storage nodes accept lz4 and zstd and
     // ask for zstd on the connections they open (heartbeats, copies between nodes).
     let opts = ClusterOpts {
         meta_extra: "[compression]\naccept = []\n".into(),
         storage_extra: "[compression]\nsend = \"zstd\"\naccept = [\"lz4\", \"zstd\"]\n".into(),
         storage_nodes: 3,
+        // Three metadata servers: Raft between them runs over TLS too.
+        meta_servers: 3,
         ..tls_opts()
     };
     let mut c = ProcessCluster::start(bins(), opts).await;

@@ -154,8 +154,10 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     accept: &[Compression],
     limits: &Limits,
 ) -> Result<(Hello, Negotiated), FsError> {
+    // Before the handshake nothing is trusted: the Hello is small and has no body.
+    let hello_limits = Limits { max_header: limits.max_header.min(64 << 10), max_body: 0 };
     let result = async {
-        let f = match read_frame(s, limits).await {
+        let f = match read_frame(s, &hello_limits).await {
             Ok(Some(f)) => f,
             Ok(None) => return Err(FsError::Protocol { reason: "closed before the handshake".into() }),
             Err(ReadError::Io(e)) => return Err(FsError::Io { reason: e.to_string() }),
