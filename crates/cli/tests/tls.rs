@@ -163,6 +163,12 @@ async fn roles_and_permissions_are_enforced() {
         }
     }
     assert_eq!(c.block_files(0).len(), 1, "the refused delete removed the block");
+    // Raft messages to a metadata server need a node certificate too.
+    let raft = as_bob
+        .call_raw(c.meta_addr(), distfs_proto::Kind::Raft, Bytes::from_static(b"x"), Bytes::new(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(&raft, RpcError::Remote(FsError::PermissionDenied { what }) if what.contains("Raft")), "{raft:?}");
 
     // Admin commands need an admin certificate.
     for args in [

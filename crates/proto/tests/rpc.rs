@@ -157,3 +157,20 @@ async fn callers_with_any_compression_interoperate() {
         }
     }
 }
+
+/// A caller of an unknown protocol version is told both versions, over real TCP.
+#[tokio::test]
+async fn unknown_protocol_version_gets_a_clear_error() {
+    let (addr, _stop) = start().await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut hello = handshake::Hello::new(PeerKind::Client, Compression::None);
+    hello.min_version = PROTOCOL_VERSION + 1;
+    hello.max_version = PROTOCOL_VERSION + 1;
+    match handshake::client_handshake(&mut s, &hello, &Limits::default()).await {
+        Err(handshake::HandshakeError::Refused(FsError::Protocol { reason })) => assert_eq!(
+            reason,
+            format!("peer speaks protocol v{}, this server speaks v{PROTOCOL_VERSION}", PROTOCOL_VERSION + 1)
+        ),
+        other => panic!("{other:?}"),
+    }
+}
