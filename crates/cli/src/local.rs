@@ -5,6 +5,7 @@
 use anyhow::Context;
 use distfs_client::{Client, ClientConfig};
 use distfs_meta::{MetaConfig, MetaServer};
+use distfs_proto::{ClientTls, ClientTransport, Identity, Role, TlsPaths, TlsSettings};
 use distfs_storage::{StorageConfig, StorageNode, SyncPolicy};
 use distfs_types::NodeState;
 use serde::Deserialize;
@@ -20,6 +21,55 @@ pub struct LocalOptions {
     pub meta_servers: usize,
     pub replication: u32,
     pub sync: String,
+    /// TLS with certificates made in `dir/tls`.
+    pub tls: bool,
+}
+
+/// The `[tls]` settings of server `name` for `local up` (certificates made on first use),
+/// and the client transport for the admin.
+fn local_tls(
+    dir: &std::path::Path,
+    on: bool,
+) -> anyhow::Result<(impl Fn(&str) -> anyhow::Result<TlsSettings>, ClientTransport)> {
+    let ca = dir.join("tls");
+    if on {
+        if !ca.join("ca.pem").exists() {
+            crate::cert::init(&ca, "local", crate::cert::DEFAULT_CA_DAYS)?;
+        }
+        let admin = crate::cert::default_out(&ca, &Identity { role: Role::Admin, ..Identity::node("admin") });
+        if !admin.join("client.pem").exists() {
+            let id = Identity { role: Role::Admin, ..Identity::node("admin") };
+            crate::cert::issue(&ca, &crate::cert::Request::new(id, vec![], crate::cert::DEFAULT_DAYS), &admin)?;
+        }
+    }
+    let settings = {
+        let ca = ca.clone();
+        move |name: &str| -> anyhow::Result<TlsSettings> {
+            if !on {
+                // `local up` is a development cluster on loopback: plain TCP, said explicitly.
+                return Ok(TlsSettings::off());
+            }
+            let id = Identity::node(name);
+            let out = crate::cert::default_out(&ca, &id);
+            if !out.join("node.pem").exists() {
+                let req = crate::cert::Request::new(id, crate::cert::default_hosts(name), crate::cert::DEFAULT_DAYS);
+                crate::cert::issue(&ca, &req, &out)?;
+            }
+            Ok(TlsSettings::on(ca.join("ca.pem"), out.join("node.pem"), out.join("node.key")))
+        }
+    };
+    let transport = if on {
+        let admin = ca.join("clients").join("admin");
+        let paths = TlsPaths {
+            ca: ca.join("ca.pem"),
+            cert: Some(admin.join("client.pem")),
+            key: Some(admin.join("client.key")),
+        };
+        ClientTransport { tls: Some(std::sync::Arc::new(ClientTls::load(&paths)?)), ..ClientTransport::default() }
+    } else {
+        ClientTransport::default()
+    };
+    Ok((settings, transport))
 }
 
 pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
@@ -29,6 +79,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create data directory {}", opts.dir.display()))?;
     let dir = opts.dir.canonicalize()?;
+    let (tls_for, transport) = local_tls(&dir, opts.tls)?;
     let shutdown = CancellationToken::new();
 
     anyhow::ensure!(
@@ -55,8 +106,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
             data_dir,
             replication: opts.replication,
             initial_members: initial_members.clone(),
-            // `local up` is a development cluster on loopback: plain TCP, said explicitly.
-            tls: distfs_proto::TlsSettings::off(),
+            tls: tls_for(&format!("meta-{}", i + 1))?,
             ..MetaConfig::default()
         };
         let server = MetaServer::start(cfg, shutdown.child_token())
@@ -74,7 +124,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
             meta: addrs.clone(),
             zone: format!("local-{}", i + 1),
             sync,
-            tls: distfs_proto::TlsSettings::off(),
+            tls: tls_for(&format!("storage-{}", i + 1))?,
             ..StorageConfig::default()
         };
         let node = StorageNode::start(cfg, shutdown.child_token())
@@ -84,7 +134,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     }
 
     // Ready when every storage node is registered and up.
-    let client = Client::new(ClientConfig { meta: addrs.clone(), ..ClientConfig::default() });
+    let client = Client::new(ClientConfig { meta: addrs.clone(), transport, ..ClientConfig::default() });
     let start = Instant::now();
     loop {
         if let Ok(s) = client.cluster_status().await {
@@ -104,6 +154,14 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     );
     if opts.meta_servers > 1 {
         println!("Clients should know every metadata server: export DISTFS_META={meta_addr}");
+    }
+    if opts.tls {
+        println!(
+            "TLS is on: clients need export DISTFS_TLS_DIR={} (an admin certificate; more with \
+             `distfs cert issue --dir {} --client NAME`).",
+            dir.join("tls").join("clients").join("admin").display(),
+            dir.join("tls").display()
+        );
     }
 
     crate::runtime::shutdown_signal().await;

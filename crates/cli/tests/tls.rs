@@ -287,3 +287,65 @@ async fn compressed_and_uncompressed_peers_interoperate() {
         assert!(out.status.success() && out.stdout == **data, "{remote} after the drain: {}", stderr(&out));
     }
 }
+
+/// `distfs local up --tls` makes its CA and certificates, runs every process with TLS and
+/// serves a client holding the admin certificate it prints; a plain client is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_up_with_tls() {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", distfs_testkit::free_port());
+    let data = tmp.path().join("data");
+    let log = std::fs::File::create(tmp.path().join("up.log")).unwrap();
+    let _up = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_distfs"))
+            .args([
+                "local",
+                "up",
+                "--tls",
+                "--storage",
+                "2",
+                "--replication",
+                "2",
+                "--sync",
+                "none",
+                "--listen",
+                &listen,
+            ])
+            .arg("--dir")
+            .arg(&data)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let admin = data.join("tls").join("clients").join("admin");
+    let cli = |tls: bool, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_distfs"));
+        cmd.env("DISTFS_META", &listen).env_remove("DISTFS_TLS_DIR").args(["--timeout", "3s"]).args(args);
+        if tls {
+            cmd.env("DISTFS_TLS_DIR", &admin);
+        }
+        cmd
+    };
+    distfs_testkit::wait_for("local up --tls ready", Duration::from_secs(30), || async {
+        let out = run(cli(true, &["cluster", "status", "--json"])).await;
+        (out.status.success() && String::from_utf8_lossy(&out.stdout).matches("\"Up\"").count() == 2).then_some(())
+    })
+    .await;
+    let src = tmp.path().join("src.bin");
+    std::fs::write(&src, random_bytes(3 << 20, 5)).unwrap();
+    let out = run(cli(true, &["put", src.to_str().unwrap(), "/f"])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(cli(true, &["cat", "/f"])).await;
+    assert!(out.status.success() && out.stdout == std::fs::read(&src).unwrap(), "{}", stderr(&out));
+    let out = run(cli(false, &["ls", "/"])).await;
+    assert_eq!(out.status.code(), Some(9), "plain client: {}", stderr(&out));
+    assert!(stderr(&out).contains("requires TLS"), "{}", stderr(&out));
+}

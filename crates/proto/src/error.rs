@@ -76,9 +76,14 @@ impl RpcError {
                 FsError::Unavailable { reason: self.to_string() }
             }
             RpcError::Protocol { .. } | RpcError::Unexpected { .. } => FsError::Protocol { reason: self.to_string() },
-            RpcError::Refused { ref error, .. } => match error {
-                FsError::PermissionDenied { .. } => FsError::PermissionDenied { what: self.to_string() },
-                _ => FsError::Protocol { reason: self.to_string() },
+            RpcError::Refused { addr, error } => match error {
+                FsError::PermissionDenied { what } => {
+                    FsError::PermissionDenied { what: format!("{addr} refused the connection: {what}") }
+                }
+                FsError::Protocol { reason } => {
+                    FsError::Protocol { reason: format!("{addr} refused the connection: {reason}") }
+                }
+                other => other,
             },
         }
     }

@@ -276,6 +276,11 @@ pub enum LocalCommand {
         /// Storage sync policy: always, batch or none.
         #[arg(long, default_value = "always")]
         sync: String,
+        /// TLS between every process: a CA and certificates are made in DIR/tls on the
+        /// first start (an admin client's in DIR/tls/clients/admin, for
+        /// DISTFS_TLS_DIR). Without it the cluster runs plain TCP.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -333,7 +338,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Meta { command: MetaCommand::Remove { id } } => meta::remove(&client(), id).await,
         Command::Node { ref command } => heal::node(&client(), command).await,
         Command::Fsck { repair, json } => heal::fsck(&client(), repair, json).await,
-        Command::Local { command: LocalCommand::Up { ref dir, ref listen, storage, replication, ref sync } } => {
+        Command::Local { command: LocalCommand::Up { ref dir, ref listen, storage, replication, ref sync, tls } } => {
             // `local up --meta N`: a count, not an address (an address, e.g. from
             // DISTFS_META, means the default of one server).
             let meta_servers = match cli.meta.as_slice() {
@@ -347,6 +352,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 meta_servers,
                 replication,
                 sync: sync.clone(),
+                tls,
             })
             .await
         }
