@@ -170,6 +170,18 @@ impl Service {
                 }
                 Ok(())
             }
+            // Opening an existing file with O_CREAT (not O_EXCL) needs write on the file,
+            // not on the directory.
+            M::Create { parent, name, exclusive: false, .. } if r.dentry(*parent, name)?.is_some() => {
+                require(&attr(*parent)?, who, X, "look up names in this directory")?;
+                let d = r.dentry(*parent, name)?.ok_or_else(|| FsError::not_found(name.clone()))?;
+                let a = attr(d.ino)?;
+                if a.kind == FileKind::File {
+                    require(&a, who, W, "open this file for writing")
+                } else {
+                    Ok(())
+                }
+            }
             M::Mkdir { parent, .. } | M::Create { parent, .. } | M::Symlink { parent, .. } => {
                 require(&attr(*parent)?, who, W | X, "create entries in this directory")
             }
