@@ -115,8 +115,13 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let read = read_frame(s, limits).await;
     // A server that refused us (a TLS alert, an error frame) may have closed before our
     // Hello arrived: its answer, still readable, says more than our failed write.
-    if let (Err(e), Err(ReadError::Io(_)) | Ok(None)) = (&sent, &read) {
-        if !matches!(&read, Err(ReadError::Io(r)) if r.get_ref().is_some_and(|i| i.is::<rustls::Error>())) {
+    if let Err(e) = &sent {
+        let answer_says_more = match &read {
+            Ok(Some(_)) | Err(ReadError::Proto(_)) => true,
+            Err(ReadError::Io(r)) => r.get_ref().is_some_and(|i| i.is::<rustls::Error>()),
+            Ok(None) => false,
+        };
+        if !answer_says_more {
             return Err(HandshakeError::Io(std::io::Error::new(e.kind(), e.to_string())));
         }
     }
