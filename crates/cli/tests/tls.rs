@@ -162,7 +162,7 @@ async fn roles_and_permissions_are_enforced() {
             other => panic!("{req:?} from a client: {other:?}"),
         }
     }
-    assert_eq!(c.block_files(0).len(), 1, "the refused delete removed the block");
+    assert_eq!(all_block_files(&c), 1, "the refused delete removed the block");
     // Raft messages to a metadata server need a node certificate too.
     let raft = as_bob
         .call_raw(c.meta_addr(), distfs_proto::Kind::Raft, Bytes::from_static(b"x"), Bytes::new(), None)
