@@ -31,6 +31,8 @@ id = $i
 listen = "${addrs[$((i - 1))]}"
 data_dir = "$work/meta-$i"
 initial_members = [$(IFS=,; echo "${members[*]}")]
+[tls]
+mode = "off"
 TOML
   start_meta "$i"
 done
@@ -42,6 +44,8 @@ data_dir = "$work/storage-$i"
 meta = [$(printf '"%s",' "${addrs[@]}" | sed 's/,$//')]
 sync = "none"
 reserve = "0"
+[tls]
+mode = "off"
 TOML
   "$bin/distfs-storage" --config "$work/storage-$i.toml" >>"$work/storage-$i.log" 2>&1 &
   storage+=($!)

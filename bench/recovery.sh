@@ -70,6 +70,8 @@ listen = "127.0.0.1:$META_PORT"
 data_dir = "$ROOT/meta"
 replication = 3
 ${META_EXTRA:-}
+[tls]
+mode = "off"
 EOC
   "$BIN_DIR/distfs-meta" --config "$ROOT/meta.toml" >"$ROOT/meta.log" 2>&1 &
   PIDS+=("$!")
@@ -81,6 +83,8 @@ meta = ["127.0.0.1:$META_PORT"]
 zone = "z$i"
 reserve = "0"
 ${STORAGE_EXTRA:-}
+[tls]
+mode = "off"
 EOC
     start_storage "$i"
   done

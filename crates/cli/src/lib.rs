@@ -2,6 +2,7 @@
 //! shared plumbing of the three programs (`runtime`: logging, signals, exit codes) and
 //! human/JSON output (`output`).
 
+pub mod cert;
 pub mod cmd;
 pub mod local;
 pub mod output;

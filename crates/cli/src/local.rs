@@ -5,6 +5,7 @@
 use anyhow::Context;
 use distfs_client::{Client, ClientConfig};
 use distfs_meta::{MetaConfig, MetaServer};
+use distfs_proto::{ClientTls, ClientTransport, Identity, Role, TlsPaths, TlsSettings};
 use distfs_storage::{StorageConfig, StorageNode, SyncPolicy};
 use distfs_types::NodeState;
 use serde::Deserialize;
@@ -22,6 +23,55 @@ pub struct LocalOptions {
     pub sync: String,
     /// First HTTP port (see `distfs local up --help`); `None`: listen port + 80; 0: off.
     pub http_port: Option<u16>,
+    /// TLS with certificates made in `dir/tls`.
+    pub tls: bool,
+}
+
+/// The `[tls]` settings of server `name` for `local up` (certificates made on first use),
+/// and the client transport for the admin.
+fn local_tls(
+    dir: &std::path::Path,
+    on: bool,
+) -> anyhow::Result<(impl Fn(&str) -> anyhow::Result<TlsSettings>, ClientTransport)> {
+    let ca = dir.join("tls");
+    if on {
+        if !ca.join("ca.pem").exists() {
+            crate::cert::init(&ca, "local", crate::cert::DEFAULT_CA_DAYS)?;
+        }
+        let admin = crate::cert::default_out(&ca, &Identity { role: Role::Admin, ..Identity::node("admin") });
+        if !admin.join("client.pem").exists() {
+            let id = Identity { role: Role::Admin, ..Identity::node("admin") };
+            crate::cert::issue(&ca, &crate::cert::Request::new(id, vec![], crate::cert::DEFAULT_DAYS), &admin)?;
+        }
+    }
+    let settings = {
+        let ca = ca.clone();
+        move |name: &str| -> anyhow::Result<TlsSettings> {
+            if !on {
+                // `local up` is a development cluster on loopback: plain TCP, said explicitly.
+                return Ok(TlsSettings::off());
+            }
+            let id = Identity::node(name);
+            let out = crate::cert::default_out(&ca, &id);
+            if !out.join("node.pem").exists() {
+                let req = crate::cert::Request::new(id, crate::cert::default_hosts(name), crate::cert::DEFAULT_DAYS);
+                crate::cert::issue(&ca, &req, &out)?;
+            }
+            Ok(TlsSettings::on(ca.join("ca.pem"), out.join("node.pem"), out.join("node.key")))
+        }
+    };
+    let transport = if on {
+        let admin = ca.join("clients").join("admin");
+        let paths = TlsPaths {
+            ca: ca.join("ca.pem"),
+            cert: Some(admin.join("client.pem")),
+            key: Some(admin.join("client.key")),
+        };
+        ClientTransport { tls: Some(std::sync::Arc::new(ClientTls::load(&paths)?)), ..ClientTransport::default() }
+    } else {
+        ClientTransport::default()
+    };
+    Ok((settings, transport))
 }
 
 pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
@@ -31,6 +81,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create data directory {}", opts.dir.display()))?;
     let dir = opts.dir.canonicalize()?;
+    let (tls_for, transport) = local_tls(&dir, opts.tls)?;
     let shutdown = CancellationToken::new();
 
     anyhow::ensure!(
@@ -74,6 +125,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
             replication: opts.replication,
             initial_members: initial_members.clone(),
             http_addr: http(i as u16)?,
+            tls: tls_for(&format!("meta-{}", i + 1))?,
             ..MetaConfig::default()
         };
         let server = MetaServer::start(cfg, shutdown.child_token())
@@ -92,6 +144,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
             zone: format!("local-{}", i + 1),
             sync,
             http_addr: http(100 + i as u16)?,
+            tls: tls_for(&format!("storage-{}", i + 1))?,
             ..StorageConfig::default()
         };
         let node = StorageNode::start(cfg, shutdown.child_token())
@@ -101,7 +154,7 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
     }
 
     // Ready when every storage node is registered and up.
-    let client = Client::new(ClientConfig { meta: addrs.clone(), ..ClientConfig::default() });
+    let client = Client::new(ClientConfig { meta: addrs.clone(), transport, ..ClientConfig::default() });
     let start = Instant::now();
     loop {
         if let Ok(s) = client.cluster_status().await {
@@ -126,6 +179,14 @@ pub async fn up(opts: LocalOptions) -> anyhow::Result<()> {
         println!(
             "Dashboard: http://{a}/ (metrics at /metrics on every server; storage nodes from port {}).",
             a.port() + 100
+        );
+    }
+    if opts.tls {
+        println!(
+            "TLS is on: clients need export DISTFS_TLS_DIR={} (an admin certificate; more with \
+             `distfs cert issue --dir {} --client NAME`).",
+            dir.join("tls").join("clients").join("admin").display(),
+            dir.join("tls").display()
         );
     }
 

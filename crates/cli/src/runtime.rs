@@ -88,7 +88,8 @@ pub async fn shutdown_signal() {
 /// Exit codes of `distfs` (documented in the README):
 /// 0 ok, 1 other error, 2 usage, 3 not found, 4 already exists, 5 wrong kind of file
 /// (not a directory, is a directory, not empty), 6 cluster unavailable, 7 data error
-/// (replicas missing, corrupt, not enough acknowledgements), 8 no space.
+/// (replicas missing, corrupt, not enough acknowledgements), 8 no space, 9 permission
+/// denied (refused certificate, missing permission, admin command without admin rights).
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     let fs = e.downcast_ref::<ClientError>().map(|c| c.as_fs()).or_else(|| e.downcast_ref::<FsError>().cloned());
     let code = match fs {
@@ -103,6 +104,7 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
             | FsError::Io { .. },
         ) => 7,
         Some(FsError::NoSpace { .. }) => 8,
+        Some(FsError::PermissionDenied { .. }) => 9,
         Some(FsError::InvalidArgument { .. } | FsError::NameTooLong { .. }) => 2,
         _ => 1,
     };
@@ -114,12 +116,30 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
 /// catch SIGINT/SIGTERM from the start and shut down cleanly; client commands keep the
 /// default, so Ctrl-C stops them at once. A closed stdout (`| head`) ends the program
 /// quietly instead of failing a write.
+///
+/// SIGPIPE stays ignored (Rust's default): a peer that closes its connection while we
+/// write (a TLS close_notify to a client that already left, a refused client) must be
+/// an EPIPE error on that connection, never the death of a server or of the CLI before
+/// it prints why it was refused. A closed stdout is handled where it is written (`cat`)
+/// and, for `println!`, by a panic hook that exits quietly with 141 (128 + SIGPIPE), as a
+/// program killed by SIGPIPE would.
 pub fn block_on_main<F>(program: &str, serves: bool, fut: F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    // SAFETY: setting a signal disposition before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info)
+    }));
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

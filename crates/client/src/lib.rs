@@ -43,6 +43,8 @@ pub struct ClientConfig {
     /// After W replicas acknowledged a block, how long to wait for the rest.
     pub straggler_grace: Duration,
     pub connect_timeout: Duration,
+    /// TLS and compression of every connection (default: plain TCP, no compression).
+    pub transport: distfs_proto::ClientTransport,
 }
 
 impl Default for ClientConfig {
@@ -56,6 +58,7 @@ impl Default for ClientConfig {
             read_parallelism: 8,
             straggler_grace: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
+            transport: distfs_proto::ClientTransport::default(),
         }
     }
 }
@@ -77,6 +80,7 @@ impl Client {
         let rpc = RpcClient::new(RpcConfig {
             connect_timeout: config.connect_timeout,
             request_timeout: config.block_timeout,
+            transport: config.transport.clone(),
             ..RpcConfig::default()
         });
         let mut meta = MetaClient::new(rpc.clone(), config.meta.clone()).with_deadline(config.meta_deadline);

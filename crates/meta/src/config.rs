@@ -45,6 +45,10 @@ pub struct MetaConfig {
     pub log_level: Option<String>,
     pub raft: RaftConfig,
     pub repair: RepairConfig,
+    /// TLS of every connection (required: `mode = "on"` or `"off"`).
+    pub tls: distfs_proto::TlsSettings,
+    /// Compression of frame bodies, negotiated per connection.
+    pub compression: distfs_proto::CompressionSettings,
 }
 
 /// The leader's repair worker and rebalancer.
@@ -122,6 +126,8 @@ impl Default for MetaConfig {
             log_level: None,
             raft: RaftConfig::default(),
             repair: RepairConfig::default(),
+            tls: distfs_proto::TlsSettings::default(),
+            compression: distfs_proto::CompressionSettings::default(),
         }
     }
 }
@@ -259,6 +265,9 @@ impl MetaConfig {
         if r.snapshot_after_logs == 0 {
             return bad("raft.snapshot_after_logs", "must be at least 1".into());
         }
+        if let Err((key, reason)) = self.tls.validate() {
+            return bad(key, reason);
+        }
         Ok(())
     }
 
@@ -333,9 +342,14 @@ mod tests {
     #[test]
     fn example_file_equals_defaults() {
         let text = include_str!("../meta.example.toml");
-        let parsed = MetaConfig::from_toml_str(text).expect("example parses");
+        let mut parsed = MetaConfig::from_toml_str(text).expect("example parses");
         assert_eq!(parsed, MetaConfig::default());
-        parsed.validate().expect("defaults are valid");
+        // tls.mode has no default: the example shows both choices commented out.
+        assert!(matches!(parsed.validate(), Err(MetaError::Config { key, .. }) if key == "tls.mode"));
+        parsed.tls = distfs_proto::TlsSettings::off();
+        parsed.validate().expect("defaults with tls.mode = off are valid");
+        let on = MetaConfig::from_toml_str("[tls]\nmode = \"on\"\nca = \"ca.pem\"").unwrap();
+        assert!(matches!(on.validate(), Err(MetaError::Config { key, .. }) if key == "tls.cert"));
     }
 
     #[test]

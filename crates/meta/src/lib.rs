@@ -2,6 +2,7 @@
 //! state machine over redb, placement on a consistent-hash ring, storage-node liveness,
 //! and the `Kind::Meta` / `Kind::Raft` request handlers behind `MetaServer`.
 
+mod authz;
 pub mod config;
 pub mod error;
 pub mod placement;

@@ -8,7 +8,7 @@ use crate::liveness::{Clock, TokioClock};
 use crate::raft::{LogStore, MetaRaft, Network, StateMachine};
 use crate::service::{MetaHandler, Service};
 use crate::state::{Command, Format, Reader, StateStore};
-use distfs_proto::{Limits, RpcClient, RpcConfig};
+use distfs_proto::{Limits, PeerKind, RpcClient, RpcConfig};
 use distfs_types::Timestamp;
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, RaftMetrics};
@@ -39,7 +39,12 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 impl MetaServer {
     /// Starts a server with the production clock and a TCP RPC client.
     pub async fn start(config: MetaConfig, shutdown: CancellationToken) -> Result<MetaServer, MetaError> {
-        Self::start_with(config, shutdown, Arc::new(TokioClock), RpcClient::new(RpcConfig::default())).await
+        let transport = config
+            .tls
+            .client_transport(PeerKind::Meta, &config.compression)
+            .map_err(|e| MetaError::Config { key: "tls".into(), reason: e.to_string() })?;
+        let rpc = RpcClient::new(RpcConfig { transport, ..RpcConfig::default() });
+        Self::start_with(config, shutdown, Arc::new(TokioClock), rpc).await
     }
 
     /// Starts a server with the given clock and RPC client (for Raft peers): the seams
@@ -51,6 +56,9 @@ impl MetaServer {
         rpc: RpcClient,
     ) -> Result<MetaServer, MetaError> {
         config.validate()?;
+        let tls_err = |e: distfs_proto::TlsError| MetaError::Config { key: "tls".into(), reason: e.to_string() };
+        let server_transport = Arc::new(config.tls.server_transport(&config.compression).map_err(tls_err)?);
+        let client_transport = rpc.config().transport.clone();
         let raft_config = Arc::new(config.openraft_config()?);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| MetaError::Io { path: config.data_dir.display().to_string(), source })?;
@@ -98,11 +106,11 @@ impl MetaServer {
             }
         }
 
-        let service = Arc::new(Service::new(config.id, raft, store, config.clone(), clock));
+        let service = Arc::new(Service::new(config.id, raft, store, config.clone(), clock, client_transport));
         let mut tasks = Vec::new();
         let handler = Arc::new(MetaHandler(service.clone()));
         tasks.push(tokio::spawn(
-            distfs_proto::serve(listener, handler, Limits::default(), shutdown.clone())
+            distfs_proto::serve_with(listener, server_transport, handler, Limits::default(), shutdown.clone())
                 .instrument(tracing::info_span!("meta_serve", id = config.id, addr = %local_addr)),
         ));
         tasks.push(tokio::spawn(

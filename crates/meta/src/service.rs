@@ -51,6 +51,8 @@ pub(crate) struct Service {
     pub(crate) ops: crate::ops::MetaMetrics,
     /// The configuration in force: `config` plus the keys reloaded since (SIGHUP).
     tunables: std::sync::RwLock<MetaConfig>,
+    /// TLS and compression of the connections this server opens (repair copies).
+    pub(crate) transport: distfs_proto::ClientTransport,
 }
 
 pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
@@ -58,7 +60,14 @@ pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsErr
 }
 
 impl Service {
-    pub fn new(id: u64, raft: MetaRaft, store: StateStore, config: MetaConfig, clock: Arc<dyn Clock>) -> Service {
+    pub fn new(
+        id: u64,
+        raft: MetaRaft,
+        store: StateStore,
+        config: MetaConfig,
+        clock: Arc<dyn Clock>,
+        transport: distfs_proto::ClientTransport,
+    ) -> Service {
         let live = Liveness::new(config.suspect_after.0, config.dead_after.0, clock.now())
             .with_disconnect_grace(config.dead_after_disconnect.0.min(config.dead_after.0));
         Service {
@@ -74,6 +83,7 @@ impl Service {
             ops: Default::default(),
             tunables: std::sync::RwLock::new(config.clone()),
             config,
+            transport,
         }
     }
 
@@ -664,12 +674,23 @@ impl Handler for MetaHandler {
     async fn handle(&self, req: Incoming) -> Result<Reply, FsError> {
         match req.kind {
             Kind::Meta => {
-                let m: MetaRequest =
+                let mut m: MetaRequest =
                     distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
                 let span = describe(&m);
                 let op = op_name(&m);
                 let _in_flight = self.0.ops.begin();
                 let started = std::time::Instant::now();
+                let who = &req.identity;
+                let allowed = async {
+                    crate::authz::check_role(who, &m)?;
+                    self.0.check_permissions(who, &m).await
+                };
+                if let Err(e) = allowed.instrument(span.clone()).await {
+                    span.in_scope(|| tracing::info!(identity = %who, error = %e, "request refused"));
+                    self.0.ops.ops.record(op, started.elapsed(), false);
+                    return Err(e);
+                }
+                crate::authz::own_inodes(who, &mut m);
                 let resp = self.0.handle_meta(m, Some(req.peer)).instrument(span.clone()).await;
                 self.0.ops.ops.record(op, started.elapsed(), resp.is_ok());
                 match (op, &resp) {
@@ -683,6 +704,11 @@ impl Handler for MetaHandler {
                 Ok(Reply::new(&resp?))
             }
             Kind::Raft => {
+                if !req.identity.is_member() {
+                    return Err(FsError::PermissionDenied {
+                        what: format!("{} may not send Raft messages (needs a node certificate)", req.identity),
+                    });
+                }
                 let rpc: RaftRpc =
                     distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
                 let started = std::time::Instant::now();
@@ -693,6 +719,7 @@ impl Handler for MetaHandler {
                 Ok(Reply::new(&reply))
             }
             Kind::Storage => Err(FsError::Protocol { reason: "storage request sent to a metadata server".into() }),
+            Kind::Hello => Err(FsError::Protocol { reason: "a Hello after the handshake".into() }),
         }
     }
 

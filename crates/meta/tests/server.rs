@@ -21,6 +21,7 @@ fn config(dir: &std::path::Path) -> MetaConfig {
             election_timeout_max: HumanDuration::from_millis(300),
             snapshot_after_logs: 10_000,
         },
+        tls: distfs_proto::TlsSettings::off(),
         ..MetaConfig::default()
     }
 }

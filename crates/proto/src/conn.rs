@@ -1,11 +1,16 @@
 //! The calling side: a pool of multiplexed connections per peer address. Each connection
 //! has a writer task and a reader task; a call registers its request id, sends its frame
 //! and waits for the matching reply or its deadline. A broken connection fails every call
-//! waiting on it with `ConnectionLost` and is replaced on the next call.
+//! waiting on it with `ConnectionLost` and is replaced on the next call. A new connection
+//! runs TLS (when configured) and the `Hello` handshake before any call uses it; bodies
+//! are then compressed as negotiated.
 
+use crate::compress::Compression;
 use crate::error::{ProtoError, RpcError};
 use crate::frame::{read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE};
+use crate::handshake::{client_handshake, HandshakeError, Hello, PeerKind};
 use crate::messages::{MetaRequest, MetaResponse, StorageRequest, StorageResponse};
+use crate::tls::ClientTls;
 use crate::transport::{Connector, TcpConnector};
 use bytes::Bytes;
 use distfs_types::FsError;
@@ -25,6 +30,23 @@ pub struct RpcConfig {
     /// Deadline of a call that does not name its own.
     pub request_timeout: Duration,
     pub limits: Limits,
+    /// TLS and compression of new connections.
+    pub transport: ClientTransport,
+}
+
+/// How the calling side opens connections: TLS or plain TCP, and the compression it asks
+/// for. The default is plain TCP without compression (tests, `local up`).
+#[derive(Clone, Debug)]
+pub struct ClientTransport {
+    pub tls: Option<Arc<ClientTls>>,
+    pub compression: Compression,
+    pub peer: PeerKind,
+}
+
+impl Default for ClientTransport {
+    fn default() -> Self {
+        ClientTransport { tls: None, compression: Compression::None, peer: PeerKind::Client }
+    }
 }
 
 impl Default for RpcConfig {
@@ -34,6 +56,7 @@ impl Default for RpcConfig {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
             limits: Limits::default(),
+            transport: ClientTransport::default(),
         }
     }
 }
@@ -192,9 +215,21 @@ impl RpcClient {
 
     async fn connect(&self, addr: &str) -> Result<Conn, RpcError> {
         let cfg = &self.inner.config;
-        let stream = match tokio::time::timeout(cfg.connect_timeout, self.inner.connector.connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(RpcError::Connect { addr: addr.to_string(), reason: e.to_string() }),
+        let open = async {
+            let stream = self.inner.connector.connect(addr).await.map_err(|e| connect_error(addr, e))?;
+            let mut stream = match &cfg.transport.tls {
+                Some(tls) => tls.connect(stream, addr).await.map_err(|e| connect_error(addr, e))?,
+                None => stream,
+            };
+            let hello = Hello::new(cfg.transport.peer, cfg.transport.compression);
+            match client_handshake(&mut stream, &hello, &cfg.limits).await {
+                Ok(ack) => Ok((stream, ack.compression)),
+                Err(HandshakeError::Io(e)) => Err(connect_error(addr, crate::tls::explain_client_error(e))),
+                Err(HandshakeError::Refused(error)) => Err(RpcError::Refused { addr: addr.to_string(), error }),
+            }
+        };
+        let (stream, compression) = match tokio::time::timeout(cfg.connect_timeout, open).await {
+            Ok(r) => r?,
             Err(_) => {
                 return Err(RpcError::Connect {
                     addr: addr.to_string(),
@@ -212,6 +247,7 @@ impl RpcClient {
         tokio::spawn(async move {
             let mut w = BufWriter::with_capacity(64 << 10, wr);
             while let Some(f) = rx.recv().await {
+                let f = crate::compress::compress_frame(f, compression);
                 let r = async {
                     write_frame(&mut w, &f).await?;
                     if rx.is_empty() {
@@ -272,6 +308,16 @@ struct PendingGuard<'a> {
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.pending.lock().expect("pending lock").remove(&self.id);
+    }
+}
+
+/// A failure to open a connection: a TLS refusal (`PermissionDenied`, explained by the
+/// TLS layer) is final; anything else may pass.
+fn connect_error(addr: &str, e: std::io::Error) -> RpcError {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        RpcError::Refused { addr: addr.to_string(), error: FsError::PermissionDenied { what: e.to_string() } }
+    } else {
+        RpcError::Connect { addr: addr.to_string(), reason: e.to_string() }
     }
 }
 

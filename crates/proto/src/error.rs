@@ -9,8 +9,8 @@ use distfs_types::FsError;
 pub enum ProtoError {
     #[error("bad magic {found:#010x}: not a DistFS peer")]
     BadMagic { found: u32 },
-    #[error("unsupported protocol version {peer} (this side speaks version {ours})")]
-    UnsupportedVersion { peer: u16, ours: u16 },
+    #[error("peer speaks protocol v{peer}, this side speaks v{min}..v{max}")]
+    UnsupportedVersion { peer: u16, min: u16, max: u16 },
     #[error("{what} length {len} exceeds the limit of {max}")]
     TooLong { what: &'static str, len: u64, max: u64 },
     #[error("frame checksum mismatch (expected {expected:#010x}, computed {computed:#010x})")]
@@ -41,6 +41,20 @@ pub enum RpcError {
     Protocol { addr: String, source: ProtoError },
     #[error("unexpected response from {addr}: {what}")]
     Unexpected { addr: String, what: String },
+    /// The peer (or our own TLS check of it) refused the connection: no or a wrong
+    /// certificate, not a cluster member, a protocol version it does not speak, TLS on
+    /// one side only. Retrying does not help.
+    #[error("{addr} refused the connection: {error}")]
+    Refused { addr: String, error: FsError },
+}
+
+/// TLS material that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    Load { path: String, reason: String },
+    #[error("TLS configuration: {reason}")]
+    Config { reason: String },
 }
 
 impl RpcError {
@@ -50,7 +64,7 @@ impl RpcError {
         match self {
             RpcError::Remote(e) => e.retry() != distfs_types::error::Retry::Never,
             RpcError::Connect { .. } | RpcError::Timeout { .. } | RpcError::ConnectionLost { .. } => true,
-            RpcError::Protocol { .. } | RpcError::Unexpected { .. } => false,
+            RpcError::Protocol { .. } | RpcError::Unexpected { .. } | RpcError::Refused { .. } => false,
         }
     }
 
@@ -62,6 +76,15 @@ impl RpcError {
                 FsError::Unavailable { reason: self.to_string() }
             }
             RpcError::Protocol { .. } | RpcError::Unexpected { .. } => FsError::Protocol { reason: self.to_string() },
+            RpcError::Refused { addr, error } => match error {
+                FsError::PermissionDenied { what } => {
+                    FsError::PermissionDenied { what: format!("{addr} refused the connection: {what}") }
+                }
+                FsError::Protocol { reason } => {
+                    FsError::Protocol { reason: format!("{addr} refused the connection: {reason}") }
+                }
+                other => other,
+            },
         }
     }
 }

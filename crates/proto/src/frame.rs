@@ -5,28 +5,37 @@
 //! | 0   | 4    | magic `DFS1`                                       |
 //! | 4   | 2    | protocol version                                   |
 //! | 6   | 2    | message kind (`Kind`)                              |
-//! | 8   | 2    | flags (`FLAG_RESPONSE`, `FLAG_ERROR`)              |
+//! | 8   | 2    | flags (`FLAG_RESPONSE`, `FLAG_ERROR`, `FLAG_LZ4`, `FLAG_ZSTD`) |
 //! | 10  | 2    | reserved, 0                                        |
 //! | 12  | 8    | request id                                         |
 //! | 20  | 4    | typed header length                                |
 //! | 24  | 4    | body length                                        |
 //! | 28  | 4    | CRC32C of bytes 0..28, the typed header and body   |
 //!
-//! Every length is checked against `Limits` before any buffer is sized from it.
+//! Every length is checked against `Limits` before any buffer is sized from it. The CRC
+//! covers the bytes on the wire; a compressed body (`crate::compress`) is decompressed by
+//! `read_frame` after the CRC check, within the same limits.
 
 use crate::error::ProtoError;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DFS1");
+/// The newest protocol version this build speaks (sent in every frame and in `Hello`).
 pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 pub const FIXED_LEN: usize = 32;
 
 /// The frame answers a request with the same id.
 pub const FLAG_RESPONSE: u16 = 1;
 /// The typed header is an encoded `FsError` instead of the response.
 pub const FLAG_ERROR: u16 = 2;
-const KNOWN_FLAGS: u16 = FLAG_RESPONSE | FLAG_ERROR;
+/// The body is lz4 (block format) compressed, after a u32 LE decompressed length.
+pub const FLAG_LZ4: u16 = 4;
+/// The body is zstd compressed, after a u32 LE decompressed length.
+pub const FLAG_ZSTD: u16 = 8;
+const KNOWN_FLAGS: u16 = FLAG_RESPONSE | FLAG_ERROR | FLAG_LZ4 | FLAG_ZSTD;
 
 /// Which service a frame is for; it decides the type of the typed header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,6 +47,8 @@ pub enum Kind {
     Storage = 2,
     /// Metadata server to metadata server: Raft RPCs.
     Raft = 3,
+    /// The connection handshake: `Hello`/`HelloAck`, first frame each way.
+    Hello = 4,
 }
 
 impl Kind {
@@ -46,6 +57,7 @@ impl Kind {
             1 => Ok(Kind::Meta),
             2 => Ok(Kind::Storage),
             3 => Ok(Kind::Raft),
+            4 => Ok(Kind::Hello),
             kind => Err(ProtoError::UnknownKind { kind }),
         }
     }
@@ -89,8 +101,12 @@ impl FrameHeader {
             return Err(ProtoError::BadMagic { found: magic });
         }
         let version = u16_at(4);
-        if version != PROTOCOL_VERSION {
-            return Err(ProtoError::UnsupportedVersion { peer: version, ours: PROTOCOL_VERSION });
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+            return Err(ProtoError::UnsupportedVersion {
+                peer: version,
+                min: MIN_PROTOCOL_VERSION,
+                max: PROTOCOL_VERSION,
+            });
         }
         let reserved = u16_at(10);
         if reserved != 0 {
@@ -208,7 +224,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits) -> Res
     if computed != h.crc {
         return Err(ReadError::Proto(ProtoError::BadChecksum { expected: h.crc, computed }));
     }
-    Ok(Some(Frame { kind: h.kind, flags: h.flags, request_id: h.request_id, header, body }))
+    let frame = Frame { kind: h.kind, flags: h.flags, request_id: h.request_id, header, body };
+    crate::compress::decompress_frame(frame, limits).map(Some).map_err(ReadError::Proto)
 }
 
 async fn read_exact_bounded<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Bytes, ReadError> {
@@ -280,7 +297,9 @@ mod tests {
         let mut b = frame().to_bytes();
         b[4] = 9;
         match read_all(&b).await {
-            Err(ReadError::Proto(ProtoError::UnsupportedVersion { peer: 9, ours: PROTOCOL_VERSION })) => {}
+            Err(ReadError::Proto(e @ ProtoError::UnsupportedVersion { peer: 9, .. })) => {
+                assert_eq!(e.to_string(), "peer speaks protocol v9, this side speaks v1..v1");
+            }
             other => panic!("{other:?}"),
         }
         let mut b = frame().to_bytes();

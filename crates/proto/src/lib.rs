@@ -3,20 +3,31 @@
 //! request id, lengths, CRC32C), a typed header encoded with postcard, and raw body bytes.
 //! Requests are multiplexed by id over pooled connections.
 
+pub mod auth;
+pub mod compress;
 pub mod conn;
 pub mod error;
 pub mod frame;
+pub mod handshake;
 pub mod messages;
 pub mod meta_client;
 pub mod server;
+pub mod tls;
 pub mod transport;
 
-pub use conn::{RpcClient, RpcConfig};
-pub use error::{ProtoError, RpcError};
-pub use frame::{Frame, FrameHeader, Kind, Limits, FLAG_ERROR, FLAG_RESPONSE, MAGIC, PROTOCOL_VERSION};
+pub use auth::{Identity, Role};
+pub use compress::Compression;
+pub use conn::{ClientTransport, RpcClient, RpcConfig};
+pub use error::{ProtoError, RpcError, TlsError};
+pub use frame::{
+    Frame, FrameHeader, Kind, Limits, FLAG_ERROR, FLAG_LZ4, FLAG_RESPONSE, FLAG_ZSTD, MAGIC, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
+pub use handshake::PeerKind;
 pub use messages::*;
 pub use meta_client::MetaClient;
-pub use server::{serve, serve_conn, Handler, Incoming, Reply};
+pub use server::{serve, serve_conn, serve_with, Handler, Incoming, Reply, ServerTransport};
+pub use tls::{ClientTls, CompressionSettings, ServerTls, TlsMode, TlsPaths, TlsSettings};
 pub use transport::{BoxStream, Connector, TcpConnector};
 
 /// Encodes a typed header. Encoding a value we built ourselves cannot fail short of a bug.

@@ -1,10 +1,15 @@
 //! The serving side: accepts streams, reads frames, runs each request concurrently on the
 //! handler and writes replies in completion order (multiplexing). A broken frame gets an
 //! error frame naming the problem, then the connection is closed; other connections are
-//! not affected.
+//! not affected. Each accepted stream goes through the `ServerTransport` first: TLS (the
+//! caller's certificate names its `Identity`) or plain TCP, then the `Hello` handshake.
 
+use crate::auth::Identity;
+use crate::compress::Compression;
 use crate::error::ProtoError;
-use crate::frame::{read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE};
+use crate::frame::{read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE, MAGIC};
+use crate::handshake::{server_handshake, HANDSHAKE_TIMEOUT};
+use crate::tls::ServerTls;
 use bytes::Bytes;
 use distfs_types::FsError;
 use std::future::Future;
@@ -23,6 +28,8 @@ pub struct Incoming {
     pub header: Bytes,
     pub body: Bytes,
     pub peer: SocketAddr,
+    /// Who sent it (from the TLS certificate; `Identity::unauthenticated()` on plain TCP).
+    pub identity: Arc<Identity>,
 }
 
 /// A successful answer: encoded typed header and raw body.
@@ -50,8 +57,34 @@ pub trait Handler: Send + Sync + 'static {
     fn disconnected(&self, _peer: SocketAddr) {}
 }
 
-/// Accepts connections until `shutdown` fires.
+/// How a server takes connections: TLS with client certificates, or plain TCP, and the
+/// compression algorithms it agrees to when a caller asks.
+#[derive(Debug, Default)]
+pub struct ServerTransport {
+    pub tls: Option<ServerTls>,
+    pub accept_compression: Vec<Compression>,
+}
+
+impl ServerTransport {
+    /// Plain TCP; accepts lz4 and zstd.
+    pub fn plain() -> ServerTransport {
+        ServerTransport { tls: None, accept_compression: vec![Compression::Lz4, Compression::Zstd] }
+    }
+}
+
+/// Accepts plain-TCP connections until `shutdown` fires.
 pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, limits: Limits, shutdown: CancellationToken) {
+    serve_with(listener, Arc::new(ServerTransport::plain()), handler, limits, shutdown).await
+}
+
+/// Accepts connections through `transport` until `shutdown` fires.
+pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    transport: Arc<ServerTransport>,
+    handler: Arc<H>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -68,11 +101,12 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, limits: L
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let shutdown = shutdown.clone();
+        let transport = transport.clone();
         tokio::spawn(
             async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = serve_conn(stream, peer, handler, limits) => {}
+                    _ = accept_conn(stream, peer, transport, handler, limits) => {}
                 }
             }
             .instrument(tracing::debug_span!("conn", %peer)),
@@ -80,17 +114,93 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, limits: L
     }
 }
 
-/// Serves one stream until it closes or sends something unacceptable.
+/// TLS (if configured), then the handshake, then requests.
+async fn accept_conn<H: Handler>(
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    transport: Arc<ServerTransport>,
+    handler: Arc<H>,
+    limits: Limits,
+) {
+    let Some(tls) = &transport.tls else {
+        serve_stream(stream, peer, Identity::unauthenticated(), &transport.accept_compression, handler, limits).await;
+        return;
+    };
+    // A plain-TCP DistFS caller gets a readable answer instead of a TLS failure.
+    let mut head = [0u8; 4];
+    if let Ok(Ok(4)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut head)).await {
+        if u32::from_le_bytes(head) == MAGIC {
+            warn!(%peer, "refused a plain-TCP connection: this server requires TLS");
+            let e = FsError::PermissionDenied {
+                what: "this server requires TLS: configure the cluster CA and a certificate \
+                       (--tls-ca/--tls-cert/--tls-key or DISTFS_TLS_DIR)"
+                    .into(),
+            };
+            let _ = write_frame(&mut stream, &error_frame(Kind::Hello as u16, 0, &e)).await;
+            linger_close(stream).await;
+            return;
+        }
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok((s, identity))) => {
+            debug!(%peer, %identity, "TLS connection");
+            serve_stream(s, peer, identity, &transport.accept_compression, handler, limits).await
+        }
+        Ok(Err(e)) => warn!(%peer, "refused a TLS connection: {e}"),
+        Err(_) => warn!(%peer, "refused a connection: no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+    }
+}
+
+/// Serves one plain stream (handshake included) until it closes or sends something
+/// unacceptable. The peer is unauthenticated.
 pub async fn serve_conn<S, H>(stream: S, peer: SocketAddr, handler: Arc<H>, limits: Limits)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     H: Handler,
 {
+    let accept = [Compression::Lz4, Compression::Zstd];
+    serve_stream(stream, peer, Identity::unauthenticated(), &accept, handler, limits).await
+}
+
+async fn serve_stream<S, H>(
+    mut stream: S,
+    peer: SocketAddr,
+    identity: Identity,
+    accept: &[Compression],
+    handler: Arc<H>,
+    limits: Limits,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    H: Handler,
+{
+    let negotiated = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        server_handshake(&mut stream, &identity, accept, &limits),
+    )
+    .await
+    {
+        Ok(Ok((hello, n))) => {
+            debug!(%peer, %identity, agent = %hello.agent, kind = ?hello.peer, compression = %n.compression, "handshake done");
+            n
+        }
+        Ok(Err(e)) => {
+            warn!(%peer, error = %e, "handshake failed; closing connection");
+            linger_close(stream).await;
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing connection");
+            return;
+        }
+    };
+    let compression = negotiated.compression;
+    let identity = Arc::new(identity);
     let (mut rd, wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Frame>(256);
     let writer = tokio::spawn(async move {
         let mut w = BufWriter::with_capacity(64 << 10, wr);
         while let Some(f) = rx.recv().await {
+            let f = crate::compress::compress_frame(f, compression);
             if write_frame(&mut w, &f).await.is_err() {
                 return;
             }
@@ -110,6 +220,11 @@ where
                     break;
                 }
                 let kind = match Kind::from_u16(frame.kind) {
+                    Ok(Kind::Hello) => {
+                        let e = FsError::Protocol { reason: "a second Hello on one connection".into() };
+                        let _ = tx.send(error_frame(frame.kind, frame.request_id, &e)).await;
+                        continue;
+                    }
                     Ok(k) => k,
                     Err(e) => {
                         // The frame was well formed: answer it, keep the connection.
@@ -119,9 +234,10 @@ where
                 };
                 let handler = handler.clone();
                 let tx = tx.clone();
+                let identity = identity.clone();
                 tokio::spawn(async move {
                     let id = frame.request_id;
-                    let req = Incoming { kind, header: frame.header, body: frame.body, peer };
+                    let req = Incoming { kind, header: frame.header, body: frame.body, peer, identity };
                     let reply = match handler.handle(req).await {
                         Ok(r) => Frame {
                             kind: kind as u16,
@@ -149,6 +265,25 @@ where
     drop(tx);
     handler.disconnected(peer);
     let _ = writer.await;
+}
+
+/// Closes after an error answer so the peer can read it: our side is shut down first,
+/// then what the peer still sends is read and dropped for a moment (closing with unread
+/// bytes would reset the connection and could destroy the answer in flight).
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+    let drain = async {
+        let mut buf = [0u8; 8192];
+        let mut total = 0usize;
+        while total < (1 << 20) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 fn unexpected_response() -> FsError {

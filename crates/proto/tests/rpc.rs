@@ -125,3 +125,52 @@ async fn unreachable_peer_is_a_connect_error_and_silence_a_timeout() {
         c.storage(&addr, &StorageRequest::Ping, Bytes::new(), Some(Duration::from_millis(300))).await.unwrap_err();
     assert!(matches!(err, RpcError::Timeout { .. }), "{err:?}");
 }
+
+/// A server that accepts only lz4 serves callers that ask for lz4, zstd or nothing;
+/// bodies arrive intact either way, compressible or not.
+#[tokio::test]
+async fn callers_with_any_compression_interoperate() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let transport = Arc::new(ServerTransport { tls: None, accept_compression: vec![Compression::Lz4] });
+    tokio::spawn(serve_with(l, transport, Arc::new(Echo), Limits::default(), stop.clone()));
+    let text: Vec<u8> = b"abcabcabd ".iter().copied().cycle().take(1 << 20).collect();
+    let mut x = 7u64;
+    let noise: Vec<u8> = (0..(1 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for want in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        let c = RpcClient::new(RpcConfig {
+            transport: ClientTransport { compression: want, ..Default::default() },
+            ..Default::default()
+        });
+        for body in [&text, &noise] {
+            let req = StorageRequest::GetBlock { block: distfs_types::BlockId(1), offset: 0, len: 0 };
+            let (_, got) = c.storage(&addr, &req, Bytes::from(body.clone()), None).await.unwrap();
+            assert!(got[..] == body[..], "{want}: body changed");
+        }
+    }
+}
+
+/// A caller of an unknown protocol version is told both versions, over real TCP.
+#[tokio::test]
+async fn unknown_protocol_version_gets_a_clear_error() {
+    let (addr, _stop) = start().await;
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut hello = handshake::Hello::new(PeerKind::Client, Compression::None);
+    hello.min_version = PROTOCOL_VERSION + 1;
+    hello.max_version = PROTOCOL_VERSION + 1;
+    match handshake::client_handshake(&mut s, &hello, &Limits::default()).await {
+        Err(handshake::HandshakeError::Refused(FsError::Protocol { reason })) => assert_eq!(
+            reason,
+            format!("peer speaks protocol v{}, this server speaks v{PROTOCOL_VERSION}", PROTOCOL_VERSION + 1)
+        ),
+        other => panic!("{other:?}"),
+    }
+}

@@ -67,6 +67,10 @@ pub struct StorageConfig {
     pub http_addr: Option<String>,
     /// Log filter in `RUST_LOG` syntax; unset: `RUST_LOG` or `info`. Reloadable.
     pub log_level: Option<String>,
+    /// TLS of every connection (required: `mode = "on"` or `"off"`).
+    pub tls: distfs_proto::TlsSettings,
+    /// Compression of frame bodies, negotiated per connection.
+    pub compression: distfs_proto::CompressionSettings,
 }
 
 impl Default for StorageConfig {
@@ -91,6 +95,8 @@ impl Default for StorageConfig {
             block_report_interval: HumanDuration::from_secs(3600),
             http_addr: None,
             log_level: None,
+            tls: distfs_proto::TlsSettings::default(),
+            compression: distfs_proto::CompressionSettings::default(),
         }
     }
 }
@@ -180,6 +186,9 @@ impl StorageConfig {
                 return bad("log_level", e.to_string());
             }
         }
+        if let Err((key, reason)) = self.tls.validate() {
+            return bad(key, reason);
+        }
         Ok(())
     }
 
@@ -238,14 +247,20 @@ mod tests {
     #[test]
     fn example_parses_and_equals_default() {
         let text = include_str!("../storage.example.toml");
-        let c = StorageConfig::from_toml_str(text).expect("example config parses");
+        // tls.mode has no default, so the example alone does not validate.
+        let e = StorageConfig::from_toml_str(text).unwrap_err();
+        assert!(e.to_string().contains("tls.mode"), "{e}");
+        let c: StorageConfig = toml::from_str(text).expect("example config parses");
         assert_eq!(c, StorageConfig::default());
+        let c = StorageConfig::from_toml_str(&text.replace("# mode = \"off\"", "mode = \"off\""))
+            .expect("with tls.mode = off");
+        assert_eq!(c.tls, distfs_proto::TlsSettings::off());
     }
 
     #[test]
     fn human_values_and_policies() {
         let c = StorageConfig::from_toml_str(
-            "capacity = \"10GiB\"\nreserve = 0\nsync = \"batch\"\nheartbeat_interval = \"250ms\"",
+            "capacity = \"10GiB\"\nreserve = 0\nsync = \"batch\"\nheartbeat_interval = \"250ms\"\n[tls]\nmode = \"off\"",
         )
         .expect("parses");
         assert_eq!(c.capacity, Some(ByteSize(10 << 30)));

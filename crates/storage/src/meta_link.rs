@@ -52,6 +52,7 @@ impl MetaLink {
         let rpc = RpcClient::new(RpcConfig {
             connect_timeout: Duration::from_secs(1),
             request_timeout: deadline,
+            transport: shared.transport.clone(),
             ..RpcConfig::default()
         });
         let mut meta = MetaClient::new(rpc, config.meta.clone()).with_deadline(deadline);

@@ -20,7 +20,11 @@ pub(crate) struct Scrubber {
 
 impl Scrubber {
     pub fn new(config: &StorageConfig, shared: Arc<Shared>) -> Scrubber {
-        let rpc = RpcClient::new(RpcConfig { connect_timeout: Duration::from_secs(1), ..RpcConfig::default() });
+        let rpc = RpcClient::new(RpcConfig {
+            connect_timeout: Duration::from_secs(1),
+            transport: shared.transport.clone(),
+            ..RpcConfig::default()
+        });
         let meta = MetaClient::new(rpc, config.meta.clone()).with_deadline(Duration::from_secs(30));
         Scrubber { shared, meta, interval: config.scrub_interval.0 }
     }

@@ -10,7 +10,10 @@ use crate::error::StorageError;
 use crate::meta_link::MetaLink;
 use crate::node_id;
 use crate::store::{BlockStore, StoreOptions};
-use distfs_proto::{Handler, Incoming, Kind, Limits, Reply, RpcClient, RpcConfig, StorageRequest, StorageResponse};
+use distfs_proto::{
+    ClientTransport, Handler, Incoming, Kind, Limits, PeerKind, Reply, RpcClient, RpcConfig, StorageRequest,
+    StorageResponse,
+};
 use distfs_types::{BlockId, FsError, NodeId};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,6 +48,8 @@ pub(crate) struct Shared {
     pub ops: crate::ops::StorageMetrics,
     /// The configuration in force: the start-up one plus keys reloaded since (SIGHUP).
     tunables: std::sync::RwLock<StorageConfig>,
+    /// TLS and compression of the connections this node opens.
+    pub transport: ClientTransport,
 }
 
 impl Shared {
@@ -100,6 +105,9 @@ impl StorageNode {
         };
         let (store, _report) = BlockStore::open(opts, disk.clone()).await?;
         let previous = node_id::load(&*disk, &config.data_dir)?;
+        let tls_err = |e: distfs_proto::TlsError| StorageError::Config { key: "tls", reason: e.to_string() };
+        let server_transport = config.tls.server_transport(&config.compression).map_err(tls_err)?;
+        let transport = config.tls.client_transport(PeerKind::Storage, &config.compression).map_err(tls_err)?;
 
         let listener = TcpListener::bind(&config.listen)
             .await
@@ -144,17 +152,26 @@ impl StorageNode {
             peers: RpcClient::new(RpcConfig {
                 connect_timeout: std::time::Duration::from_secs(1),
                 request_timeout: std::time::Duration::from_secs(20),
+                transport: transport.clone(),
                 ..RpcConfig::default()
             }),
             ops: Default::default(),
             tunables: std::sync::RwLock::new(config.clone()),
+            transport,
         });
         let cancel = shutdown.child_token();
         let serve_cancel = cancel.child_token();
         let tasks = TaskTracker::new();
 
         let handler = Arc::new(Service { shared: shared.clone() });
-        spawn_named(&tasks, "serve", distfs_proto::serve(listener, handler, Limits::default(), serve_cancel.clone()));
+        let serve = distfs_proto::serve_with(
+            listener,
+            Arc::new(server_transport),
+            handler,
+            Limits::default(),
+            serve_cancel.clone(),
+        );
+        spawn_named(&tasks, "serve", serve);
         if config.sync == SyncPolicy::Batch {
             let (s, c) = (store.clone(), cancel.clone());
             spawn_named(&tasks, "batch-syncer", async move { s.run_syncer(c).await });
@@ -334,7 +351,27 @@ impl Handler for Service {
                 .map_err(|e| StorageError::BadRequest { reason: e.to_string() }.to_fs(node))?,
             Kind::Meta => return Err(StorageError::WrongService { kind: "metadata" }.to_fs(node)),
             Kind::Raft => return Err(StorageError::WrongService { kind: "raft" }.to_fs(node)),
+            Kind::Hello => {
+                return Err(StorageError::BadRequest { reason: "a Hello after the handshake".into() }.to_fs(node))
+            }
         };
+        // Internal requests only from cluster members (node certificates); block reads and
+        // writes from any certificate of the cluster CA (the TLS layer refused the rest).
+        if matches!(
+            request,
+            StorageRequest::DeleteBlocks { .. }
+                | StorageRequest::CopyBlock { .. }
+                | StorageRequest::FetchForCopy { .. }
+        ) && !req.identity.is_member()
+        {
+            warn!(identity = %req.identity, peer = %req.peer, "refused an internal request from a non-member");
+            return Err(FsError::PermissionDenied {
+                what: format!(
+                    "{} may not delete or copy blocks on storage node {node} (needs a node certificate)",
+                    req.identity
+                ),
+            });
+        }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         let _load = InFlight(&self.shared.in_flight);
         let started = std::time::Instant::now();

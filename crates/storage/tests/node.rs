@@ -85,6 +85,7 @@ fn config(dir: &Path, meta: &str) -> StorageConfig {
         reserve: ByteSize(0),
         sync: SyncPolicy::Always,
         heartbeat_interval: HumanDuration::from_millis(100),
+        tls: distfs_proto::TlsSettings::off(),
         ..StorageConfig::default()
     }
 }

@@ -37,6 +37,10 @@ pub struct ClusterOpts {
     pub meta_extra: String,
     /// Extra lines appended to every storage node's config (TOML).
     pub storage_extra: String,
+    /// TLS on every connection: a CA and certificates are made with `distfs cert` in
+    /// `tls/` of the cluster directory (nodes `meta-I`, `storage-I`, an admin client
+    /// `admin`); `client()` and `cli()` use the admin's. Off: `tls.mode = "off"`.
+    pub tls: bool,
 }
 
 impl Default for ClusterOpts {
@@ -51,6 +55,7 @@ impl Default for ClusterOpts {
             meta_servers: 1,
             meta_extra: String::new(),
             storage_extra: String::new(),
+            tls: false,
         }
     }
 }
@@ -111,6 +116,10 @@ impl ProcessCluster {
             metas,
             storage: Vec::new(),
         };
+        if c.opts.tls {
+            c.cert(&["init", "--dir", &c.ca_dir().display().to_string()]);
+            c.issue_client("admin", &["--admin"]);
+        }
         c.write_configs();
         for i in 0..c.metas.len() {
             c.start_meta_server(i);
@@ -198,6 +207,60 @@ impl ProcessCluster {
         self.dir.path().join(format!("storage-{i}"))
     }
 
+    /// The cluster CA's directory (with `opts.tls`).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// Runs `distfs cert ARGS`, panicking on failure.
+    pub fn cert(&self, args: &[&str]) {
+        let out = Command::new(&self.bins.cli).arg("cert").args(args).output().expect("run distfs cert");
+        assert!(out.status.success(), "distfs cert {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Issues a client certificate `name` from the cluster CA (`extra`: `--admin`,
+    /// `--uid`, ...); returns its directory (for `DISTFS_TLS_DIR`).
+    pub fn issue_client(&self, name: &str, extra: &[&str]) -> PathBuf {
+        let ca = self.ca_dir().display().to_string();
+        let mut args = vec!["issue", "--dir", &ca, "--client", name];
+        args.extend_from_slice(extra);
+        self.cert(&args);
+        self.ca_dir().join("clients").join(name)
+    }
+
+    /// The `[tls]` section of server `name`'s config (issuing its certificate).
+    fn tls_section(&self, name: &str) -> String {
+        if !self.opts.tls {
+            return "[tls]\nmode = \"off\"\n".into();
+        }
+        let ca = self.ca_dir();
+        let node_dir = ca.join("nodes").join(name);
+        if !node_dir.join("node.pem").exists() {
+            self.cert(&["issue", "--dir", &ca.display().to_string(), "--node", name]);
+        }
+        format!(
+            "[tls]\nmode = \"on\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca.join("ca.pem").display(),
+            node_dir.join("node.pem").display(),
+            node_dir.join("node.key").display()
+        )
+    }
+
+    /// The transport of `client()`: the admin certificate with `opts.tls`.
+    pub fn client_transport(&self) -> distfs_proto::ClientTransport {
+        if !self.opts.tls {
+            return distfs_proto::ClientTransport::default();
+        }
+        let d = self.ca_dir().join("clients").join("admin");
+        let paths = distfs_proto::TlsPaths {
+            ca: d.join("ca.pem"),
+            cert: Some(d.join("client.pem")),
+            key: Some(d.join("client.key")),
+        };
+        let tls = distfs_proto::ClientTls::load(&paths).expect("load the admin client certificate");
+        distfs_proto::ClientTransport { tls: Some(std::sync::Arc::new(tls)), ..Default::default() }
+    }
+
     fn write_configs(&mut self) {
         let o = &self.opts;
         let members: Vec<String> =
@@ -205,14 +268,15 @@ impl ProcessCluster {
         for (i, addr) in self.meta_addrs.iter().enumerate() {
             let initial = if self.meta_addrs.len() > 1 { members.join(", ") } else { String::new() };
             let meta = format!(
-                "id = {}\nlisten = \"{addr}\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\ninitial_members = [{initial}]\n{}\n",
+                "id = {}\nlisten = \"{addr}\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\nreplication = {}\nsuspect_after = \"{}\"\ndead_after = \"{}\"\ninitial_members = [{initial}]\n{}\n{}",
                 i + 1,
                 self.meta_http[i],
                 self.dir.path().join(format!("meta-{i}")).display(),
                 o.replication,
                 o.suspect_after,
                 o.dead_after,
-                o.meta_extra
+                o.meta_extra,
+                self.tls_section(&format!("meta-{i}"))
             );
             std::fs::write(self.dir.path().join(format!("meta-{i}.toml")), meta).expect("write meta config");
         }
@@ -228,13 +292,14 @@ impl ProcessCluster {
         let o = &self.opts;
         let meta_list: Vec<String> = self.meta_addrs.iter().map(|a| format!("\"{a}\"")).collect();
         let s = format!(
-            "listen = \"127.0.0.1:0\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n{}\n",
+            "listen = \"127.0.0.1:0\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n{}\n{}",
             self.storage_http[i],
             self.storage_dir(i).display(),
             meta_list.join(", "),
             o.sync,
             o.heartbeat_interval,
-            o.storage_extra
+            o.storage_extra,
+            self.tls_section(&format!("storage-{i}"))
         );
         std::fs::write(self.dir.path().join(format!("storage-{i}.toml")), s).expect("write storage config");
     }
@@ -355,6 +420,7 @@ impl ProcessCluster {
             meta: self.meta_addrs.clone(),
             meta_deadline: Duration::from_secs(10),
             block_timeout: Duration::from_secs(10),
+            transport: self.client_transport(),
             ..ClientConfig::default()
         })
     }
@@ -363,6 +429,9 @@ impl ProcessCluster {
     pub fn cli(&self) -> Command {
         let mut c = Command::new(&self.bins.cli);
         c.env("DISTFS_META", self.meta_list()).env("RUST_LOG", "warn");
+        if self.opts.tls {
+            c.env("DISTFS_TLS_DIR", self.ca_dir().join("clients").join("admin"));
+        }
         c
     }
 

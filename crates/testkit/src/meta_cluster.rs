@@ -45,6 +45,7 @@ impl MetaCluster {
                 raft: test_raft(),
                 // In-process servers on free ports: no HTTP endpoint (port + 80 might be taken).
                 http_addr: Some(String::new()),
+                tls: distfs_proto::TlsSettings::off(),
                 ..MetaConfig::default()
             };
             tweak(&mut c);
@@ -115,6 +116,7 @@ impl MetaCluster {
             join: true,
             raft: self.configs[0].raft.clone(),
             http_addr: Some(String::new()),
+            tls: distfs_proto::TlsSettings::off(),
             ..MetaConfig::default()
         };
         self.configs.push(c);

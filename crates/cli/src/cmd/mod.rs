@@ -9,9 +9,12 @@ pub mod meta;
 pub mod mount;
 pub mod ns;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use distfs_client::{Client, ClientConfig, DEFAULT_META_ADDR};
+use distfs_proto::{ClientTls, ClientTransport, Compression, Identity, PeerKind, Role, TlsPaths};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -25,6 +28,25 @@ pub struct Cli {
     /// How long to keep retrying while no metadata leader answers before giving up.
     #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Use TLS with the files of this directory: `ca.pem` (the cluster CA) and, if
+    /// present, `client.pem`/`client.key` (from `distfs cert issue --client NAME`).
+    /// Without any TLS option the client speaks plain TCP, which only a cluster
+    /// configured with `tls.mode = "off"` accepts.
+    #[arg(long, global = true, env = "DISTFS_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// The cluster CA certificate (PEM); overrides --tls-dir.
+    #[arg(long, global = true, env = "DISTFS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), with --tls-ca.
+    #[arg(long, global = true, env = "DISTFS_TLS_CERT", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, global = true, env = "DISTFS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Compression to ask the servers for: none, lz4 or zstd (a server that does not
+    /// accept it sends and takes uncompressed bodies).
+    #[arg(long, global = true, env = "DISTFS_COMPRESSION", default_value = "none")]
+    pub compression: Compression,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -130,6 +152,56 @@ pub enum Command {
         #[command(subcommand)]
         command: LocalCommand,
     },
+    /// Certificates: a cluster CA, node and client certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Create a cluster CA (`ca.pem`, `ca.key`) in DIR.
+    Init {
+        #[arg(long, default_value = "./distfs-ca")]
+        dir: PathBuf,
+        /// Cluster name, in the CA's subject.
+        #[arg(long, default_value = "distfs")]
+        name: String,
+        #[arg(long, default_value_t = crate::cert::DEFAULT_CA_DAYS)]
+        days: i64,
+    },
+    /// Issue a node (server) or client certificate from the CA in DIR. Writes
+    /// `ca.pem`, `node.pem`/`node.key` or `client.pem`/`client.key` into --out
+    /// (default DIR/nodes/NAME or DIR/clients/NAME).
+    Issue {
+        #[arg(long, default_value = "./distfs-ca")]
+        dir: PathBuf,
+        /// A metadata server or storage node called NAME.
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        node: Option<String>,
+        /// A client called NAME.
+        #[arg(long)]
+        client: Option<String>,
+        /// The client may run admin commands (drain, remove, maintenance, meta
+        /// add/remove, fsck --repair) and is not subject to permission checks.
+        #[arg(long, requires = "client")]
+        admin: bool,
+        /// POSIX uid of the client (default 65534, nobody).
+        #[arg(long, requires = "client")]
+        uid: Option<u32>,
+        /// POSIX gid of the client (default 65534).
+        #[arg(long, requires = "client")]
+        gid: Option<u32>,
+        /// Host names and IP addresses a node is reached at (repeatable; default NAME,
+        /// localhost, 127.0.0.1 and ::1). Clients check them.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = crate::cert::DEFAULT_DAYS)]
+        days: i64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,13 +287,49 @@ pub enum LocalCommand {
         /// --listen IP. Default: the --listen port + 80 (7480). 0 turns HTTP off.
         #[arg(long)]
         http_port: Option<u16>,
+        /// TLS between every process: a CA and certificates are made in DIR/tls on the
+        /// first start (an admin client's in DIR/tls/clients/admin, for
+        /// DISTFS_TLS_DIR). Without it the cluster runs plain TCP.
+        #[arg(long)]
+        tls: bool,
     },
+}
+
+/// The transport the TLS options describe.
+pub fn client_transport(cli: &Cli) -> anyhow::Result<ClientTransport> {
+    let paths = match (&cli.tls_ca, &cli.tls_dir) {
+        (Some(ca), _) => Some(TlsPaths { ca: ca.clone(), cert: cli.tls_cert.clone(), key: cli.tls_key.clone() }),
+        (None, Some(d)) => {
+            let (cert, key) = (d.join("client.pem"), d.join("client.key"));
+            Some(TlsPaths {
+                ca: d.join("ca.pem"),
+                cert: cert.exists().then_some(cert),
+                key: key.exists().then_some(key),
+            })
+        }
+        (None, None) => None,
+    };
+    let tls = match paths {
+        Some(p) => Some(Arc::new(ClientTls::load(&p).context("cannot load the TLS files")?)),
+        None => None,
+    };
+    Ok(ClientTransport { tls, compression: cli.compression, peer: PeerKind::Client })
 }
 
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client =
-        || Client::new(ClientConfig { meta: cli.meta.clone(), meta_deadline: cli.timeout, ..ClientConfig::default() });
+    if let Command::Cert { ref command } = cli.command {
+        return cert(command);
+    }
+    let transport = client_transport(&cli)?;
+    let client = || {
+        Client::new(ClientConfig {
+            meta: cli.meta.clone(),
+            meta_deadline: cli.timeout,
+            transport: transport.clone(),
+            ..ClientConfig::default()
+        })
+    };
     match cli.command {
         Command::Put { ref local, ref remote, no_progress } => files::put(&client(), local, remote, !no_progress).await,
         Command::Get { ref remote, ref local, no_progress } => files::get(&client(), remote, local, !no_progress).await,
@@ -243,7 +351,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node { ref command } => heal::node(&client(), command).await,
         Command::Fsck { repair, json } => heal::fsck(&client(), repair, json).await,
         Command::Local {
-            command: LocalCommand::Up { ref dir, ref listen, storage, replication, ref sync, http_port },
+            command: LocalCommand::Up { ref dir, ref listen, storage, replication, ref sync, http_port, tls },
         } => {
             // `local up --meta N`: a count, not an address (an address, e.g. from
             // DISTFS_META, means the default of one server).
@@ -259,8 +367,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 replication,
                 sync: sync.clone(),
                 http_port,
+                tls,
             })
             .await
         }
+        Command::Cert { .. } => unreachable!("handled above"),
     }
+}
+
+fn cert(command: &CertCommand) -> anyhow::Result<()> {
+    match command {
+        CertCommand::Init { dir, name, days } => {
+            crate::cert::init(dir, name, *days)?;
+            println!("Created the cluster CA in {} (ca.pem; keep ca.key private).", dir.display());
+        }
+        CertCommand::Issue { dir, node, client, admin, uid, gid, hosts, days, out } => {
+            let identity = match (node, client) {
+                (Some(n), _) => Identity::node(n),
+                (None, Some(c)) => Identity {
+                    name: c.clone(),
+                    role: if *admin { Role::Admin } else { Role::Client },
+                    uid: *uid,
+                    gid: *gid,
+                    authenticated: true,
+                },
+                (None, None) => anyhow::bail!("give --node NAME or --client NAME"),
+            };
+            let hosts = match (identity.role, hosts.is_empty()) {
+                (Role::Node, true) => crate::cert::default_hosts(&identity.name),
+                _ => hosts.clone(),
+            };
+            let out = out.clone().unwrap_or_else(|| crate::cert::default_out(dir, &identity));
+            let req = crate::cert::Request::new(identity.clone(), hosts, *days);
+            crate::cert::issue(dir, &req, &out)?;
+            println!("Issued a certificate for {identity} ({}) in {}.", identity.to_uri(), out.display());
+        }
+    }
+    Ok(())
 }

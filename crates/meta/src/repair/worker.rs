@@ -107,6 +107,7 @@ pub(crate) async fn run(service: Arc<Service>, cancel: CancellationToken) {
     let rpc = RpcClient::new(RpcConfig {
         connect_timeout: Duration::from_secs(1),
         request_timeout: COPY_TIMEOUT,
+        transport: service.transport.clone(),
         ..RpcConfig::default()
     });
     let mut tick = tokio::time::interval(cfg.scan_interval.0);
