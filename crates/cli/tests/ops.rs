@@ -439,7 +439,8 @@ async fn json_log_file_and_a_log_level_changed_by_sighup() {
         "listen = \"{listen}\"\nhttp_addr = \"{http_addr}\"\ndata_dir = \"{}\"\n",
         dir.path().join("m").display()
     );
-    std::fs::write(&config, format!("{base}log_level = \"warn\"\n")).expect("write config");
+    let tls = "[tls]\nmode = \"off\"\n";
+    std::fs::write(&config, format!("{base}log_level = \"warn\"\n{tls}")).expect("write config");
     let log = dir.path().join("logs").join("meta.log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distfs-meta"))
         .arg("--config")
@@ -464,7 +465,7 @@ async fn json_log_file_and_a_log_level_changed_by_sighup() {
     };
     assert!(!read_logs().contains("\"level\":\"INFO\""), "warn filter: no INFO lines yet");
 
-    std::fs::write(&config, format!("{base}log_level = \"info,distfs_meta=debug\"\n")).expect("rewrite config");
+    std::fs::write(&config, format!("{base}log_level = \"info,distfs_meta=debug\"\n{tls}")).expect("rewrite config");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let text = wait_for("the reload logged at INFO in the JSON file", Duration::from_secs(10), || async {

@@ -312,6 +312,8 @@ impl MetaConfig {
         fixed!(join, "join");
         fixed!(http_addr, "http_addr");
         fixed!(raft, "raft");
+        fixed!(tls, "tls");
+        fixed!(compression, "compression");
         fixed!(repair.enabled, "repair.enabled");
         fixed!(repair.scan_interval, "repair.scan_interval");
         (changed, fixed)

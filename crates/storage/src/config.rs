@@ -229,6 +229,11 @@ impl StorageConfig {
         fixed!(scrub_interval);
         fixed!(block_report_interval);
         fixed!(http_addr);
+        fixed!(direct_io);
+        fixed!(copies_while_busy);
+        fixed!(copy_percent_while_busy);
+        fixed!(tls);
+        fixed!(compression);
         (changed, fixed)
     }
 }
@@ -291,8 +296,10 @@ mod tests {
 
     #[test]
     fn reload_takes_only_reloadable_keys() {
-        let mut run = StorageConfig::default();
-        let new = StorageConfig::from_toml_str("heartbeat_interval = \"250ms\"\nzone = \"b\"").expect("parses");
+        let tls = "\n[tls]\nmode = \"off\"";
+        let mut run = StorageConfig::from_toml_str(tls).expect("parses");
+        let new = StorageConfig::from_toml_str(&format!("heartbeat_interval = \"250ms\"\nzone = \"b\"{tls}"))
+            .expect("parses");
         let (changed, fixed) = run.apply_reloadable(&new);
         assert_eq!(changed, ["heartbeat_interval"]);
         assert_eq!(fixed, ["zone"]);
