@@ -48,6 +48,15 @@ fn python_holder(path: &std::path::Path) -> std::process::Child {
     holder
 }
 
+/// Waits until `f` gets a write lock over `[start, start+len)` (then holds it).
+async fn wait_lockable(f: &std::fs::File, start: i64, len: i64, what: &str) {
+    distfs_testkit::wait_for(what, T, || {
+        let r = lock(f, libc::F_SETLK, libc::F_WRLCK, start, len);
+        async move { r.ok().map(|_| ()) }
+    })
+    .await;
+}
+
 fn open_rw(p: &std::path::Path) -> std::fs::File {
     std::fs::OpenOptions::new().read(true).write(true).open(p).expect("open read-write")
 }
@@ -98,11 +107,7 @@ async fn fcntl_locks_exclude_each_other_across_mounts() {
     assert!(got_at >= unlocked_at);
     assert_eq!(lock(&fa, libc::F_SETLK, libc::F_WRLCK, 0, 1).unwrap_err(), libc::EAGAIN, "b holds it now");
     drop(wf); // closing the descriptor drops the process's locks on that mount
-    distfs_testkit::wait_for("b's lock to go with its close", T, || {
-        let r = lock(&fa, libc::F_SETLK, libc::F_WRLCK, 0, 1);
-        async move { r.ok().map(|_| ()) }
-    })
-    .await;
+    wait_lockable(&fa, 0, 1, "b's lock to go with its close").await;
     lock(&fa, libc::F_SETLK, libc::F_UNLCK, 0, 0).expect("unlock on a");
 
     eprintln!("phase: a holder killed with SIGKILL frees its lock");
@@ -110,11 +115,7 @@ async fn fcntl_locks_exclude_each_other_across_mounts() {
     assert_eq!(lock(&fa, libc::F_SETLK, libc::F_WRLCK, 0, 0).unwrap_err(), libc::EAGAIN, "the holder's lock");
     holder.kill().expect("SIGKILL the holder");
     holder.wait().expect("reap the holder");
-    distfs_testkit::wait_for("the killed holder's lock to be released", T, || {
-        let r = lock(&fa, libc::F_SETLK, libc::F_WRLCK, 0, 0);
-        async move { r.ok().map(|_| ()) }
-    })
-    .await;
+    wait_lockable(&fa, 0, 0, "the killed holder's lock to be released").await;
     lock(&fa, libc::F_SETLK, libc::F_UNLCK, 0, 0).expect("unlock on a");
 
     eprintln!("phase: a mount that dies (SIGKILL) frees its locks when its session lease runs out");
@@ -123,11 +124,7 @@ async fn fcntl_locks_exclude_each_other_across_mounts() {
     assert_eq!(lock(&fa, libc::F_SETLK, libc::F_WRLCK, 0, 0).unwrap_err(), libc::EAGAIN);
     // SAFETY: kill(2) on the mount daemon's pid.
     assert_eq!(unsafe { libc::kill(b.pid() as i32, libc::SIGKILL) }, 0);
-    distfs_testkit::wait_for("the dead mount's lock to be released by lease expiry", T, || {
-        let r = lock(&fa, libc::F_SETLK, libc::F_WRLCK, 0, 0);
-        async move { r.ok().map(|_| ()) }
-    })
-    .await;
+    wait_lockable(&fa, 0, 0, "the dead mount's lock to be released by lease expiry").await;
     let _ = holder.kill();
     let _ = holder.wait();
     drop(b);

@@ -36,6 +36,8 @@ struct Soft {
     report: Option<Report>,
     /// When its connection to the leader closed, if no heartbeat came since.
     disconnected: Option<Instant>,
+    /// Since then, a dial of its port was refused (the process is gone).
+    refused: bool,
 }
 
 /// Liveness as judged by the current leader.
@@ -96,6 +98,17 @@ impl Liveness {
         if let Some(s) = self.nodes.get_mut(&node) {
             if s.disconnected.is_some_and(|at| at <= since) {
                 s.disconnected = None;
+                s.refused = false;
+            }
+        }
+    }
+
+    /// The node's port refused a connection after its connection closed: its process
+    /// is gone, so it is Dead now (no grace; a restart later counts it again).
+    pub fn refused(&mut self, node: NodeId, since: Instant) {
+        if let Some(s) = self.nodes.get_mut(&node) {
+            if s.disconnected.is_some_and(|at| at <= since) {
+                s.refused = true;
             }
         }
     }
@@ -111,9 +124,10 @@ impl Liveness {
     }
 
     pub fn heartbeat(&mut self, node: NodeId, now: Instant, report: Option<Report>) {
-        let e = self.nodes.entry(node).or_insert(Soft { last: now, report: None, disconnected: None });
+        let e = self.nodes.entry(node).or_insert(Soft { last: now, report: None, disconnected: None, refused: false });
         e.last = now;
         e.disconnected = None;
+        e.refused = false;
         if report.is_some() {
             e.report = report;
         }
@@ -129,7 +143,8 @@ impl Liveness {
         let s = self.silence(node, now);
         let lost = self.nodes.get(&node).and_then(|x| x.disconnected).zip(self.dead_after_disconnect);
         if let Some((at, grace)) = lost {
-            return if now.saturating_duration_since(at) >= grace || s >= self.dead_after {
+            let refused = self.nodes.get(&node).is_some_and(|x| x.refused);
+            return if refused || now.saturating_duration_since(at) >= grace || s >= self.dead_after {
                 NodeState::Dead
             } else {
                 NodeState::Suspect
@@ -179,6 +194,10 @@ mod tests {
         l.disconnected(n, t0 + ms(100));
         assert_eq!(l.state(n, t0 + ms(150)), NodeState::Suspect);
         assert_eq!(l.state(n, t0 + ms(1100)), NodeState::Dead);
+        // A refused dial of its port: dead at once, until it heartbeats again.
+        l.disconnected(n, t0 + ms(1150));
+        l.refused(n, t0 + ms(1150));
+        assert_eq!(l.state(n, t0 + ms(1160)), NodeState::Dead);
         // A probe that finds the node still listening takes it back to silence rules.
         l.disconnected(n, t0 + ms(1150));
         l.still_listening(n, t0 + ms(1150));

@@ -9,7 +9,7 @@ use crate::raft::{handle_raft_rpc, MetaRaft, RaftRpc};
 use crate::state::{Command, CommandResult, Format, Reader, StateStore};
 use distfs_proto::{
     BlockReplicas, BlockTarget, ChunkLayout, ClusterStatus, Handler, Incoming, Kind, Layout, MetaRequest, MetaResponse,
-    NodeAddr, Reply, StatFs,
+    NodeAddr, Reply, StatFs, StorageRequest,
 };
 use distfs_types::{Attr, BlockId, FileKind, FsError, FsResult, InodeId, NodeId, NodeInfo, NodeState, Timestamp};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -32,6 +32,8 @@ const MAX_SYMLINKS: usize = 40;
 
 /// How long the dial of a node whose connection closed may take.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+/// Dials of a node whose connection closed, `PROBE_TIMEOUT / 4` apart.
+const PROBE_ATTEMPTS: usize = 4;
 
 pub(crate) struct Service {
     pub id: u64,
@@ -141,25 +143,46 @@ impl Service {
     /// A closed connection means a crash (the kernel reset it) or just a dropped
     /// connection. Dial the node's own port once: a node still listening is alive and
     /// goes back to the silence rules (no repair storm for a transient drop); a refused
-    /// or silent dial leaves it Suspect, Dead after `dead_after_disconnect`.
+    /// dial means the process is gone (Dead now); a dial that times out (a hung host)
+    /// leaves it Suspect, Dead after `dead_after_disconnect`.
     fn probe_after_disconnect(&self, node: NodeId, at: std::time::Instant) {
         let addr = match self.store.read().and_then(|r| r.node(node)) {
             Ok(Some(n)) => n.addr,
             _ => return,
         };
         let live = self.live.clone();
+        let transport = self.transport.clone();
         tokio::spawn(async move {
-            let dial = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await;
-            match dial {
-                Ok(Ok(_)) => {
-                    tracing::info!(node = %node, %addr, "storage node still listening after its connection closed");
-                    live.lock().expect("liveness lock").still_listening(node, at);
+            let rpc = distfs_proto::RpcClient::new(distfs_proto::RpcConfig {
+                connect_timeout: PROBE_TIMEOUT,
+                conns_per_peer: 1,
+                transport,
+                ..Default::default()
+            });
+            for _ in 0..PROBE_ATTEMPTS {
+                // A dying process may still hold its listening socket for a moment (the
+                // kernel completes handshakes from the backlog), so only an answer to a
+                // Ping counts as alive, and only a refused dial as gone.
+                match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        // The repair worker sees the state change on its next round.
+                        tracing::info!(node = %node, %addr, "storage node's port refuses connections: dead now");
+                        live.lock().expect("liveness lock").refused(node, at);
+                        return;
+                    }
+                    Ok(Ok(_)) => {
+                        let ping = rpc.storage(&addr, &StorageRequest::Ping, bytes::Bytes::new(), Some(PROBE_TIMEOUT));
+                        if ping.await.is_ok() {
+                            tracing::info!(node = %node, %addr, "storage node still answers after its connection closed");
+                            live.lock().expect("liveness lock").still_listening(node, at);
+                            return;
+                        }
+                    }
+                    _ => {}
                 }
-                Ok(Err(e)) => {
-                    tracing::info!(node = %node, %addr, error = %e, "storage node does not answer: dead after the grace")
-                }
-                Err(_) => tracing::info!(node = %node, %addr, "storage node probe timed out: dead after the grace"),
+                tokio::time::sleep(PROBE_TIMEOUT / 4).await;
             }
+            tracing::info!(node = %node, %addr, "storage node does not answer: dead after the grace");
         });
     }
 

@@ -89,7 +89,7 @@ impl Default for StorageConfig {
             max_concurrent_writes: 16,
             max_concurrent_copies: 8,
             copies_while_busy: 1,
-            copy_percent_while_busy: 20,
+            copy_percent_while_busy: 15,
             scrub_bandwidth: ByteSize(32 << 20),
             scrub_interval: HumanDuration::from_secs(24 * 3600),
             block_report_interval: HumanDuration::from_secs(3600),
