@@ -114,8 +114,22 @@ impl Client {
     }
 
     pub async fn create(&self, parent: InodeId, name: &str, perm: u32, exclusive: bool) -> Result<Attr> {
+        self.create_open(parent, name, perm, exclusive, None).await
+    }
+
+    /// `create`, and with `session` the file is held open by that session in the same
+    /// metadata write (see `open_file`).
+    pub async fn create_open(
+        &self,
+        parent: InodeId,
+        name: &str,
+        perm: u32,
+        exclusive: bool,
+        session: Option<u64>,
+    ) -> Result<Attr> {
         let (uid, gid) = ids();
-        let req = MetaRequest::Create { parent, name: name.to_string(), perm, uid, gid, exclusive };
+        let req =
+            MetaRequest::Create { parent, name: name.to_string(), perm, uid, gid, exclusive, open_session: session };
         let r = self.meta_call(req).await?;
         expect_resp!(r, MetaResponse::Attr(a) => a, "Create")
     }

@@ -171,16 +171,28 @@ impl Inner {
         who: Caller,
     ) -> Result<(Attr, u64)> {
         let exclusive = flags & libc::O_EXCL != 0;
-        let mut attr = self.client.create(parent, name, mode & 0o7777, exclusive).await?;
-        attr = self.own(attr, who).await?;
-        if flags & libc::O_TRUNC != 0 && attr.size > 0 {
-            self.commit_all(attr.ino).await?;
-            attr = self.client.truncate(attr.ino, 0).await?;
-            self.changed(attr.ino);
+        // Held from here: a failure below gives the hold back.
+        let mut attr = self.create_held(parent, name, mode & 0o7777, exclusive).await?;
+        let ino = attr.ino;
+        let rest = async {
+            attr = self.own(attr, who).await?;
+            if flags & libc::O_TRUNC != 0 && attr.size > 0 {
+                self.commit_all(attr.ino).await?;
+                attr = self.client.truncate(attr.ino, 0).await?;
+                self.changed(attr.ino);
+            }
+            Ok(attr)
+        };
+        match rest.await {
+            Ok(attr) => {
+                let fh = self.open_created(&attr, flags & libc::O_APPEND != 0);
+                Ok((attr, fh))
+            }
+            Err(e) => {
+                self.unhold(ino).await;
+                Err(e)
+            }
         }
-        self.hold(attr.ino).await?;
-        let fh = self.open_created(&attr, flags & libc::O_APPEND != 0);
-        Ok((attr, fh))
     }
 
     async fn readdir(&self, fh: u64, offset: u64, reply: &mut ReplyDirectory) -> Result<()> {

@@ -57,6 +57,16 @@ impl Inner {
         Ok(Some(attr))
     }
 
+    /// Creates (or, without `O_EXCL`, opens an existing) file and holds it: one metadata
+    /// write registers the open together with the create. The held map stays locked
+    /// across the call, as in `hold`, so a release of the same inode cannot overtake it.
+    pub async fn create_held(&self, parent: InodeId, name: &str, perm: u32, exclusive: bool) -> Result<Attr> {
+        let mut held = self.session.held.lock().await;
+        let attr = self.client.create_open(parent, name, perm, exclusive, Some(self.session.id)).await?;
+        *held.entry(attr.ino).or_insert(0) += 1;
+        Ok(attr)
+    }
+
     /// One handle of `ino` fewer; the last releases the open at the metadata (which then
     /// frees the inode if it has no name left). A failure is logged: the lease covers it.
     pub async fn unhold(&self, ino: InodeId) {

@@ -269,8 +269,9 @@ impl Service {
             MetaRequest::Mkdir { parent, name, perm, uid, gid } => {
                 Self::attr_of(self.write(Command::Mkdir { parent, name, perm, uid, gid, now }).await?)
             }
-            MetaRequest::Create { parent, name, perm, uid, gid, exclusive } => {
-                Self::attr_of(self.write(Command::Create { parent, name, perm, uid, gid, exclusive, now }).await?)
+            MetaRequest::Create { parent, name, perm, uid, gid, exclusive, open_session } => {
+                let open = open_session.map(|s| (s, crate::sessions::plus(now, distfs_proto::SESSION_LEASE)));
+                Self::attr_of(self.write(Command::Create { parent, name, perm, uid, gid, exclusive, now, open }).await?)
             }
             MetaRequest::Symlink { parent, name, target, uid, gid } => {
                 Self::attr_of(self.write(Command::Symlink { parent, name, target, uid, gid, now }).await?)

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 /// How often the leader looks for expired sessions.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
-fn plus(t: Timestamp, d: Duration) -> Timestamp {
+pub(crate) fn plus(t: Timestamp, d: Duration) -> Timestamp {
     let nanos = t.nanos as u64 + d.subsec_nanos() as u64;
     Timestamp {
         secs: t.secs + d.as_secs() as i64 + (nanos / 1_000_000_000) as i64,

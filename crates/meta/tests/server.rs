@@ -116,9 +116,19 @@ async fn namespace_write_gc_and_restart_over_the_protocol() {
     // Phase 2: namespace.
     const ROOT: InodeId = InodeId::ROOT;
     let a = attr(&c, MetaRequest::Mkdir { parent: ROOT, name: "a".into(), perm: 0o755, uid: 1, gid: 1 }).await;
-    let f =
-        attr(&c, MetaRequest::Create { parent: a.ino, name: "f".into(), perm: 0o644, uid: 1, gid: 1, exclusive: true })
-            .await;
+    let f = attr(
+        &c,
+        MetaRequest::Create {
+            parent: a.ino,
+            name: "f".into(),
+            perm: 0o644,
+            uid: 1,
+            gid: 1,
+            exclusive: true,
+            open_session: None,
+        },
+    )
+    .await;
     assert_eq!(f.kind, FileKind::File);
 
     // Phase 3: allocate, commit a write, read the layout.
@@ -200,6 +210,7 @@ async fn namespace_write_gc_and_restart_over_the_protocol() {
                 uid: 0,
                 gid: 0,
                 exclusive: true,
+                open_session: None,
             },
         )
         .await;
@@ -254,7 +265,15 @@ async fn silent_nodes_become_suspect_then_dead() {
     // With R=3 and only one node up, writes cannot be placed.
     let f = attr(
         &c,
-        MetaRequest::Create { parent: InodeId::ROOT, name: "f".into(), perm: 0o644, uid: 0, gid: 0, exclusive: true },
+        MetaRequest::Create {
+            parent: InodeId::ROOT,
+            name: "f".into(),
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+            open_session: None,
+        },
     )
     .await;
     match c.call(&MetaRequest::AllocateBlocks { ino: f.ino, count: 1 }).await {

@@ -219,7 +219,9 @@ pub enum MetaRequest {
         gid: u32,
     },
     /// Creates a regular file. With `exclusive` an existing name is `AlreadyExists`;
-    /// without, an existing regular file is returned as it is (`O_CREAT`).
+    /// without, an existing regular file is returned as it is (`O_CREAT`). With
+    /// `open_session`, the same entry also registers the file as held open by that
+    /// session (what `OpenFile` does), so a create-and-open costs one metadata write.
     Create {
         parent: InodeId,
         name: String,
@@ -227,6 +229,7 @@ pub enum MetaRequest {
         uid: u32,
         gid: u32,
         exclusive: bool,
+        open_session: Option<u64>,
     },
     Symlink {
         parent: InodeId,

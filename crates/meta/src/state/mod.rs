@@ -139,6 +139,7 @@ pub enum Command {
         gid: u32,
         now: Timestamp,
     },
+    /// `open`: also held open by this session, lease until the timestamp (`OpenFile`).
     Create {
         parent: InodeId,
         name: String,
@@ -147,6 +148,7 @@ pub enum Command {
         gid: u32,
         exclusive: bool,
         now: Timestamp,
+        open: Option<(u64, Timestamp)>,
     },
     Symlink {
         parent: InodeId,
@@ -299,8 +301,12 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         Command::Mkdir { parent, name, perm, uid, gid, now } => {
             namespace::mkdir(txn, *parent, name, *perm, *uid, *gid, *now)
         }
-        Command::Create { parent, name, perm, uid, gid, exclusive, now } => {
-            namespace::create(txn, *parent, name, *perm, *uid, *gid, *exclusive, *now)
+        Command::Create { parent, name, perm, uid, gid, exclusive, now, open } => {
+            let created = namespace::create(txn, *parent, name, *perm, *uid, *gid, *exclusive, *now)?;
+            match (open, &created) {
+                (Some((session, expires)), CommandResult::Attr(a)) => open_files::open(txn, a.ino, *session, *expires),
+                _ => Ok(created),
+            }
         }
         Command::Symlink { parent, name, target, uid, gid, now } => {
             namespace::symlink(txn, *parent, name, target, *uid, *gid, *now)

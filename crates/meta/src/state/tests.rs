@@ -43,6 +43,7 @@ impl T {
             gid: 0,
             exclusive: true,
             now: ts(2),
+            open: None,
         })
     }
     fn get(&self, ino: InodeId) -> Option<Attr> {
@@ -97,7 +98,8 @@ fn mkdir_create_lookup_readdir_pagination() {
             uid: 0,
             gid: 0,
             exclusive: true,
-            now: ts(3)
+            now: ts(3),
+            open: None,
         }),
         Err(FsError::AlreadyExists { .. })
     ));
@@ -109,6 +111,7 @@ fn mkdir_create_lookup_readdir_pagination() {
         gid: 0,
         exclusive: false,
         now: ts(3),
+        open: None,
     });
     assert_eq!(Some(again.ino), t.lookup(a.ino, "f1"));
     let r = t.s.read().unwrap();
@@ -520,4 +523,25 @@ fn many_replica_updates_in_one_entry_apply_like_single_ones() {
     assert!(!replicas(&t, 8).contains(&NodeId(1)) && replicas(&t, 8).contains(&NodeId(3)));
     assert_eq!(t.gc(1), vec![BlockId(8)], "the dropped copy is queued for deletion");
     assert_eq!(t.gc(4), vec![BlockId(99)]);
+}
+
+#[test]
+fn create_with_an_open_session_holds_the_new_file_open() {
+    let t = T::new();
+    let f = t.attr(Command::Create {
+        parent: ROOT,
+        name: "held".into(),
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        exclusive: true,
+        now: ts(2),
+        open: Some((9, ts(50))),
+    });
+    t.commit(f.ino, 0, 0, &[(3, 100)], 100);
+    t.run(Command::Unlink { parent: ROOT, name: "held".into(), now: ts(3) }).expect("unlink");
+    assert_eq!(t.get(f.ino).expect("kept while held").nlink, 0);
+    t.run(Command::ReleaseFile { ino: f.ino, session: 9 }).expect("release");
+    assert_eq!(t.get(f.ino), None);
+    assert_eq!(t.gc(1), vec![BlockId(3)]);
 }
