@@ -195,15 +195,8 @@ impl MetaConfig {
                 return bad("advertise", format!("`{a}` is not a host:port address"));
             }
         }
-        if let Some(a) = self.http_addr.as_deref().filter(|a| !a.is_empty()) {
-            if a.parse::<std::net::SocketAddr>().is_err() {
-                return bad("http_addr", format!("`{a}` is not IP:PORT (or \"\" for no HTTP endpoint)"));
-            }
-        }
-        if let Some(l) = &self.log_level {
-            if let Err(e) = distfs_ops::logging::parse_filter(l) {
-                return bad("log_level", e.to_string());
-            }
+        if let Err((key, reason)) = distfs_ops::validate_keys(self.http_addr.as_deref(), self.log_level.as_deref()) {
+            return bad(key, reason);
         }
         if !(1..=7).contains(&self.replication) {
             return bad("replication", format!("must be between 1 and 7, got {}", self.replication));

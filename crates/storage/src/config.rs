@@ -176,15 +176,8 @@ impl StorageConfig {
         if self.block_report_interval.0 < std::time::Duration::from_secs(1) {
             return bad("block_report_interval", format!("{} is shorter than 1s", self.block_report_interval));
         }
-        if let Some(a) = self.http_addr.as_deref().filter(|a| !a.is_empty()) {
-            if a.parse::<std::net::SocketAddr>().is_err() {
-                return bad("http_addr", format!("`{a}` is not IP:PORT (or \"\" for no HTTP endpoint)"));
-            }
-        }
-        if let Some(l) = &self.log_level {
-            if let Err(e) = distfs_ops::logging::parse_filter(l) {
-                return bad("log_level", e.to_string());
-            }
+        if let Err((key, reason)) = distfs_ops::validate_keys(self.http_addr.as_deref(), self.log_level.as_deref()) {
+            return bad(key, reason);
         }
         if let Err((key, reason)) = self.tls.validate() {
             return bad(key, reason);

@@ -16,11 +16,16 @@ pub const CLIENT_QUIET: Duration = Duration::from_millis(200);
 /// A waiting copy looks at the client activity again at least this often.
 const RECHECK: Duration = Duration::from_millis(20);
 
+/// Clients are working: requests in flight, or one finished within `CLIENT_QUIET`
+/// (`since_client`: time since the last one finished, `None`: never).
+pub fn clients_active(clients_in_flight: usize, since_client: Option<Duration>) -> bool {
+    clients_in_flight > 0 || since_client.is_some_and(|d| d < CLIENT_QUIET)
+}
+
 /// Copies allowed at once, given the client requests in flight and the time since the
 /// last one finished (`None`: never).
 pub fn copy_limit(max: usize, busy: usize, clients_in_flight: usize, since_client: Option<Duration>) -> usize {
-    let clients_active = clients_in_flight > 0 || since_client.is_some_and(|d| d < CLIENT_QUIET);
-    if clients_active {
+    if clients_active(clients_in_flight, since_client) {
         busy.clamp(1, max.max(1))
     } else {
         max.max(1)
@@ -74,21 +79,25 @@ impl CopyGate {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn clients_active(&self) -> bool {
+    /// Client requests in flight and the time since the last one finished.
+    fn client_state(&self) -> (usize, Option<Duration>) {
         let last = self.last_client_ms.load(Ordering::Acquire);
         let since = (last > 0).then(|| self.epoch.elapsed().saturating_sub(Duration::from_millis(last - 1)));
-        copy_limit(2, 1, self.clients.load(Ordering::Acquire), since) == 1
+        (self.clients.load(Ordering::Acquire), since)
+    }
+
+    fn clients_active(&self) -> bool {
+        let (in_flight, since) = self.client_state();
+        clients_active(in_flight, since)
     }
 
     /// Copies allowed now (0 while a busy pause runs).
     fn limit(&self) -> usize {
-        if !self.clients_active() {
-            return self.max.max(1);
-        }
-        if self.now_ms() < self.not_before_ms.load(Ordering::Acquire) {
+        let (in_flight, since) = self.client_state();
+        if clients_active(in_flight, since) && self.now_ms() < self.not_before_ms.load(Ordering::Acquire) {
             return 0;
         }
-        copy_limit(self.max, self.busy, 1, None)
+        copy_limit(self.max, self.busy, in_flight, since)
     }
 
     /// Waits for a copy slot under the current limit.
