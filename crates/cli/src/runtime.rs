@@ -111,6 +111,19 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Lifts the soft open-files limit to the hard one: servers with thousands of clients
+/// and the many-connections benchmark need it. Failure leaves the limit as it was.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// The body of every `main`: builds the runtime, runs `fut`, prints an error as
 /// `<program>: <error chain>` and maps it to an exit code. Servers (`serves = true`)
 /// catch SIGINT/SIGTERM from the start and shut down cleanly; client commands keep the
@@ -127,6 +140,7 @@ pub fn block_on_main<F>(program: &str, serves: bool, fut: F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
+    raise_fd_limit();
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let msg = info

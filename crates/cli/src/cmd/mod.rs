@@ -2,6 +2,7 @@
 //! sibling module: `files` (put/get/cat), `ns` (ls/mkdir/rm/mv/stat), `cluster` (df,
 //! cluster status), `heal` (node membership, fsck).
 
+pub mod bench;
 pub mod cluster;
 pub mod files;
 pub mod heal;
@@ -152,6 +153,38 @@ pub enum Command {
         #[command(subcommand)]
         command: LocalCommand,
     },
+    /// Measure the cluster from the native client: sequential and random I/O, small
+    /// files, many connections; latency percentiles per workload.
+    Bench {
+        /// Directory in DistFS to work under (emptied at the end).
+        #[arg(long, default_value = "/.distfs-bench")]
+        dir: String,
+        /// Workloads, comma separated: seq, rand, small, conns (default: all but conns).
+        #[arg(long, value_delimiter = ',', default_value = "seq,rand,small")]
+        only: Vec<String>,
+        /// Concurrent clients of each workload.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Bytes each client writes and reads sequentially (e.g. 256MiB).
+        #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+        file_size: u64,
+        /// Bytes per sequential write or read call.
+        #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+        io_size: u64,
+        /// Random 4 KiB reads in all.
+        #[arg(long, default_value_t = 4000)]
+        random_reads: usize,
+        /// Small files in all (each client its own directory).
+        #[arg(long, default_value_t = 2000)]
+        small_files: usize,
+        #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+        small_size: u64,
+        /// Clients of the `conns` workload, each with its own connections.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Certificates: a cluster CA, node and client certificates.
     Cert {
         #[command(subcommand)]
@@ -295,6 +328,24 @@ pub enum LocalCommand {
     },
 }
 
+/// A byte count: a number with an optional K/M/G/T suffix (powers of 1024, `KiB` and
+/// `KB` alike).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 4096, 4KiB, 256MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("`{s}` is too large"))
+}
+
 /// The transport the TLS options describe.
 pub fn client_transport(cli: &Cli) -> anyhow::Result<ClientTransport> {
     let paths = match (&cli.tls_ca, &cli.tls_dir) {
@@ -370,6 +421,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 tls,
             })
             .await
+        }
+        Command::Bench {
+            ref dir,
+            ref only,
+            clients,
+            file_size,
+            io_size,
+            random_reads,
+            small_files,
+            small_size,
+            connections,
+            json,
+        } => {
+            let config = ClientConfig {
+                meta: cli.meta.clone(),
+                meta_deadline: cli.timeout,
+                transport: transport.clone(),
+                ..ClientConfig::default()
+            };
+            let opts = bench::BenchOptions {
+                dir: dir.clone(),
+                only: only.clone(),
+                clients,
+                file_size,
+                io_size: usize::try_from(io_size).context("--io-size is too large")?,
+                random_reads,
+                small_files,
+                small_size: usize::try_from(small_size).context("--small-size is too large")?,
+                connections,
+                json,
+            };
+            bench::run(config, opts).await
         }
         Command::Cert { .. } => unreachable!("handled above"),
     }
