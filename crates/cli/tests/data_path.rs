@@ -157,3 +157,44 @@ async fn removed_and_overwritten_data_is_deleted_from_storage_nodes() {
     })
     .await;
 }
+
+/// Files whose bytes all lie below 64 KiB live in the metadata: no block, readable with
+/// every storage node down, kept across a metadata restart; growing past the limit
+/// moves on to blocks and the two read back as one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_files_are_inline_in_the_metadata_and_survive_a_restart() {
+    let mut c = cluster().await;
+    let client = c.client();
+    let count = |c: &distfs_testkit::ProcessCluster| (0..3).map(|i| c.block_files(i).len()).sum::<usize>();
+    let small = random_bytes(4096, 11);
+    let f = client.create(InodeId::ROOT, "small", 0o644, true).await.unwrap();
+    client.write_at(f.ino, 0, &small).await.unwrap();
+    let g = client.create(InodeId::ROOT, "grows", 0o644, true).await.unwrap();
+    let head = random_bytes(1000, 12);
+    client.write_at(g.ino, 0, &head).await.unwrap();
+    assert_eq!(count(&c), 0, "small files wrote no block");
+    assert_eq!(client.cluster_status().await.unwrap().blocks, 0);
+
+    // Every storage node down: inline files still read back exactly.
+    for i in 0..3 {
+        c.kill_storage(i);
+    }
+    assert!(client.read_at(f.ino, 0, 1 << 20).await.unwrap()[..] == small[..]);
+
+    // A metadata restart keeps them (the Raft log and the state database hold them).
+    c.kill_meta_server(0);
+    c.restart_all().await;
+    let client = c.client();
+    assert!(client.read_at(f.ino, 0, 1 << 20).await.unwrap()[..] == small[..], "after restart");
+
+    // Growing past the limit writes blocks; the inline head and the block tail are one file.
+    let tail = random_bytes(200 << 10, 13);
+    client.write_at(g.ino, head.len() as u64, &tail).await.unwrap();
+    assert!(count(&c) > 0, "bytes past the inline limit go to blocks");
+    let whole: Vec<u8> = head.iter().chain(tail.iter()).copied().collect();
+    assert!(client.read_at(g.ino, 0, 1 << 20).await.unwrap()[..] == whole[..], "inline head + block tail");
+    // Overwriting the head with a block-sized write leaves no trace of the old bytes.
+    let over = random_bytes(300 << 10, 14);
+    client.write_at(g.ino, 0, &over).await.unwrap();
+    assert!(client.read_at(g.ino, 0, 1 << 20).await.unwrap()[..] == over[..], "after overwrite");
+}

@@ -69,7 +69,9 @@ async fn files_deleted_or_renamed_over_while_open_keep_their_data_until_closed()
 
     eprintln!("phase: unlink on b (another mount), rename over on a (this mount)");
     std::fs::remove_file(b.path("held")).expect("unlink held on b");
-    std::fs::write(a.path("new"), b"new content").expect("write new");
+    // Larger than the inline limit, so the new file has blocks of its own to count.
+    let new = random_bytes(100 << 10, 3);
+    std::fs::write(a.path("new"), &new).expect("write new");
     std::fs::rename(a.path("new"), a.path("replaced")).expect("rename over replaced");
     let with_new = block_count(&c);
     assert!(with_new > with_both, "the new file wrote no blocks");
@@ -85,7 +87,7 @@ async fn files_deleted_or_renamed_over_while_open_keep_their_data_until_closed()
     // b may still have the old name cached: opening an unlinked inode by name is ESTALE,
     // and the kernel looks the name up again.
     let now = std::fs::read(b.path("replaced")).expect("read new");
-    assert!(now == b"new content", "b read {} bytes, not the new file", now.len());
+    assert!(now == new, "b read {} bytes, not the new file", now.len());
 
     eprintln!("phase: closing frees the inodes and GC deletes their blocks");
     drop(fh);

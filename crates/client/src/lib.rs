@@ -45,6 +45,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// TLS and compression of every connection (default: plain TCP, no compression).
     pub transport: distfs_proto::ClientTransport,
+    /// Writes that end at or below this file offset are kept inline in the metadata
+    /// (capped at `INLINE_MAX`; 0 stores every byte in blocks).
+    pub inline_max: u64,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +62,7 @@ impl Default for ClientConfig {
             straggler_grace: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
             transport: distfs_proto::ClientTransport::default(),
+            inline_max: distfs_types::INLINE_MAX,
         }
     }
 }

@@ -13,6 +13,9 @@ pub enum Source {
     Hole,
     /// Bytes `[offset, offset+len)` of the piece are bytes `[block_offset, ..)` of `id`.
     Block { id: BlockId, block_offset: u32 },
+    /// They are bytes `[data_offset, ..)` of the inline data of slice `slice` of chunk
+    /// `chunk` (indices into the layout given to `read_segments`).
+    Inline { chunk: u64, slice: usize, data_offset: u64 },
 }
 
 /// One contiguous piece of a read: `len` bytes at file offset `offset`.
@@ -45,6 +48,14 @@ pub fn read_segments(chunks: &[ChunkLayout], chunk_size: u64, offset: u64, len: 
                 let slice = &chunk.slices[ext.slice];
                 let mut data_off = ext.slice_offset + (s - es); // offset into the slice's data
                 let mut at = s;
+                if let Some(inline) = &slice.inline {
+                    let take = (inline.data.len() as u64).saturating_sub(data_off).min(e - at);
+                    if take > 0 {
+                        let source = Source::Inline { chunk: index, slice: ext.slice, data_offset: data_off };
+                        covered.push(Segment { offset: at, len: take, source });
+                        at += take;
+                    }
+                }
                 let mut block_start = 0u64;
                 for b in &slice.blocks {
                     let block_end = block_start + b.len as u64;
@@ -116,7 +127,7 @@ mod tests {
     fn slice(offset: u64, seq: u64, blocks: &[(u128, u32)]) -> Slice {
         let blocks: Vec<BlockRef> = blocks.iter().map(|&(id, len)| BlockRef { id: BlockId(id), len }).collect();
         let len = blocks.iter().map(|b| b.len as u64).sum();
-        Slice { offset, len, seq: Seq(seq), blocks }
+        Slice { offset, len, seq: Seq(seq), blocks, inline: None }
     }
 
     fn blk(id: u128, off: u32) -> Source {
@@ -159,6 +170,29 @@ mod tests {
             vec![
                 Segment { offset: 0, len: 40, source: blk(1, 0) },
                 Segment { offset: 40, len: 60, source: Source::Hole }
+            ]
+        );
+    }
+
+    #[test]
+    fn inline_slices_read_from_their_data_and_lose_to_newer_blocks() {
+        let inline = Slice {
+            offset: 0,
+            len: 100,
+            seq: Seq(1),
+            blocks: Vec::new(),
+            inline: Some(distfs_types::Inline::new(vec![7; 100])),
+        };
+        // A newer block overwrites 20..30; the inline data is visible around it.
+        let chunks = vec![ChunkLayout { index: 0, slices: vec![inline, slice(20, 2, &[(9, 10)])] }];
+        let segs = read_segments(&chunks, 1000, 10, 200);
+        assert_eq!(
+            segs,
+            vec![
+                Segment { offset: 10, len: 10, source: Source::Inline { chunk: 0, slice: 0, data_offset: 10 } },
+                Segment { offset: 20, len: 10, source: blk(9, 0) },
+                Segment { offset: 30, len: 70, source: Source::Inline { chunk: 0, slice: 0, data_offset: 30 } },
+                Segment { offset: 100, len: 110, source: Source::Hole },
             ]
         );
     }

@@ -107,6 +107,9 @@ impl FileReader {
             .map(|seg| async move {
                 match seg.source {
                     Source::Hole => Ok((seg, Bytes::new())),
+                    Source::Inline { chunk, slice, data_offset } => {
+                        this.inline_bytes(chunk, slice, data_offset, seg.len).map(|b| (seg, b))
+                    }
                     Source::Block { id, block_offset } => {
                         this.read_block(id, block_offset, seg.len as u32).await.map(|b| (seg, b))
                     }
@@ -120,10 +123,33 @@ impl FileReader {
             let (seg, bytes) = p?;
             match seg.source {
                 Source::Hole => out.resize(out.len() + seg.len as usize, 0),
-                Source::Block { .. } => out.extend_from_slice(&bytes),
+                Source::Block { .. } | Source::Inline { .. } => out.extend_from_slice(&bytes),
             }
         }
         Ok(out.freeze())
+    }
+
+    /// `len` bytes at `offset` of the inline data of a slice, checked against its CRC32C.
+    fn inline_bytes(&self, chunk: u64, slice: usize, offset: u64, len: u64) -> Result<Bytes> {
+        let inline = self.chunks.get(&chunk).and_then(|c| c.slices.get(slice)).and_then(|s| s.inline.as_ref());
+        let Some(inline) = inline else {
+            return Err(
+                FsError::Protocol { reason: format!("no inline data in slice {slice} of chunk {chunk}") }.into()
+            );
+        };
+        if !inline.verify() {
+            return Err(FsError::Io {
+                reason: format!("inline data of inode {} fails its checksum (metadata damaged)", self.attr.ino),
+            }
+            .into());
+        }
+        let (start, end) = (offset as usize, (offset + len) as usize);
+        inline.data.get(start..end).map(Bytes::copy_from_slice).ok_or_else(|| {
+            FsError::Protocol {
+                reason: format!("inline data of {} bytes has no range {start}..{end}", inline.data.len()),
+            }
+            .into()
+        })
     }
 
     /// Reads `[offset, offset+len)` of a block from the best replica that answers with

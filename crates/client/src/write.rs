@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use distfs_proto::{
     BlockTarget, MetaRequest, MetaResponse, RpcError, SliceWrite, StorageRequest, StorageResponse, WrittenBlock,
 };
-use distfs_types::{Attr, BlockRef, FsError, InodeId, NodeId, Timestamp, CRC_CHUNK};
+use distfs_types::{Attr, BlockRef, FsError, Inline, InodeId, NodeId, Timestamp, CRC_CHUNK, INLINE_MAX};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -54,6 +54,10 @@ pub struct FileWriter {
     targets: VecDeque<BlockTarget>,
     /// Highest file offset written (exclusive) since the last commit.
     end: u64,
+    /// Small writes near the start of the file, to commit inline (no blocks).
+    inline: Vec<SliceWrite>,
+    /// Writes ending at or below this offset go inline (0: never).
+    inline_max: u64,
 }
 
 impl Client {
@@ -89,6 +93,8 @@ impl Client {
             written: Vec::new(),
             targets: VecDeque::new(),
             end: 0,
+            inline: Vec::new(),
+            inline_max: self.config.inline_max.min(INLINE_MAX).min(geo.chunk_size),
         })
     }
 
@@ -112,10 +118,12 @@ impl FileWriter {
         self.buf_start + self.buf.len() as u64
     }
 
-    /// Moves the write position; buffered bytes are sent first.
+    /// Moves the write position; buffered bytes are sent (or staged inline) first.
     pub async fn seek(&mut self, offset: u64) -> Result<()> {
         if offset != self.position() {
-            self.flush_block().await?;
+            if !self.stage_inline() {
+                self.flush_block().await?;
+            }
             self.buf_start = offset;
         }
         Ok(())
@@ -139,6 +147,29 @@ impl FileWriter {
             }
         }
         Ok(())
+    }
+
+    /// Moves the buffered bytes to the inline slices when they end at or below
+    /// `inline_max`; returns whether it did.
+    fn stage_inline(&mut self) -> bool {
+        let end = self.buf_start + self.buf.len() as u64;
+        // Only before any block of this commit: the inline slices go first in the commit,
+        // and of slices with one sequence number the later in the list wins.
+        if self.buf.is_empty() || end > self.inline_max || !self.written.is_empty() || !self.inflight.is_empty() {
+            return false;
+        }
+        let data = self.buf.split().to_vec();
+        let offset = self.buf_start;
+        self.buf_start = end;
+        self.end = self.end.max(end);
+        self.inline.push(SliceWrite {
+            chunk: 0,
+            offset,
+            len: data.len() as u64,
+            blocks: Vec::new(),
+            inline: Some(Inline::new(data)),
+        });
+        true
     }
 
     /// Sends the buffered bytes as one block (possibly short).
@@ -186,15 +217,20 @@ impl FileWriter {
     /// Sends what is buffered, waits for every block, and commits all written slices in
     /// one metadata operation. Returns the file's attributes after the commit.
     pub async fn commit(&mut self) -> Result<Attr> {
-        self.flush_block().await?;
+        if !self.stage_inline() {
+            self.flush_block().await?;
+        }
         while !self.inflight.is_empty() {
             self.reap_one().await?;
         }
-        if self.written.is_empty() && self.end == 0 {
+        if self.written.is_empty() && self.inline.is_empty() && self.end == 0 {
             // Nothing written since the last commit: no new version, no mtime change.
             return self.client.getattr(self.ino).await;
         }
-        let slices = slices_of(std::mem::take(&mut self.written), self.geo.chunk_size);
+        // Inline slices were all written before any block of this commit: they go first,
+        // since of overlapping slices with one sequence number the later one wins.
+        let mut slices = std::mem::take(&mut self.inline);
+        slices.extend(slices_of(std::mem::take(&mut self.written), self.geo.chunk_size));
         let req = MetaRequest::CommitWrite {
             ino: self.ino,
             slices,
@@ -234,7 +270,7 @@ fn slices_of(mut written: Vec<(u64, WrittenBlock)>, chunk_size: u64) -> Vec<Slic
                 s.len += len;
                 s.blocks.push(wb);
             }
-            _ => out.push(SliceWrite { chunk, offset: off % chunk_size, len, blocks: vec![wb] }),
+            _ => out.push(SliceWrite { chunk, offset: off % chunk_size, len, blocks: vec![wb], inline: None }),
         }
         next_off = off + len;
     }

@@ -149,7 +149,7 @@ async fn namespace_write_gc_and_restart_over_the_protocol() {
         .collect();
     let commit = MetaRequest::CommitWrite {
         ino: f.ino,
-        slices: vec![SliceWrite { chunk: 0, offset: 0, len: 2000, blocks }],
+        slices: vec![SliceWrite { chunk: 0, offset: 0, len: 2000, blocks, inline: None }],
         min_size: 2000,
         mtime: Timestamp::now(),
         bad: vec![],

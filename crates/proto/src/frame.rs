@@ -22,9 +22,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DFS1");
 /// The newest protocol version this build speaks (sent in every frame and in `Hello`).
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version this build still speaks. Version 2 added inline slices
+/// (`SliceWrite::inline`, `Slice::inline`); version-1 messages do not decode as version 2.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 pub const FIXED_LEN: usize = 32;
 
 /// The frame answers a request with the same id.
@@ -298,7 +299,7 @@ mod tests {
         b[4] = 9;
         match read_all(&b).await {
             Err(ReadError::Proto(e @ ProtoError::UnsupportedVersion { peer: 9, .. })) => {
-                assert_eq!(e.to_string(), "peer speaks protocol v9, this side speaks v1..v1");
+                assert_eq!(e.to_string(), "peer speaks protocol v9, this side speaks v2..v2");
             }
             other => panic!("{other:?}"),
         }

@@ -2,7 +2,7 @@
 //! caller's `Hello` (protocol versions it speaks, the compression it wants, what it is)
 //! and the server's `HelloAck` (the version and compression chosen, and the identity
 //! the server sees), or an error frame: a version range with nothing in common gets
-//! "peer speaks protocol v2, this server speaks v1..v1".
+//! "peer speaks protocol v3, this server speaks v2..v2".
 
 use crate::auth::Identity;
 use crate::compress::Compression;

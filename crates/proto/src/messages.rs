@@ -52,6 +52,9 @@ pub struct SliceWrite {
     pub offset: u64,
     pub len: u64,
     pub blocks: Vec<WrittenBlock>,
+    /// The bytes themselves, kept in the metadata (a small file: `blocks` is empty, the
+    /// slice lies in chunk 0 below `INLINE_MAX`).
+    pub inline: Option<distfs_types::Inline>,
 }
 
 /// The committed slices of one chunk.

@@ -13,6 +13,38 @@ pub const BLOCK_SIZE_DEFAULT: u32 = 4 << 20;
 /// Granularity of the CRC32C checksums kept per block.
 pub const CRC_CHUNK: u32 = 64 << 10;
 
+/// Files whose bytes all lie below this offset of chunk 0 may keep them inline in the
+/// metadata instead of in blocks on storage nodes (one Raft write per small file instead
+/// of a block allocation, R block writes and a commit; reads need no storage node).
+pub const INLINE_MAX: u64 = 64 << 10;
+
+/// Bytes kept in the metadata itself, with their CRC32C (checked by every reader: the
+/// metadata store is a disk like any other).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inline {
+    pub crc: u32,
+    pub data: Vec<u8>,
+}
+
+impl Inline {
+    pub fn new(data: Vec<u8>) -> Inline {
+        Inline { crc: crc32c::crc32c(&data), data }
+    }
+
+    /// Whether the bytes still match their checksum.
+    pub fn verify(&self) -> bool {
+        crc32c::crc32c(&self.data) == self.crc
+    }
+
+    /// Keeps the first `len` bytes (a truncate), with a fresh checksum.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.data.len() {
+            self.data.truncate(len);
+            self.crc = crc32c::crc32c(&self.data);
+        }
+    }
+}
+
 /// A block as a slice refers to it: id and length in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BlockRef {
@@ -30,6 +62,8 @@ pub struct Slice {
     pub len: u64,
     pub seq: Seq,
     pub blocks: Vec<BlockRef>,
+    /// The slice's bytes themselves, for a small file (then `blocks` is empty).
+    pub inline: Option<Inline>,
 }
 
 impl Slice {
@@ -39,7 +73,7 @@ impl Slice {
 
     /// Sum of the lengths of the blocks the slice refers to.
     pub fn stored_len(&self) -> u64 {
-        self.blocks.iter().map(|b| b.len as u64).sum()
+        self.blocks.iter().map(|b| b.len as u64).sum::<u64>() + self.inline.as_ref().map_or(0, |i| i.data.len() as u64)
     }
 }
 
@@ -100,7 +134,13 @@ mod tests {
     use super::*;
 
     fn slice(offset: u64, len: u64, seq: u64) -> Slice {
-        Slice { offset, len, seq: Seq(seq), blocks: vec![BlockRef { id: BlockId(seq as u128), len: len as u32 }] }
+        Slice {
+            offset,
+            len,
+            seq: Seq(seq),
+            blocks: vec![BlockRef { id: BlockId(seq as u128), len: len as u32 }],
+            inline: None,
+        }
     }
 
     #[test]

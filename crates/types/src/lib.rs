@@ -14,7 +14,8 @@ pub use attr::{Attr, DirEntry, FileKind, SetAttr, Timestamp};
 pub use error::{FsError, FsResult};
 pub use ids::{BlockId, InodeId, NodeId, Seq};
 pub use layout::{
-    visible_extents, BlockLocation, BlockRef, Extent, Slice, BLOCK_SIZE_DEFAULT, CHUNK_SIZE_DEFAULT, CRC_CHUNK,
+    visible_extents, BlockLocation, BlockRef, Extent, Inline, Slice, BLOCK_SIZE_DEFAULT, CHUNK_SIZE_DEFAULT, CRC_CHUNK,
+    INLINE_MAX,
 };
 pub use lock::{LockInfo, LockKind};
 pub use node::{AdminState, NodeInfo, NodeState};

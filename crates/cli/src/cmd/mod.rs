@@ -182,6 +182,10 @@ pub enum Command {
         /// Clients of the `conns` workload, each with its own connections.
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+        /// Store every byte in blocks, also of small files (to measure what inline
+        /// small files save).
+        #[arg(long)]
+        no_inline: bool,
         #[arg(long)]
         json: bool,
     },
@@ -432,12 +436,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             small_files,
             small_size,
             connections,
+            no_inline,
             json,
         } => {
             let config = ClientConfig {
                 meta: cli.meta.clone(),
                 meta_deadline: cli.timeout,
                 transport: transport.clone(),
+                inline_max: if no_inline { 0 } else { distfs_types::INLINE_MAX },
                 ..ClientConfig::default()
             };
             let opts = bench::BenchOptions {

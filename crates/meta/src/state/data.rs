@@ -3,7 +3,7 @@
 //! the storage-node registry.
 
 use super::*;
-use distfs_types::{visible_extents, BlockId, BlockRef, FileKind, Seq, Slice};
+use distfs_types::{visible_extents, BlockId, BlockRef, FileKind, Inline, Seq, Slice, INLINE_MAX};
 use redb::ReadableTable as _;
 use redb::ReadableTableMetadata;
 use std::collections::BTreeMap;
@@ -154,6 +154,9 @@ pub(super) fn truncate_data(txn: &WriteTransaction, ino: InodeId, size: u64, chu
                 }
             }
             s.blocks = blocks;
+            if let Some(i) = s.inline.as_mut() {
+                i.truncate(s.len as usize);
+            }
         }
         kept.push(s);
     }
@@ -180,6 +183,28 @@ pub(super) fn mark_bad(txn: &WriteTransaction, bad: &BadReplica) -> FsResult<()>
     Ok(())
 }
 
+/// An inline slice holds exactly its bytes, with a matching checksum, in chunk 0 below
+/// `INLINE_MAX`, and no blocks: what bounds the metadata a small file may take.
+fn check_inline(w: &SliceWrite, inline: &Inline) -> FsResult<()> {
+    if !w.blocks.is_empty() || w.chunk != 0 || w.offset.saturating_add(w.len) > INLINE_MAX {
+        return Err(FsError::invalid(format!(
+            "an inline slice must lie in chunk 0 below {INLINE_MAX} bytes and have no blocks \
+             (got chunk {}, [{}, +{}), {} blocks)",
+            w.chunk,
+            w.offset,
+            w.len,
+            w.blocks.len()
+        )));
+    }
+    if inline.data.len() as u64 != w.len {
+        return Err(FsError::invalid(format!("inline slice of {} bytes carries {} bytes", w.len, inline.data.len())));
+    }
+    if !inline.verify() {
+        return Err(FsError::invalid("inline slice data does not match its checksum (damaged in transit?)"));
+    }
+    Ok(())
+}
+
 pub(super) fn commit_write(
     txn: &WriteTransaction,
     ino: InodeId,
@@ -200,7 +225,11 @@ pub(super) fn commit_write(
         FileKind::Symlink => return Err(FsError::invalid(format!("inode {ino} is a symlink"))),
     }
     for w in writes {
-        let stored: u64 = w.blocks.iter().map(|b| b.block.len as u64).sum();
+        if let Some(inline) = &w.inline {
+            check_inline(w, inline)?;
+        }
+        let stored: u64 = w.blocks.iter().map(|b| b.block.len as u64).sum::<u64>()
+            + w.inline.as_ref().map_or(0, |i| i.data.len() as u64);
         if w.offset.checked_add(w.len).is_none_or(|end| end > fmt.chunk_size) {
             return Err(FsError::invalid(format!(
                 "slice [{}, +{}) of chunk {} runs past the chunk size {}",
@@ -247,6 +276,7 @@ pub(super) fn commit_write(
             len: w.len,
             seq,
             blocks: w.blocks.iter().map(|b| BlockRef { id: b.block.id, len: b.block.len }).collect(),
+            inline: w.inline.clone(),
         });
     }
     for b in bad {

@@ -51,6 +51,11 @@ pub(crate) const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 pub(crate) const K_FORMAT: &str = "format";
+/// The version of the record encodings in this database (`SCHEMA_VERSION`).
+pub(crate) const K_SCHEMA: &str = "schema";
+/// Record encodings this build reads and writes. 2: slices carry `inline` data. A
+/// database without the key but with a format was written by schema 1.
+pub const SCHEMA_VERSION: u32 = 2;
 pub(crate) const K_NEXT_INO: &str = "next_ino";
 pub(crate) const K_NEXT_SEQ: &str = "next_seq";
 pub(crate) const K_NEXT_NODE: &str = "next_node";
@@ -390,6 +395,27 @@ pub struct StateStore {
 
 pub type Membership = StoredMembership<u64, BasicNode>;
 
+/// Refuses a database whose records this build would misread; stamps a new one.
+fn check_schema(txn: &WriteTransaction) -> Result<(), MetaError> {
+    let corrupt = |e: FsError| MetaError::Corrupt { table: "meta", reason: e.to_string() };
+    let found: Option<u32> = txn.meta_get(K_SCHEMA).map_err(corrupt)?;
+    let found = match found {
+        Some(v) => v,
+        None if txn.meta_get::<Format>(K_FORMAT).map_err(corrupt)?.is_some() => 1,
+        None => return meta_put(txn, K_SCHEMA, &SCHEMA_VERSION).map_err(corrupt),
+    };
+    if found != SCHEMA_VERSION {
+        return Err(MetaError::Corrupt {
+            table: "meta",
+            reason: format!(
+                "this data directory holds schema {found}, this build reads schema {SCHEMA_VERSION} only; \
+                 run the DistFS version that wrote it (no migration exists yet)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl StateStore {
     /// Opens (creating if needed) the state database at `path`.
     pub fn open(path: &Path) -> Result<StateStore, MetaError> {
@@ -423,6 +449,7 @@ impl StateStore {
             txn.open_table(SESSION_OPENS).map_err(s)?;
             txn.open_table(XATTRS).map_err(s)?;
         }
+        check_schema(&txn)?;
         txn.commit().map_err(|e| MetaError::storage("init state db", e))?;
         Ok(StateStore { db: Arc::new(db) })
     }

@@ -66,7 +66,7 @@ impl T {
             .collect();
         self.attr(Command::CommitWrite {
             ino,
-            slices: vec![SliceWrite { chunk, offset, len, blocks }],
+            slices: vec![SliceWrite { chunk, offset, len, blocks, inline: None }],
             min_size,
             mtime: ts(7),
             bad: vec![],
@@ -544,4 +544,62 @@ fn create_with_an_open_session_holds_the_new_file_open() {
     t.run(Command::ReleaseFile { ino: f.ino, session: 9 }).expect("release");
     assert_eq!(t.get(f.ino), None);
     assert_eq!(t.gc(1), vec![BlockId(3)]);
+}
+
+#[test]
+fn inline_slices_are_bounded_checked_truncated_and_overwritten_by_blocks() {
+    let t = T::new();
+    let f = t.create(ROOT, "small");
+    let inline = |chunk, offset, data: Vec<u8>| SliceWrite {
+        chunk,
+        offset,
+        len: data.len() as u64,
+        blocks: vec![],
+        inline: Some(distfs_types::Inline::new(data)),
+    };
+    let commit = |s: SliceWrite| {
+        let min_size = s.offset + s.len;
+        t.run(Command::CommitWrite { ino: f.ino, slices: vec![s], min_size, mtime: ts(7), bad: vec![], now: ts(8) })
+    };
+    // Past INLINE_MAX, outside chunk 0, a checksum that does not match: refused.
+    let big = inline(0, distfs_types::INLINE_MAX - 10, vec![1; 20]);
+    assert!(matches!(commit(big), Err(FsError::InvalidArgument { .. })));
+    assert!(matches!(commit(inline(1, 0, vec![1; 20])), Err(FsError::InvalidArgument { .. })));
+    let mut bad = inline(0, 0, vec![1; 20]);
+    bad.inline.as_mut().unwrap().data[3] = 9;
+    assert!(matches!(commit(bad), Err(FsError::InvalidArgument { .. })));
+    let mut short = inline(0, 0, vec![1; 20]);
+    short.len = 30;
+    assert!(matches!(commit(short), Err(FsError::InvalidArgument { .. })));
+
+    assert!(commit(inline(0, 0, (0..100u8).collect())).is_ok());
+    assert_eq!(t.get(f.ino).unwrap().size, 100);
+    assert!(t.block(1).is_none(), "an inline write allocates no block");
+    // Truncate clips the inline data itself, with a fresh checksum.
+    t.attr(Command::SetAttr { ino: f.ino, set: SetAttr { size: Some(40), ..Default::default() }, now: ts(9) });
+    let slices = t.s.read().unwrap().chunk(f.ino, 0).unwrap();
+    let data = slices[0].inline.as_ref().unwrap();
+    assert!(data.verify());
+    assert_eq!(data.data, (0..40u8).collect::<Vec<_>>());
+    // A block written over the whole range makes the inline slice invisible: pruned.
+    t.commit(f.ino, 0, 0, &[(5, 100)], 100);
+    let slices = t.s.read().unwrap().chunk(f.ino, 0).unwrap();
+    assert_eq!(slices.len(), 1);
+    assert!(slices[0].inline.is_none());
+}
+
+#[test]
+fn a_database_of_another_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    drop(StateStore::open(&path).expect("a new database is stamped"));
+    drop(StateStore::open(&path).expect("and opens again"));
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        meta_put(&txn, K_SCHEMA, &1u32).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = StateStore::open(&path).err().expect("schema 1 is refused");
+    assert!(err.to_string().contains("schema 1"), "{err}");
 }
