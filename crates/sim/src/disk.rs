@@ -290,3 +290,55 @@ impl Disk for SimDisk {
         Ok(FsStats { total: 1 << 40, available: 1 << 40 })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(d: &SimDisk, p: &Path) -> io::Result<Vec<u8>> {
+        let mut f = d.open(p)?;
+        let mut buf = vec![0; f.size()? as usize];
+        f.read_at(0, &mut buf)?;
+        Ok(buf)
+    }
+
+    #[test]
+    fn only_synced_data_under_synced_names_survives_a_crash() {
+        let root = Path::new("/r");
+        let d = SimDisk::new(1, root);
+        d.write_new(&root.join("a"), &[b"synced"], true).unwrap();
+        d.write_new(&root.join("b"), &[b"unsynced, name synced"], false).unwrap();
+        d.sync_dir(root).unwrap();
+        d.write_new(&root.join("c"), &[b"synced data, name not"], true).unwrap();
+        d.crash();
+        assert_eq!(read(&d, &root.join("a")).unwrap(), b"synced");
+        let b = read(&d, &root.join("b")).unwrap();
+        assert!(b"unsynced, name synced".starts_with(&b), "torn prefix expected, got {b:?}");
+        assert_eq!(read(&d, &root.join("c")).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn power_cut_fails_every_later_call_until_restart() {
+        let root = Path::new("/r");
+        let d = SimDisk::new(1, root);
+        d.cut_power_after(1);
+        d.write_new(&root.join("a"), &[b"x"], true).unwrap();
+        assert!(d.exists(&root.join("a")).is_err());
+        assert!(d.is_dead());
+        d.crash();
+        assert!(!d.is_dead());
+        assert!(!d.exists(&root.join("a")).unwrap(), "its name was never fsynced");
+    }
+
+    #[test]
+    fn bit_flips_survive_restarts() {
+        let root = Path::new("/r");
+        let d = SimDisk::new(7, root);
+        d.write_new(&root.join("a"), &[&[0u8; 64]], true).unwrap();
+        d.sync_dir(root).unwrap();
+        assert_eq!(d.flip_bit(root), Some(root.join("a")));
+        d.crash();
+        let a = read(&d, &root.join("a")).unwrap();
+        assert_eq!(a.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+    }
+}
