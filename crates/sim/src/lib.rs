@@ -210,6 +210,9 @@ impl Sim {
             self.report.power_cuts += 1;
             return false;
         }
+        if let (Err(e), true) = (&r, std::env::var_os("SIM_DEBUG").is_some()) {
+            eprintln!("put {id} to node {}: {e}", i + 1);
+        }
         r.is_ok()
     }
 
@@ -387,6 +390,7 @@ impl Sim {
                     self.nodes[i].disk.fill(k);
                 }
             }
+            89..=93 => self.gc_round()?,
             _ => {
                 let f = self.flaky;
                 let dir = self.nodes[f].root.join("blocks");
@@ -422,14 +426,152 @@ impl Sim {
             }
         }
         // Every block the metadata references is present somewhere.
-        let r = self.meta.read().map_err(|e| SimError::Meta(e.to_string()))?;
-        let blocks = all_blocks(&r).map_err(|e| SimError::Meta(e.to_string()))?;
-        for (id, rec) in blocks {
+        for (id, rec) in self.blocks()? {
             if rec.refs > 0 && rec.replicas.is_empty() {
                 return Err(SimError::Invariant(format!("block {id} is referenced ({} refs) but has no replica", rec.refs)));
             }
         }
+        // Repair with the real planner until nothing changes; then every referenced
+        // block has exactly R listed copies and each of them verifies.
+        for _round in 0..8 {
+            self.gc_round()?;
+            let bad = self.verify_all()?;
+            let copies = self.repair_round()?;
+            if bad == 0 && copies == 0 {
+                break;
+            }
+        }
+        let r = self.cfg.replication as usize;
+        for (id, rec) in self.blocks()? {
+            if rec.refs == 0 {
+                continue;
+            }
+            if rec.replicas.len() != r {
+                return Err(SimError::Invariant(format!(
+                    "after repair block {id} has {} listed copies ({:?}), not R = {r}",
+                    rec.replicas.len(),
+                    rec.replicas
+                )));
+            }
+        }
+        if self.verify_all()? != 0 {
+            return Err(SimError::Invariant("after repair a listed copy still fails verification".into()));
+        }
         Ok(())
+    }
+
+    /// Heartbeats: each reachable node gets its share of the GC queue, deletes those
+    /// copies in its real store and acknowledges them (`GcAck`).
+    fn gc_round(&mut self) -> Result<(), SimError> {
+        use distfs_meta::state::Reader;
+        for i in 0..self.nodes.len() {
+            if !self.reachable(i) {
+                continue;
+            }
+            let node = NodeId(i as u64 + 1);
+            let queued = {
+                let r = self.meta.read().map_err(|e| SimError::Meta(e.to_string()))?;
+                r.gc_for_node(node, 1000).map_err(|e| SimError::Meta(e.to_string()))?
+            };
+            let Some(store) = self.nodes[i].store.clone() else { continue };
+            let mut deleted = Vec::new();
+            for id in queued {
+                let r = self.rt.block_on(store.delete(id));
+                if self.nodes[i].disk.is_dead() {
+                    self.crash_node(i);
+                    self.report.power_cuts += 1;
+                    break;
+                }
+                if r.is_ok() {
+                    deleted.push(id);
+                }
+            }
+            if !deleted.is_empty() {
+                self.apply(Command::GcAck { node, blocks: deleted })?.map_err(|e| SimError::Meta(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn blocks(&self) -> Result<Vec<(BlockId, distfs_meta::state::BlockRec)>, SimError> {
+        let r = self.meta.read().map_err(|e| SimError::Meta(e.to_string()))?;
+        all_blocks(&r).map_err(|e| SimError::Meta(e.to_string()))
+    }
+
+    /// Reads every listed copy of every referenced block (a scrub); a bad one is reported.
+    fn verify_all(&mut self) -> Result<u32, SimError> {
+        let mut bad = 0;
+        for (id, rec) in self.blocks()? {
+            if rec.refs == 0 {
+                continue;
+            }
+            for node in rec.replicas {
+                let i = node.0 as usize - 1;
+                if let Err(StorageError::Corrupt { .. } | StorageError::NotFound { .. }) = self.get(i, id, u64::from(rec.len)) {
+                    bad += 1;
+                    self.report.bad_reported += 1;
+                    let bad = BadReplica { block: id, node, reason: "simulated scrub found it bad".into() };
+                    self.apply(Command::ReportBadReplica { bad })?.map_err(|e| SimError::Meta(e.to_string()))?;
+                }
+            }
+        }
+        Ok(bad)
+    }
+
+    /// One pass of the real repair planner over the block map; copies go through the real
+    /// block stores (verified read, durable put) and are recorded with `UpdateReplicas`.
+    fn repair_round(&mut self) -> Result<u32, SimError> {
+        use distfs_meta::placement::{Ring, RingNode};
+        use distfs_meta::repair::{plan_repair, Cluster, NodeView};
+        let ids: Vec<NodeId> = (1..=self.nodes.len() as u64).map(NodeId).collect();
+        let ring = Ring::new(ids.iter().map(|&id| RingNode { id, zone: "z".into(), capacity: 1 << 40 }).collect());
+        let nodes = ids
+            .iter()
+            .map(|&id| {
+                let v = NodeView {
+                    id,
+                    live: distfs_types::NodeState::Up,
+                    admin: distfs_types::AdminState::Normal,
+                    capacity: 1 << 40,
+                    used: 0,
+                };
+                (id, v)
+            })
+            .collect();
+        let cluster = Cluster { nodes, ring: &ring, r: self.cfg.replication as usize };
+        let blocks: Vec<_> = self.blocks()?.into_iter().filter(|(_, rec)| rec.refs > 0).collect();
+        let plan = plan_repair(&cluster, &blocks);
+        if std::env::var_os("SIM_DEBUG").is_some() {
+            eprintln!("repair plan: {plan:?}");
+        }
+        let mut done = 0;
+        for task in plan.copies {
+            for from in &task.from {
+                let data = match self.get(from.0 as usize - 1, task.block, task.len) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        if std::env::var_os("SIM_DEBUG").is_some() {
+                            eprintln!("repair read of {} from {from}: {e}", task.block);
+                        }
+                        continue;
+                    }
+                };
+                if data.len() as u64 != task.len {
+                    return Err(SimError::Invariant(format!("block {} read back {} bytes, not {}", task.block, data.len(), task.len)));
+                }
+                if self.put(task.to.0 as usize - 1, task.block, &Bytes::from(data)) {
+                    let cmd = Command::UpdateReplicas { block: task.block, add: Some(task.to), drop: task.drop.clone() };
+                    self.apply(cmd)?.map_err(|e| SimError::Meta(e.to_string()))?;
+                    done += 1;
+                }
+                break;
+            }
+        }
+        for t in plan.trims {
+            let cmd = Command::UpdateReplicas { block: t.block, add: None, drop: vec![t.node] };
+            self.apply(cmd)?.map_err(|e| SimError::Meta(e.to_string()))?;
+        }
+        Ok(done)
     }
 }
 
