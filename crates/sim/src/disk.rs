@@ -102,8 +102,11 @@ impl SimDisk {
         let mut st = self.lock();
         let dur = st.dur.clone();
         // An entry survives only if all its ancestors did.
-        let kept: BTreeMap<PathBuf, Node> =
-            dur.iter().filter(|(p, _)| p.ancestors().skip(1).all(|a| dur.contains_key(a))).map(|(p, n)| (p.clone(), n.clone())).collect();
+        let kept: BTreeMap<PathBuf, Node> = dur
+            .iter()
+            .filter(|(p, _)| p.ancestors().skip(1).all(|a| dur.contains_key(a)))
+            .map(|(p, n)| (p.clone(), n.clone()))
+            .collect();
         st.cur = kept.clone();
         st.dur = kept;
         st.dead = false;

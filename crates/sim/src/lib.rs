@@ -85,11 +85,23 @@ struct SimNode {
     cut_for: u32,
 }
 
+struct Follower {
+    store: StateStore,
+    /// Log entries applied.
+    applied: usize,
+    up: bool,
+}
+
 struct Sim {
     cfg: SimConfig,
     geo: Geometry,
     rng: StdRng,
     meta: StateStore,
+    /// Every command applied so far, in log order.
+    log: Vec<Command>,
+    /// Metadata followers; a down one misses entries and catches up later, by replaying
+    /// the log or from a snapshot of the leader.
+    followers: Vec<Follower>,
     nodes: Vec<SimNode>,
     /// The node whose media flips bits (one per run: the fault model keeps the other
     /// copies' media sound, as R copies on independent disks assume).
@@ -99,6 +111,18 @@ struct Sim {
     acked: BTreeMap<InodeId, (BlockId, Vec<u8>)>,
     report: Report,
     rt: tokio::runtime::Runtime,
+}
+
+/// Applies log entry `index` (1-based), as the Raft state machine does: with its log id.
+fn apply_one(store: &StateStore, index: usize, cmd: &Command) -> Result<Result<CommandResult, FsError>, SimError> {
+    let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index as u64);
+    // Entry 1 also carries the (single-voter) membership, as the first Raft entry does.
+    let membership = distfs_meta::state::Membership::default();
+    match store.apply_entry(Some(log_id), (index == 1).then_some(&membership), Some(cmd)) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(SimError::Meta("apply gave no result".into())),
+        Err(e) => Err(SimError::Meta(e.to_string())),
+    }
 }
 
 fn now(step: u64) -> Timestamp {
@@ -119,11 +143,18 @@ impl Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let flaky = rng.random_range(0..cfg.nodes);
         let geo = Geometry { chunk_size: 64 << 20, block_size: 4 << 20, replication: cfg.replication };
+        let mut followers = Vec::new();
+        for _ in 0..2 {
+            let store = StateStore::in_memory().map_err(|e| SimError::Setup(e.to_string()))?;
+            followers.push(Follower { store, applied: 0, up: true });
+        }
         let mut sim = Sim {
             cfg,
             geo,
             rng,
             meta,
+            log: Vec::new(),
+            followers,
             nodes: Vec::new(),
             flaky,
             next_block: 1,
@@ -132,7 +163,11 @@ impl Sim {
             rt,
         };
         sim.apply(Command::Format {
-            format: Format { chunk_size: geo.chunk_size, block_size: geo.block_size as u32, replication: cfg.replication },
+            format: Format {
+                chunk_size: geo.chunk_size,
+                block_size: geo.block_size as u32,
+                replication: cfg.replication,
+            },
             now: now(0),
         })?
         .map_err(|e| SimError::Setup(e.to_string()))?;
@@ -157,11 +192,69 @@ impl Sim {
 
     /// Applies one command as the next log entry (the single-leader order).
     fn apply(&mut self, cmd: Command) -> Result<Result<CommandResult, FsError>, SimError> {
-        match self.meta.apply_entry(None, None, Some(&cmd)) {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => Err(SimError::Meta("apply gave no result".into())),
-            Err(e) => Err(SimError::Meta(e.to_string())),
+        let r = apply_one(&self.meta, self.log.len() + 1, &cmd)?;
+        self.log.push(cmd);
+        for f in 0..self.followers.len() {
+            if self.followers[f].up {
+                self.catch_up(f, Some(&r))?;
+            }
         }
+        Ok(r)
+    }
+
+    /// Applies the entries follower `f` missed; the last one must answer `last` as the
+    /// leader did (the same log gives the same answers on every replica).
+    fn catch_up(&mut self, f: usize, last: Option<&Result<CommandResult, FsError>>) -> Result<(), SimError> {
+        let fol = &mut self.followers[f];
+        while fol.applied < self.log.len() {
+            let r = apply_one(&fol.store, fol.applied + 1, &self.log[fol.applied])?;
+            fol.applied += 1;
+            if let (true, Some(want)) = (fol.applied == self.log.len(), last) {
+                if &r != want {
+                    return Err(SimError::Invariant(format!(
+                        "metadata replica {} answered {r:?} to entry {} where the leader answered {want:?}",
+                        f + 2,
+                        fol.applied
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A follower comes back: it replays what it missed, or (when `snapshot`) takes the
+    /// leader's snapshot through the real dump/install path.
+    fn follower_up(&mut self, f: usize, snapshot: bool) -> Result<(), SimError> {
+        if snapshot {
+            let (blob, last, membership) = self.meta.dump().map_err(|e| SimError::Meta(e.to_string()))?;
+            let store = StateStore::in_memory().map_err(|e| SimError::Setup(e.to_string()))?;
+            store.install(&blob, last, &membership).map_err(|e| SimError::Meta(e.to_string()))?;
+            self.followers[f].store = store;
+            self.followers[f].applied = self.log.len();
+        }
+        self.followers[f].up = true;
+        self.catch_up(f, None)
+    }
+
+    /// Every metadata replica holds the same namespace, blocks and GC queue as the leader.
+    fn check_replicas_agree(&mut self) -> Result<(), SimError> {
+        let (want, _, _) = self.meta.dump().map_err(|e| SimError::Meta(e.to_string()))?;
+        for f in 0..self.followers.len() {
+            if !self.followers[f].up {
+                let snap = self.rng.random_bool(0.5);
+                self.follower_up(f, snap)?;
+            }
+            let (got, _, _) = self.followers[f].store.dump().map_err(|e| SimError::Meta(e.to_string()))?;
+            if got != want {
+                return Err(SimError::Invariant(format!(
+                    "metadata replica {} differs from the leader ({} against {} snapshot bytes)",
+                    f + 2,
+                    got.len(),
+                    want.len()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Opens (after a crash: re-scans) the node's real block store.
@@ -370,7 +463,16 @@ impl Sim {
                     self.nodes[i].cut_for = 1 + self.rng.random_range(0..8);
                 }
             }
-            73..=78 => {
+            73..=75 => {
+                let f = self.rng.random_range(0..self.followers.len());
+                if self.followers[f].up {
+                    self.followers[f].up = false;
+                } else {
+                    let snap = self.rng.random_bool(0.5);
+                    self.follower_up(f, snap)?;
+                }
+            }
+            76..=78 => {
                 let i = self.rng.random_range(0..n);
                 if self.nodes[i].store.is_some() {
                     self.crash_node(i);
@@ -428,7 +530,10 @@ impl Sim {
         // Every block the metadata references is present somewhere.
         for (id, rec) in self.blocks()? {
             if rec.refs > 0 && rec.replicas.is_empty() {
-                return Err(SimError::Invariant(format!("block {id} is referenced ({} refs) but has no replica", rec.refs)));
+                return Err(SimError::Invariant(format!(
+                    "block {id} is referenced ({} refs) but has no replica",
+                    rec.refs
+                )));
             }
         }
         // Repair with the real planner until nothing changes; then every referenced
@@ -457,7 +562,7 @@ impl Sim {
         if self.verify_all()? != 0 {
             return Err(SimError::Invariant("after repair a listed copy still fails verification".into()));
         }
-        Ok(())
+        self.check_replicas_agree()
     }
 
     /// Heartbeats: each reachable node gets its share of the GC queue, deletes those
@@ -507,7 +612,9 @@ impl Sim {
             }
             for node in rec.replicas {
                 let i = node.0 as usize - 1;
-                if let Err(StorageError::Corrupt { .. } | StorageError::NotFound { .. }) = self.get(i, id, u64::from(rec.len)) {
+                if let Err(StorageError::Corrupt { .. } | StorageError::NotFound { .. }) =
+                    self.get(i, id, u64::from(rec.len))
+                {
                     bad += 1;
                     self.report.bad_reported += 1;
                     let bad = BadReplica { block: id, node, reason: "simulated scrub found it bad".into() };
@@ -557,10 +664,16 @@ impl Sim {
                     }
                 };
                 if data.len() as u64 != task.len {
-                    return Err(SimError::Invariant(format!("block {} read back {} bytes, not {}", task.block, data.len(), task.len)));
+                    return Err(SimError::Invariant(format!(
+                        "block {} read back {} bytes, not {}",
+                        task.block,
+                        data.len(),
+                        task.len
+                    )));
                 }
                 if self.put(task.to.0 as usize - 1, task.block, &Bytes::from(data)) {
-                    let cmd = Command::UpdateReplicas { block: task.block, add: Some(task.to), drop: task.drop.clone() };
+                    let cmd =
+                        Command::UpdateReplicas { block: task.block, add: Some(task.to), drop: task.drop.clone() };
                     self.apply(cmd)?.map_err(|e| SimError::Meta(e.to_string()))?;
                     done += 1;
                 }

@@ -7,7 +7,8 @@ use distfs_sim::{campaign, replay_command, run, SimConfig};
 #[test]
 fn real_code_passes_150_seeds_with_all_invariants() {
     let failed = campaign(0, 150, SimConfig::default());
-    let msg: Vec<String> = failed.iter().map(|(s, e)| format!("seed {s}: {e}\n  replay: {}", replay_command(*s))).collect();
+    let msg: Vec<String> =
+        failed.iter().map(|(s, e)| format!("seed {s}: {e}\n  replay: {}", replay_command(*s))).collect();
     assert!(failed.is_empty(), "{} of 150 seeds failed:\n{}", failed.len(), msg.join("\n"));
 }
 
