@@ -30,8 +30,21 @@ pub struct Geometry {
 impl Geometry {
     /// Acknowledgements needed for a block to count as written.
     pub fn write_quorum(&self) -> usize {
+        #[cfg(feature = "sim-bugs")]
+        if sim_bugs::ACK_AFTER_ONE.load(std::sync::atomic::Ordering::Relaxed) {
+            return 1;
+        }
         self.replication as usize / 2 + 1
     }
+}
+
+/// Deliberately injected bugs for the simulator's self-test (`crates/sim`): compiled only
+/// with the `sim-bugs` feature, off unless a test switches them on at run time.
+#[cfg(feature = "sim-bugs")]
+pub mod sim_bugs {
+    use std::sync::atomic::AtomicBool;
+    /// `write_quorum` answers 1: a block counts as written after one replica acked.
+    pub static ACK_AFTER_ONE: AtomicBool = AtomicBool::new(false);
 }
 
 /// Commit after this many written blocks even before close, to bound a commit's size.
