@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if sel & 0x80 != 0 {
         let algo = if sel & 0x40 != 0 { Compression::Zstd } else { Compression::Lz4 };
-        let plain = Frame { kind: 2, flags: 0, request_id: 1, header: Bytes::new(), body: Bytes::copy_from_slice(body) };
+        let plain =
+            Frame { kind: 2, flags: 0, request_id: 1, header: Bytes::new(), body: Bytes::copy_from_slice(body) };
         let packed = compress_frame(plain.clone(), algo);
         assert_eq!(decompress_frame(packed, &limits).ok(), Some(plain));
     }
