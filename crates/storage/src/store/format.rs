@@ -133,4 +133,43 @@ mod tests {
         bad[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(Header::decode(&bad), Err(CorruptKind::BadLength { .. })));
     }
+
+    /// Stable companion of `fuzz/fuzz_targets/block_format.rs`: mutated headers never
+    /// panic, and an accepted one re-encodes to exactly its bytes.
+    #[test]
+    fn mutated_headers_are_rejected_or_exact() {
+        let data = vec![1u8; 300_000];
+        let enc = Header { id: BlockId(9), len: data.len() as u64, crcs: piece_crcs(&data) }.encode();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut accepted = 0;
+        for _ in 0..50_000 {
+            let mut b = enc.clone();
+            match next() % 4 {
+                0 => {
+                    let i = next() as usize % b.len();
+                    b[i] ^= 1 << (next() % 8);
+                }
+                1 => b.truncate(next() as usize % (b.len() + 1)),
+                2 => {
+                    let i = next() as usize % (b.len() - 3);
+                    b[i..i + 4].copy_from_slice(&(next() as u32).to_le_bytes());
+                }
+                _ => {}
+            }
+            if let Ok(h) = Header::decode(&b) {
+                assert_eq!(h.encode(), b);
+                accepted += 1;
+            }
+            if let Some(fixed) = b.get(..FIXED_LEN).and_then(|s| <&[u8; FIXED_LEN]>::try_from(s).ok()) {
+                let _ = Header::parse_fixed(fixed);
+            }
+        }
+        assert!(accepted > 0, "the unmutated header must decode");
+    }
 }
