@@ -126,36 +126,71 @@ pub fn decompress_frame(mut frame: Frame, limits: &Limits) -> Result<Frame, Prot
     if raw > limits.max_body {
         return Err(ProtoError::TooLong { what: "decompressed body", len: raw as u64, max: limits.max_body as u64 });
     }
-    let packed = &frame.body[4..];
-    let raw = raw as usize;
-    let out = match algo {
-        Compression::Lz4 => {
-            if raw as u64 > packed.len() as u64 * LZ4_MAX_RATIO + 64 {
-                return Err(bad(format!("claims {raw} bytes from {} compressed bytes", packed.len())));
-            }
-            let mut out = vec![0u8; raw];
-            let n = lz4_flex::block::decompress_into(packed, &mut out).map_err(|e| bad(e.to_string()))?;
-            if n != raw {
-                return Err(bad(format!("decompressed to {n} bytes, {raw} announced")));
-            }
-            out
-        }
-        Compression::Zstd => {
-            let mut dec = zstd::stream::read::Decoder::with_buffer(packed).map_err(|e| bad(e.to_string()))?;
-            dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| bad(e.to_string()))?;
-            // Grows as output appears: a lying length costs only what really decompresses.
-            let mut out = Vec::with_capacity(raw.min(packed.len().saturating_mul(4)).min(1 << 20));
-            dec.take(raw as u64 + 1).read_to_end(&mut out).map_err(|e| bad(e.to_string()))?;
-            if out.len() != raw {
-                return Err(bad(format!("decompressed to {} bytes or more, {raw} announced", out.len())));
-            }
-            out
-        }
-        Compression::None => unreachable!("matched above"),
-    };
+    let out = unpack(algo, &frame.body[4..], raw as usize).map_err(bad)?;
     frame.body = Bytes::from(out);
     frame.flags &= !(FLAG_LZ4 | FLAG_ZSTD);
     Ok(frame)
+}
+
+/// Decompresses `packed` to exactly `raw` bytes (the caller has bounded `raw`). lz4 claims
+/// beyond the largest possible ratio are refused before the buffer is sized; zstd output
+/// grows as it appears, so a lying length costs only what really decompresses.
+fn unpack(algo: Compression, packed: &[u8], raw: usize) -> Result<Vec<u8>, String> {
+    match algo {
+        Compression::Lz4 => {
+            if raw as u64 > packed.len() as u64 * LZ4_MAX_RATIO + 64 {
+                return Err(format!("claims {raw} bytes from {} compressed bytes", packed.len()));
+            }
+            let mut out = vec![0u8; raw];
+            let n = lz4_flex::block::decompress_into(packed, &mut out).map_err(|e| e.to_string())?;
+            if n != raw {
+                return Err(format!("decompressed to {n} bytes, {raw} announced"));
+            }
+            Ok(out)
+        }
+        Compression::Zstd => {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(packed).map_err(|e| e.to_string())?;
+            dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| e.to_string())?;
+            let mut out = Vec::with_capacity(raw.min(packed.len().saturating_mul(4)).min(1 << 20));
+            dec.take(raw as u64 + 1).read_to_end(&mut out).map_err(|e| e.to_string())?;
+            if out.len() != raw {
+                return Err(format!("decompressed to {} bytes or more, {raw} announced", out.len()));
+            }
+            Ok(out)
+        }
+        Compression::None if packed.len() == raw => Ok(packed.to_vec()),
+        Compression::None => Err(format!("{} stored bytes, {raw} announced", packed.len())),
+    }
+}
+
+/// Compression at rest (issue 10, building block; not yet wired into the write path):
+/// compresses one block with `algo` and returns the codec actually used with the stored
+/// bytes. A block that does not shrink by an eighth is kept plain (`Compression::None`),
+/// so incompressible data costs no extra space.
+pub fn compress_block(algo: Compression, plain: &[u8]) -> (Compression, Vec<u8>) {
+    if algo == Compression::None || plain.len() < MIN_COMPRESS {
+        return (Compression::None, plain.to_vec());
+    }
+    match pack(algo, plain) {
+        Some(p) if shrinks(plain.len(), p.len()) => (algo, p),
+        _ => (Compression::None, plain.to_vec()),
+    }
+}
+
+/// Undoes `compress_block`. `plain_len` comes from a stored header and is untrusted: it is
+/// checked against `max_plain` before anything is allocated, and the output must come out
+/// exactly that long.
+pub fn decompress_block(
+    codec: Compression,
+    stored: &[u8],
+    plain_len: u64,
+    max_plain: u64,
+) -> Result<Vec<u8>, ProtoError> {
+    if plain_len > max_plain {
+        return Err(ProtoError::TooLong { what: "decompressed block", len: plain_len, max: max_plain });
+    }
+    unpack(codec, stored, plain_len as usize)
+        .map_err(|reason| ProtoError::BadHeader { reason: format!("{codec} block: {reason}") })
 }
 
 #[cfg(test)]
@@ -258,5 +293,34 @@ mod tests {
         body.extend_from_slice(&packed);
         let f = Frame { flags: FLAG_ZSTD, ..frame(body) };
         assert!(decompress_frame(f, &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn blocks_round_trip_and_incompressible_stay_plain() {
+        for algo in [Compression::Lz4, Compression::Zstd] {
+            let plain = text(1 << 20);
+            let (codec, stored) = compress_block(algo, &plain);
+            assert_eq!(codec, algo);
+            assert!(stored.len() < plain.len() / 4, "{algo}: {} bytes", stored.len());
+            assert_eq!(decompress_block(codec, &stored, plain.len() as u64, 4 << 20).unwrap(), plain);
+            let n = noise(1 << 20);
+            let (codec, stored) = compress_block(algo, &n);
+            assert_eq!((codec, &stored), (Compression::None, &n), "{algo}: noise must stay plain");
+            assert_eq!(decompress_block(codec, &stored, n.len() as u64, 4 << 20).unwrap(), n);
+        }
+    }
+
+    #[test]
+    fn block_lengths_are_checked_before_allocation() {
+        let plain = text(100_000);
+        for algo in [Compression::Lz4, Compression::Zstd] {
+            let (codec, stored) = compress_block(algo, &plain);
+            assert!(matches!(decompress_block(codec, &stored, u64::MAX, 4 << 20), Err(ProtoError::TooLong { .. })));
+            for claim in [99_999u64, 100_001, 4 << 20] {
+                assert!(decompress_block(codec, &stored, claim, 4 << 20).is_err(), "{algo} claim {claim}");
+            }
+            assert!(decompress_block(algo, &[0xff; 10], 1 << 20, 4 << 20).is_err(), "{algo} garbage");
+        }
+        assert!(decompress_block(Compression::None, &[1, 2, 3], 4, 4 << 20).is_err());
     }
 }
