@@ -360,6 +360,7 @@ impl Sim {
                     offset: 0,
                     len: len as u64,
                     blocks: vec![WrittenBlock { block: BlockRef { id, len: len as u32 }, replicas: acks }],
+                    inline: None,
                 };
                 let r = self.apply(Command::CommitWrite {
                     ino,
