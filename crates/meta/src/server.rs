@@ -64,7 +64,7 @@ impl MetaServer {
             .map_err(|source| MetaError::Io { path: config.data_dir.display().to_string(), source })?;
         let mut log = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
         let store = StateStore::open(&config.data_dir.join("state.redb"))?;
-        let listener = tokio::net::TcpListener::bind(&config.listen)
+        let listener = distfs_proto::transport::bind_listener(&config.listen)
             .await
             .map_err(|source| MetaError::Bind { addr: config.listen.clone(), source })?;
         let local_addr =

@@ -19,7 +19,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -109,7 +108,7 @@ impl StorageNode {
         let server_transport = config.tls.server_transport(&config.compression).map_err(tls_err)?;
         let transport = config.tls.client_transport(PeerKind::Storage, &config.compression).map_err(tls_err)?;
 
-        let listener = TcpListener::bind(&config.listen)
+        let listener = distfs_proto::transport::bind_listener(&config.listen)
             .await
             .map_err(|source| StorageError::Bind { addr: config.listen.clone(), source })?;
         let local_addr =
