@@ -61,13 +61,7 @@ struct Phase {
 
 impl Phase {
     fn new(name: &str) -> Phase {
-        Phase {
-            name: name.to_string(),
-            hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds"),
-            bytes: 0,
-            errors: 0,
-            started: Instant::now(),
-        }
+        Phase { name: name.to_string(), hist: latency_histogram(), bytes: 0, errors: 0, started: Instant::now() }
     }
 
     fn add(&mut self, other: Tally) {
@@ -94,6 +88,13 @@ impl Phase {
     }
 }
 
+/// Microseconds from 1 µs to 10 min, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds")
+}
+
+const MAX_LATENCY_US: u64 = 600_000_000;
+
 /// What one client task measured.
 struct Tally {
     hist: Histogram<u64>,
@@ -103,11 +104,11 @@ struct Tally {
 
 impl Tally {
     fn new() -> Tally {
-        Tally { hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds"), bytes: 0, errors: 0 }
+        Tally { hist: latency_histogram(), bytes: 0, errors: 0 }
     }
 
     fn record(&mut self, since: Instant) {
-        let us = since.elapsed().as_micros().clamp(1, 600_000_000) as u64;
+        let us = since.elapsed().as_micros().clamp(1, MAX_LATENCY_US as u128) as u64;
         self.hist.record(us).expect("clamped into the bounds");
     }
 }
@@ -157,7 +158,7 @@ pub async fn run(config: ClientConfig, opts: BenchOptions) -> anyhow::Result<()>
         small = made;
         rows.push(row);
         if want("small") {
-            rows.push(small_stat(&client, root.ino, &small, &opts).await?);
+            rows.push(small_stat(&client, &small, &opts).await?);
             rows.push(small_read(&client, &small, &opts).await?);
         }
     }
@@ -311,6 +312,22 @@ fn small_name(i: usize) -> String {
     format!("f{i:07}")
 }
 
+/// The bytes of small file `i` of directory `dir`.
+fn small_content(dir: InodeId, i: usize, size: usize) -> Vec<u8> {
+    pattern(dir.0 << 24 | i as u64, 0, size)
+}
+
+/// Looks small file `i` of `dir` up by name and reads it whole (one byte more than it
+/// should hold, so a file too long is noticed); fails unless the bytes are exact.
+async fn read_small(client: &Client, dir: InodeId, i: usize, size: usize) -> anyhow::Result<u64> {
+    let a = client.lookup(dir, &small_name(i)).await?;
+    let got = client.read_at(a.ino, 0, size as u64 + 1).await?;
+    if got[..] != small_content(dir, i, size)[..] {
+        bail!("{} read back wrong bytes ({} bytes)", small_name(i), got.len());
+    }
+    Ok(got.len() as u64)
+}
+
 async fn small_create(
     client: &Client,
     root: &Attr,
@@ -332,7 +349,7 @@ async fn small_create(
                     let t0 = Instant::now();
                     let a = client.create(dir, &small_name(i), 0o644, true).await?;
                     if size > 0 {
-                        client.write_at(a.ino, 0, &pattern(dir.0 << 24 | i as u64, 0, size)).await?;
+                        client.write_at(a.ino, 0, &small_content(dir, i, size)).await?;
                     }
                     t.record(t0);
                     t.bytes += size as u64;
@@ -347,7 +364,13 @@ async fn small_create(
 }
 
 /// Runs `op` on every small file, `clients` at a time.
-async fn per_small_file<F, Fut>(name: &str, files: &[(InodeId, usize)], clients: usize, op: F) -> anyhow::Result<Row>
+async fn per_small_file<F, Fut>(
+    name: &str,
+    moves_bytes: bool,
+    files: &[(InodeId, usize)],
+    clients: usize,
+    op: F,
+) -> anyhow::Result<Row>
 where
     F: Fn(InodeId, usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<u64>>,
@@ -376,16 +399,11 @@ where
         }
     }
     phase.add(t);
-    Ok(phase.row(name == "small_read"))
+    Ok(phase.row(moves_bytes))
 }
 
-async fn small_stat(
-    client: &Client,
-    _root: InodeId,
-    files: &[(InodeId, usize)],
-    o: &BenchOptions,
-) -> anyhow::Result<Row> {
-    per_small_file("small_stat", files, o.clients, |d, i| async move {
+async fn small_stat(client: &Client, files: &[(InodeId, usize)], o: &BenchOptions) -> anyhow::Result<Row> {
+    per_small_file("small_stat", false, files, o.clients, |d, i| async move {
         let a = client.lookup(d, &small_name(i)).await?;
         if a.size != o.small_size as u64 {
             bail!("{} has size {}, wrote {}", small_name(i), a.size, o.small_size);
@@ -396,15 +414,7 @@ async fn small_stat(
 }
 
 async fn small_read(client: &Client, files: &[(InodeId, usize)], o: &BenchOptions) -> anyhow::Result<Row> {
-    per_small_file("small_read", files, o.clients, |d, i| async move {
-        let a = client.lookup(d, &small_name(i)).await?;
-        let got = client.read_at(a.ino, 0, o.small_size as u64 + 1).await?;
-        if got[..] != pattern(d.0 << 24 | i as u64, 0, o.small_size)[..] {
-            bail!("{} read back wrong bytes", small_name(i));
-        }
-        Ok(got.len() as u64)
-    })
-    .await
+    per_small_file("small_read", true, files, o.clients, |d, i| read_small(client, d, i, o.small_size)).await
 }
 
 async fn small_delete(
@@ -413,7 +423,7 @@ async fn small_delete(
     files: &[(InodeId, usize)],
     o: &BenchOptions,
 ) -> anyhow::Result<Row> {
-    let row = per_small_file("small_delete", files, o.clients, |d, i| async move {
+    let row = per_small_file("small_delete", false, files, o.clients, |d, i| async move {
         client.unlink(d, &small_name(i)).await?;
         Ok(0)
     })
@@ -455,13 +465,7 @@ async fn many_connections(
             let mut err = None;
             for _ in 0..ROUNDS {
                 let t0 = Instant::now();
-                let r = async {
-                    let a = client.lookup(dir, &small_name(i)).await?;
-                    let got = client.read_at(a.ino, 0, size as u64).await?;
-                    anyhow::ensure!(got[..] == pattern(dir.0 << 24 | i as u64, 0, size)[..], "wrong bytes");
-                    Ok::<u64, anyhow::Error>(got.len() as u64)
-                }
-                .await;
+                let r = read_small(&client, dir, i, size).await;
                 t.record(t0);
                 match r {
                     Ok(n) => t.bytes += n,
