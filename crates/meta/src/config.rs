@@ -18,6 +18,9 @@ pub struct MetaConfig {
     pub advertise: Option<String>,
     /// Directory holding the Raft log and the state machine.
     pub data_dir: PathBuf,
+    /// Page cache of the state database (redb), bytes: most of the server's memory.
+    /// Pages beyond it are read from disk (and the OS page cache).
+    pub cache_size: ByteSize,
     /// Replication factor R (fixed when the file system is formatted).
     pub replication: u32,
     /// Chunk size (fixed when the file system is formatted).
@@ -114,6 +117,7 @@ impl Default for MetaConfig {
             listen: "127.0.0.1:7400".into(),
             advertise: None,
             data_dir: PathBuf::from("./distfs-meta"),
+            cache_size: ByteSize(256 << 20),
             replication: 3,
             chunk_size: ByteSize(64 << 20),
             block_size: ByteSize(4 << 20),
@@ -186,6 +190,9 @@ impl MetaConfig {
         let bad = |key: &str, reason: String| Err(MetaError::Config { key: key.into(), reason });
         if self.id == 0 {
             return bad("id", "must be at least 1".into());
+        }
+        if self.cache_size.0 < (1 << 20) {
+            return bad("cache_size", format!("must be at least 1MiB, got {}", self.cache_size));
         }
         if self.listen.trim().is_empty() {
             return bad("listen", "must be an address such as \"127.0.0.1:7400\"".into());
@@ -298,6 +305,7 @@ impl MetaConfig {
         fixed!(listen, "listen");
         fixed!(advertise, "advertise");
         fixed!(data_dir, "data_dir");
+        fixed!(cache_size, "cache_size");
         fixed!(replication, "replication");
         fixed!(chunk_size, "chunk_size");
         fixed!(block_size, "block_size");

@@ -63,7 +63,8 @@ impl MetaServer {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| MetaError::Io { path: config.data_dir.display().to_string(), source })?;
         let mut log = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
-        let store = StateStore::open(&config.data_dir.join("state.redb"))?;
+        let cache = usize::try_from(config.cache_size.0).unwrap_or(usize::MAX);
+        let store = StateStore::open_with_cache(&config.data_dir.join("state.redb"), cache)?;
         let listener = distfs_proto::transport::bind_listener(&config.listen)
             .await
             .map_err(|source| MetaError::Bind { addr: config.listen.clone(), source })?;

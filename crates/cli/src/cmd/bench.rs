@@ -31,6 +31,13 @@ pub struct BenchOptions {
     pub small_files: usize,
     pub small_size: usize,
     pub connections: usize,
+    /// Operations per second of each `conns` client (open loop, at random phases); 0:
+    /// each client goes as fast as it can (closed loop).
+    pub conn_rate: f64,
+    /// Operations of each `conns` client.
+    pub conn_rounds: usize,
+    /// Leave every file in place.
+    pub keep: bool,
     pub json: bool,
 }
 
@@ -133,6 +140,9 @@ pub async fn run(config: ClientConfig, opts: BenchOptions) -> anyhow::Result<()>
     if opts.clients == 0 || opts.io_size == 0 {
         bail!("--clients and --io-size must be at least 1");
     }
+    if !(opts.conn_rate == 0.0 || (0.001..=1e6).contains(&opts.conn_rate)) {
+        bail!("--conn-rate must be 0 (closed loop) or between 0.001 and 1000000 operations per second");
+    }
     let client = Client::new(config.clone());
     let top = client.mkdir_p(&opts.dir, 0o755).await.with_context(|| format!("cannot create {}", opts.dir))?;
     // A directory of this run's own, so an interrupted earlier run is no obstacle.
@@ -153,7 +163,7 @@ pub async fn run(config: ClientConfig, opts: BenchOptions) -> anyhow::Result<()>
         }
     }
     let mut small = Vec::new();
-    if want("small") || want("conns") {
+    if want("small") || want("conns") || want("create") {
         let (row, made) = small_create(&client, &root, &opts).await?;
         small = made;
         rows.push(row);
@@ -165,13 +175,17 @@ pub async fn run(config: ClientConfig, opts: BenchOptions) -> anyhow::Result<()>
     if want("conns") && opts.connections > 0 {
         rows.push(many_connections(&config, root.ino, &small, &opts).await?);
     }
-    if want("small") || want("conns") {
-        rows.push(small_delete(&client, root.ino, &small, &opts).await?);
+    if opts.keep {
+        eprintln!("files kept under {}/{run_name}", opts.dir.trim_end_matches('/'));
+    } else {
+        if !small.is_empty() {
+            rows.push(small_delete(&client, root.ino, &small, &opts).await?);
+        }
+        for i in 0..files.len() {
+            let _ = client.unlink(root.ino, &format!("seq-{i}")).await;
+        }
+        let _ = client.rmdir(top.ino, &run_name).await;
     }
-    for i in 0..files.len() {
-        let _ = client.unlink(root.ino, &format!("seq-{i}")).await;
-    }
-    let _ = client.rmdir(top.ino, &run_name).await;
     print(&rows, opts.json)?;
     if rows.iter().any(|r| r.errors > 0) {
         bail!("some operations failed (see the errors column)");
@@ -442,11 +456,11 @@ async fn many_connections(
     files: &[(InodeId, usize)],
     o: &BenchOptions,
 ) -> anyhow::Result<Row> {
-    const ROUNDS: usize = 3;
     if files.is_empty() {
         bail!("the connections run reads the small files: give --small-files");
     }
     let mut phase = Phase::new(&format!("conns_{}", o.connections));
+    let (rounds, period) = (o.conn_rounds, (o.conn_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / o.conn_rate)));
     let mut handles = Vec::new();
     // Every client connects before any starts its rounds, so all are open at once.
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(o.connections));
@@ -463,7 +477,13 @@ async fn many_connections(
                 return (t, Some(format!("{e}")));
             }
             let mut err = None;
-            for _ in 0..ROUNDS {
+            // Open loop: each client at its own phase of the period, so the load is even.
+            let phase0 = period.map(|p| p.mul_f64(rand::random::<f64>()));
+            let begin = tokio::time::Instant::now();
+            for round in 0..rounds {
+                if let (Some(p), Some(p0)) = (period, phase0) {
+                    tokio::time::sleep_until(begin + p0 + p * round as u32).await;
+                }
                 let t0 = Instant::now();
                 let r = read_small(&client, dir, i, size).await;
                 t.record(t0);

@@ -159,7 +159,9 @@ pub enum Command {
         /// Directory in DistFS to work under (emptied at the end).
         #[arg(long, default_value = "/.distfs-bench")]
         dir: String,
-        /// Workloads, comma separated: seq, rand, small, conns (default: all but conns).
+        /// Workloads, comma separated: seq, rand, small, conns, create (default: seq,
+        /// rand, small). `create` only creates the small files (with `--keep`, to fill a
+        /// file system: see bench/meta-memory.sh).
         #[arg(long, value_delimiter = ',', default_value = "seq,rand,small")]
         only: Vec<String>,
         /// Concurrent clients of each workload.
@@ -182,10 +184,20 @@ pub enum Command {
         /// Clients of the `conns` workload, each with its own connections.
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+        /// Operations per second of each `conns` client, at random phases (open loop);
+        /// 0: as fast as each can (closed loop: latency is then clients / throughput).
+        #[arg(long, default_value_t = 0.0)]
+        conn_rate: f64,
+        /// Operations (stat and read of a small file) of each `conns` client.
+        #[arg(long, default_value_t = 3)]
+        conn_rounds: usize,
         /// Store every byte in blocks, also of small files (to measure what inline
         /// small files save).
         #[arg(long)]
         no_inline: bool,
+        /// Leave the files in place (no delete phase, no clean-up).
+        #[arg(long)]
+        keep: bool,
         #[arg(long)]
         json: bool,
     },
@@ -436,7 +448,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             small_files,
             small_size,
             connections,
+            conn_rate,
+            conn_rounds,
             no_inline,
+            keep,
             json,
         } => {
             let config = ClientConfig {
@@ -456,6 +471,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 small_files,
                 small_size: usize::try_from(small_size).context("--small-size is too large")?,
                 connections,
+                conn_rate,
+                conn_rounds,
+                keep,
                 json,
             };
             bench::run(config, opts).await

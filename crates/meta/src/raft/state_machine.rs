@@ -1,6 +1,7 @@
 //! openraft's `RaftStateMachine` over `StateStore`: each entry applied in its own redb
-//! write transaction together with the applied log id; snapshots are `Dump` blobs kept
-//! in the state database.
+//! write transaction together with the applied log id. The state database is its own
+//! snapshot: building one makes it durable and records the point; a `Dump` blob is made
+//! only when a snapshot is read (sent to a follower that lags behind the purged log).
 
 use super::{any, TypeConfig};
 use crate::state::{CommandResponse, CommandResult, StateStore};
@@ -11,8 +12,6 @@ use openraft::{
     StoredMembership,
 };
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 type SErr = StorageError<u64>;
 
@@ -20,12 +19,11 @@ type SErr = StorageError<u64>;
 #[derive(Clone)]
 pub struct StateMachine {
     store: StateStore,
-    builds: Arc<AtomicU64>,
 }
 
 impl StateMachine {
     pub fn new(store: StateStore) -> StateMachine {
-        StateMachine { store, builds: Arc::new(AtomicU64::new(0)) }
+        StateMachine { store }
     }
 
     pub fn store(&self) -> &StateStore {
@@ -33,22 +31,37 @@ impl StateMachine {
     }
 }
 
+/// The id of the snapshot of the state at `last`: the same state always gets the same id.
+fn snapshot_id(last: &Option<LogId<u64>>) -> String {
+    match last {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "none".into(),
+    }
+}
+
+/// The current state as a snapshot: one consistent read of every table. The state
+/// database is the snapshot: nothing is dumped until a follower needs one.
+fn dump_now(store: &StateStore) -> Result<Snapshot<TypeConfig>, FsError> {
+    let (blob, last, membership) = store.dump()?;
+    let meta = SnapshotMeta { snapshot_id: snapshot_id(&last), last_log_id: last, last_membership: membership };
+    Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(blob)) })
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Makes the applied state durable (so the log up to it may be purged) and notes
+    /// that a snapshot exists. The state database itself is the snapshot: no copy of it
+    /// is made here (a full dump every `snapshot_after_logs` entries cost time and
+    /// memory in proportion to the whole namespace; see docs/BENCHMARKS.md).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let err = |e: FsError| -> SErr { StorageIOError::write_snapshot(None, any(e)).into() };
-        // The snapshot lets the log be purged: the state it shows must be durable first.
         self.store.flush().map_err(err)?;
-        let (blob, last, membership) = self.store.dump().map_err(err)?;
-        let n = self.builds.fetch_add(1, Ordering::Relaxed);
-        let snapshot_id = match last {
-            Some(l) => format!("{}-{}-{n}", l.leader_id.term, l.index),
-            None => format!("none-{n}"),
-        };
-        let meta = SnapshotMeta { last_log_id: last, last_membership: membership, snapshot_id };
+        let (last, membership) = self.store.applied_state().map_err(err)?;
+        let meta = SnapshotMeta { snapshot_id: snapshot_id(&last), last_log_id: last, last_membership: membership };
         let meta_bytes = postcard::to_stdvec(&meta).map_err(|e| err(FsError::internal(e)))?;
-        self.store.save_snapshot(&meta_bytes, &blob).map_err(err)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = blob.len(), "built state snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(blob)) })
+        self.store.save_snapshot(&meta_bytes).map_err(err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, "state snapshot point (applied state durable)");
+        // openraft keeps only the meta of a built snapshot; the data is read when sent.
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
 
@@ -107,18 +120,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let blob = snapshot.into_inner();
         self.store.install(&blob, meta.last_log_id, &meta.last_membership).map_err(err)?;
         let meta_bytes = postcard::to_stdvec(meta).map_err(|e| err(FsError::internal(e)))?;
-        self.store.save_snapshot(&meta_bytes, &blob).map_err(err)?;
+        self.store.save_snapshot(&meta_bytes).map_err(err)?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed state snapshot");
         Ok(())
     }
 
+    /// The state as it is now, once a snapshot point exists (before the first one there
+    /// is none, as openraft expects): it reflects at least every entry the last
+    /// snapshot point covered, so the log purged up to that point is never missed.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
         let err = |e: FsError| -> SErr { StorageIOError::read_snapshot(None, any(e)).into() };
-        let Some((meta_bytes, blob)) = self.store.load_snapshot().map_err(err)? else {
+        if !self.store.has_snapshot().map_err(err)? {
             return Ok(None);
-        };
-        let meta: SnapshotMeta<u64, openraft::BasicNode> =
-            postcard::from_bytes(&meta_bytes).map_err(|e| err(FsError::internal(e)))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(blob)) }))
+        }
+        let snap = dump_now(&self.store).map_err(err)?;
+        tracing::info!(snapshot = %snap.meta.snapshot_id, "dumped the state for a snapshot");
+        Ok(Some(snap))
     }
 }

@@ -419,7 +419,16 @@ fn check_schema(txn: &WriteTransaction) -> Result<(), MetaError> {
 impl StateStore {
     /// Opens (creating if needed) the state database at `path`.
     pub fn open(path: &Path) -> Result<StateStore, MetaError> {
-        let db = Database::create(path).map_err(|e| MetaError::storage("open state db", e))?;
+        Self::open_with_cache(path, 256 << 20)
+    }
+
+    /// Opens (creating if needed) the state database at `path` with a page cache of
+    /// `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<StateStore, MetaError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| MetaError::storage("open state db", e))?;
         Self::init(db)
     }
 

@@ -154,23 +154,23 @@ impl StateStore {
         txn.commit().map_err(db_err)
     }
 
-    /// Stores the current snapshot (metadata and blob) durably.
-    pub fn save_snapshot(&self, meta: &[u8], blob: &[u8]) -> FsResult<()> {
+    /// Records a snapshot point (its openraft metadata) durably. A blob an earlier
+    /// version kept is dropped: the state itself is the snapshot.
+    pub fn save_snapshot(&self, meta: &[u8]) -> FsResult<()> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = txn.open_table(SNAPSHOT).map_err(db_err)?;
             t.insert("meta", meta).map_err(db_err)?;
-            t.insert("data", blob).map_err(db_err)?;
+            t.remove("data").map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
 
-    /// The stored snapshot (metadata bytes, blob), if any.
-    pub fn load_snapshot(&self) -> FsResult<Option<(Vec<u8>, Vec<u8>)>> {
+    /// Whether a snapshot point was recorded.
+    pub fn has_snapshot(&self) -> FsResult<bool> {
         let txn = self.read()?;
         let t = txn.open_table(SNAPSHOT).map_err(db_err)?;
-        let m = t.get("meta").map_err(db_err)?.map(|g| g.value().to_vec());
-        let d = t.get("data").map_err(db_err)?.map(|g| g.value().to_vec());
-        Ok(m.zip(d))
+        let found = t.get("meta").map_err(db_err)?.is_some();
+        Ok(found)
     }
 }
