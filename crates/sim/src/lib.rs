@@ -16,6 +16,8 @@
 //! replayed exactly by `scripts/sim --seed S`.
 
 pub mod disk;
+pub mod raft;
+pub mod raft_disk;
 
 use bytes::Bytes;
 use disk::SimDisk;

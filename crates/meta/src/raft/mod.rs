@@ -8,6 +8,8 @@ mod runtime;
 mod state_machine;
 
 pub use log_store::LogStore;
+#[cfg(feature = "sim-bugs")]
+pub use log_store::sim_bugs;
 pub use network::{handle_raft_rpc, Network, RaftReply, RaftRpc};
 pub use runtime::{seed_raft_rng, MetaRuntime, RaftRng};
 pub use state_machine::StateMachine;
