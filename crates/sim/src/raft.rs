@@ -36,6 +36,7 @@ use tokio::time::Instant;
 /// Shape of one Raft run.
 #[derive(Clone, Copy, Debug)]
 pub struct RaftSimConfig {
+    /// Voters in the group; 0: the seed picks 3 or 5.
     pub voters: u64,
     pub clients: u32,
     /// Virtual time of the faulty phase.
@@ -47,7 +48,7 @@ pub struct RaftSimConfig {
 impl Default for RaftSimConfig {
     fn default() -> Self {
         RaftSimConfig {
-            voters: 3,
+            voters: 0,
             clients: 3,
             run_for: Duration::from_millis(2500),
             converge_within: Duration::from_secs(30),
@@ -58,6 +59,7 @@ impl Default for RaftSimConfig {
 /// What a passing run did; `trace_hash` digests every event with its virtual time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RaftReport {
+    pub voters: u64,
     pub acked: u32,
     pub unknown: u32,
     pub refused: u32,
@@ -694,7 +696,10 @@ pub fn run_raft_traced(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<R
 async fn run_inner(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<RaftReport, SimError> {
     seed_raft_rng(seed ^ 0x5eed_0f_7a57);
     let mut rng = StdRng::seed_from_u64(seed);
-    let voters = cfg.voters;
+    let voters = match cfg.voters {
+        0 => [3, 5][rng.random_range(0..2usize)],
+        v => v,
+    };
     let mut nodes = BTreeMap::new();
     for id in 1..=voters {
         let rate = rng.random_range(0.8..1.25);
@@ -807,6 +812,7 @@ async fn run_inner(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<RaftR
     let events = w.events;
     events.hash(&mut w.trace);
     w.report.trace_hash = w.trace.finish();
+    w.report.voters = w.nodes.len() as u64;
     w.report.terms = w.leaders_seen.keys().next_back().copied().unwrap_or(0);
     Ok(w.report.clone())
 }
@@ -894,16 +900,3 @@ pub fn raft_campaign(first: u64, count: u64, cfg: RaftSimConfig) -> Vec<(u64, Si
     (first..first + count).filter_map(|s| run_raft(s, cfg).err().map(|e| (s, e))).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_seed_quick() {
-        for s in 0..5 {
-            let t = std::time::Instant::now();
-            let r = run_raft(s, RaftSimConfig::default());
-            println!("seed {s}: {r:?} in {:?}", t.elapsed());
-        }
-    }
-}
