@@ -69,6 +69,9 @@ pub struct RaftReport {
     pub jumps: u32,
     pub rpcs: u64,
     pub dropped: u64,
+    /// Snapshot chunks delivered (a follower behind the purged log catches up from one).
+    pub snapshots: u64,
+    /// Highest term in which a node reported itself leader.
     pub terms: u64,
     pub last_applied: u64,
     pub trace_hash: u64,
@@ -243,6 +246,9 @@ impl SimPeer {
                 return Err(lost(if drop1 { "dropped" } else { "partitioned or down" }));
             }
             w.event(format_args!("{kind} {from}->{to} delivered"));
+            if kind == "snapshot" {
+                w.report.snapshots += 1;
+            }
             let n = &w.nodes[&to];
             match &n.raft {
                 Some(r) => (r.clone(), n.incarnation),
