@@ -330,8 +330,7 @@ async fn start_node(world: &Shared, id: u64) -> Result<(), SimError> {
         (n.log_disk.clone(), n.state_disk.clone(), n.config.clone(), n.incarnation)
     };
     let log = LogStore::with_backend(log_disk).map_err(|e| SimError::Meta(format!("node {id} log: {e}")))?;
-    let store =
-        StateStore::with_backend(state_disk).map_err(|e| SimError::Meta(format!("node {id} state: {e}")))?;
+    let store = StateStore::with_backend(state_disk).map_err(|e| SimError::Meta(format!("node {id} state: {e}")))?;
     let net = SimNet { world: world.clone(), from: id, incarnation };
     let raft = openraft::Raft::new(id, config, net, log, StateMachine::new(store.clone()))
         .await
@@ -631,9 +630,9 @@ async fn nemesis(world: Shared, until: Instant) -> Result<(), SimError> {
                 w.event(format_args!("partition healed"));
             }
             4 | 5 => {
-                if !down.contains_key(&pick) {
+                if let std::collections::btree_map::Entry::Vacant(e) = down.entry(pick) {
+                    e.insert(now + Duration::from_millis(len_ms));
                     crash_node(&world, pick).await;
-                    down.insert(pick, now + Duration::from_millis(len_ms));
                 }
             }
             6 => {
@@ -700,7 +699,7 @@ pub fn run_raft_traced(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<R
 }
 
 async fn run_inner(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<RaftReport, SimError> {
-    seed_raft_rng(seed ^ 0x5eed_0f_7a57);
+    seed_raft_rng(seed ^ 0x005e_ed0f_7a57);
     let mut rng = StdRng::seed_from_u64(seed);
     let voters = match cfg.voters {
         0 => [3, 5][rng.random_range(0..2usize)],
@@ -778,7 +777,8 @@ async fn run_inner(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<RaftR
             )));
         }
         let mut hint = None;
-        let mk = |now| Command::Mkdir { parent: InodeId::ROOT, name: "barrier".into(), perm: 0o755, uid: 0, gid: 0, now };
+        let mk =
+            |now| Command::Mkdir { parent: InodeId::ROOT, name: "barrier".into(), perm: 0o755, uid: 0, gid: 0, now };
         match submit(&world, &mut hint, &mk).await {
             Outcome::Acked(i, _) => break i,
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -884,7 +884,11 @@ fn check(world: &Shared, acks: &Arc<Mutex<Acks>>, stores: &[(u64, StateStore)]) 
         dumps.push((id, blob, last, membership));
     }
     if dumps.len() != w.nodes.len() {
-        return Err(SimError::Invariant(format!("only {} of {} replicas running at the end", dumps.len(), w.nodes.len())));
+        return Err(SimError::Invariant(format!(
+            "only {} of {} replicas running at the end",
+            dumps.len(),
+            w.nodes.len()
+        )));
     }
     if let Some((id0, blob0, last0, m0)) = dumps.first() {
         for (id, blob, last, m) in &dumps[1..] {
@@ -905,4 +909,3 @@ fn check(world: &Shared, acks: &Arc<Mutex<Acks>>, stores: &[(u64, StateStore)]) 
 pub fn raft_campaign(first: u64, count: u64, cfg: RaftSimConfig) -> Vec<(u64, SimError)> {
     (first..first + count).filter_map(|s| run_raft(s, cfg).err().map(|e| (s, e))).collect()
 }
-

@@ -7,9 +7,9 @@ mod network;
 mod runtime;
 mod state_machine;
 
-pub use log_store::LogStore;
 #[cfg(feature = "sim-bugs")]
 pub use log_store::sim_bugs;
+pub use log_store::LogStore;
 pub use network::{handle_raft_rpc, Network, RaftReply, RaftRpc};
 pub use runtime::{seed_raft_rng, MetaRuntime, RaftRng};
 pub use state_machine::StateMachine;

@@ -122,7 +122,7 @@ mod tests {
         assert_eq!(draw(), a);
         seed_raft_rng(8);
         assert_ne!(draw(), a);
-        let other = std::thread::spawn(move || draw()).join().expect("thread");
+        let other = std::thread::spawn(draw).join().expect("thread");
         assert!(other.iter().all(|t| (150..300).contains(t)));
     }
 }

@@ -75,8 +75,11 @@ fn main() -> ExitCode {
         };
     }
     let t = std::time::Instant::now();
-    let failed =
-        if raft { raft_campaign(first, seeds, RaftSimConfig::default()) } else { campaign(first, seeds, SimConfig::default()) };
+    let failed = if raft {
+        raft_campaign(first, seeds, RaftSimConfig::default())
+    } else {
+        campaign(first, seeds, SimConfig::default())
+    };
     for (s, e) in &failed {
         println!("seed {s} FAILED: {e}\nreplay: {}{flag}", replay(*s));
     }
