@@ -38,6 +38,10 @@ pub mod sim_bugs {
     /// The log store reports entries and votes saved without making them durable (a
     /// commit without fsync): a crash loses them.
     pub static LOG_SKIPS_FSYNC: AtomicBool = AtomicBool::new(false);
+
+    /// The vote is reported saved but never written: a node that restarts has forgotten
+    /// whom it voted for (and its term) and can grant a second vote in a term.
+    pub static VOTE_NOT_SAVED: AtomicBool = AtomicBool::new(false);
 }
 
 /// The log store; cheap to clone (the reader is a clone).
@@ -92,6 +96,10 @@ impl LogStore {
     }
 
     fn put<T: Serialize>(&self, key: &str, v: &T) -> Result<(), redb::Error> {
+        #[cfg(feature = "sim-bugs")]
+        if key == K_VOTE && sim_bugs::VOTE_NOT_SAVED.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability())?;
         txn.open_table(STORE)?.insert(key, enc(v).as_slice())?;
