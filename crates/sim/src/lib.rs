@@ -14,8 +14,13 @@
 //!
 //! Everything is sequential and every random choice comes from the seed, so a run is
 //! replayed exactly by `scripts/sim --seed S`.
+//!
+//! The second mode (`raft`, `scripts/sim --raft`) runs the real openraft metadata group
+//! on virtual time behind a faulty simulated network; see the `raft` module.
 
 pub mod disk;
+pub mod raft;
+pub mod raft_disk;
 
 use bytes::Bytes;
 use disk::SimDisk;

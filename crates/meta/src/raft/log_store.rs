@@ -20,6 +20,30 @@ const K_PURGED: &str = "last_purged";
 
 type SErr = StorageError<u64>;
 
+/// Vote, committed id and entries are durable before openraft hears they are saved.
+fn durability() -> Durability {
+    #[cfg(feature = "sim-bugs")]
+    if sim_bugs::LOG_SKIPS_FSYNC.load(std::sync::atomic::Ordering::Relaxed) {
+        return Durability::None;
+    }
+    Durability::Immediate
+}
+
+/// Deliberately wrong behaviour the simulator must catch, compiled only with the
+/// `sim-bugs` feature and off unless a test switches it on at run time.
+#[cfg(feature = "sim-bugs")]
+pub mod sim_bugs {
+    use std::sync::atomic::AtomicBool;
+
+    /// The log store reports entries and votes saved without making them durable (a
+    /// commit without fsync): a crash loses them.
+    pub static LOG_SKIPS_FSYNC: AtomicBool = AtomicBool::new(false);
+
+    /// The vote is reported saved but never written: a node that restarts has forgotten
+    /// whom it voted for (and its term) and can grant a second vote in a term.
+    pub static VOTE_NOT_SAVED: AtomicBool = AtomicBool::new(false);
+}
+
 /// The log store; cheap to clone (the reader is a clone).
 #[derive(Clone)]
 pub struct LogStore {
@@ -40,6 +64,14 @@ impl LogStore {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| MetaError::storage("create in-memory raft log", e))?;
+        Self::init(db)
+    }
+
+    /// A log store on any redb backend (the simulator's crash-aware in-memory disk).
+    pub fn with_backend(backend: impl redb::StorageBackend) -> Result<LogStore, MetaError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| MetaError::storage("open raft log on backend", e))?;
         Self::init(db)
     }
 
@@ -64,7 +96,12 @@ impl LogStore {
     }
 
     fn put<T: Serialize>(&self, key: &str, v: &T) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+        #[cfg(feature = "sim-bugs")]
+        if key == K_VOTE && sim_bugs::VOTE_NOT_SAVED.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability())?;
         txn.open_table(STORE)?.insert(key, enc(v).as_slice())?;
         txn.commit()?;
         Ok(())
@@ -151,7 +188,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let write = || -> Result<(), redb::Error> {
             let mut txn = self.db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            txn.set_durability(durability())?;
             {
                 let mut t = txn.open_table(LOGS)?;
                 for e in entries {

@@ -4,10 +4,14 @@
 
 mod log_store;
 mod network;
+mod runtime;
 mod state_machine;
 
+#[cfg(feature = "sim-bugs")]
+pub use log_store::sim_bugs;
 pub use log_store::LogStore;
 pub use network::{handle_raft_rpc, Network, RaftReply, RaftRpc};
+pub use runtime::{seed_raft_rng, MetaRuntime, RaftRng};
 pub use state_machine::StateMachine;
 
 use crate::state::{Command, CommandResponse};
@@ -18,6 +22,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
+        AsyncRuntime = MetaRuntime,
 );
 
 pub type MetaRaft = openraft::Raft<TypeConfig>;

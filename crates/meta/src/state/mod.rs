@@ -440,6 +440,14 @@ impl StateStore {
         Self::init(db)
     }
 
+    /// A state store on any redb backend (the simulator's crash-aware in-memory disk).
+    pub fn with_backend(backend: impl redb::StorageBackend) -> Result<StateStore, MetaError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| MetaError::storage("open state db on backend", e))?;
+        Self::init(db)
+    }
+
     fn init(db: Database) -> Result<StateStore, MetaError> {
         let txn = db.begin_write().map_err(|e| MetaError::storage("init state db", e))?;
         {
