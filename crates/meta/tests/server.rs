@@ -91,7 +91,14 @@ async fn tree(c: &MetaClient) -> Vec<(String, FileKind, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_write_gc_and_restart_over_the_protocol() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, c) = start(config(dir.path())).await;
+    // Nodes heartbeat once per phase here: a loaded machine must not make them Suspect
+    // in between (liveness has its own test below).
+    let patient = MetaConfig {
+        suspect_after: HumanDuration::from_secs(30),
+        dead_after: HumanDuration::from_secs(60),
+        ..config(dir.path())
+    };
+    let (server, c) = start(patient.clone()).await;
 
     // Phase 1: three storage nodes register and heartbeat.
     let mut nodes = Vec::new();
@@ -221,7 +228,7 @@ async fn namespace_write_gc_and_restart_over_the_protocol() {
     assert_eq!(before.len(), 8, "{before:?}");
     server.shutdown().await.expect("clean shutdown");
 
-    let (server, c) = start(config(dir.path())).await;
+    let (server, c) = start(patient).await;
     assert_eq!(tree(&c).await, before, "namespace survives a restart");
     assert_eq!(server.metrics().current_leader, Some(1));
     server.shutdown().await.expect("clean shutdown");
