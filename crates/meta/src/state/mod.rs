@@ -5,12 +5,15 @@
 
 mod data;
 mod heal;
+pub mod invariants;
 pub(crate) mod locks;
 mod namespace;
 pub(crate) mod open_files;
 mod read;
 mod snapshot;
 mod snapshot_ext;
+#[cfg(test)]
+mod snapshot_tests;
 pub mod snapshots;
 #[cfg(test)]
 mod tests;
