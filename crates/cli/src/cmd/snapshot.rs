@@ -87,3 +87,18 @@ pub async fn run(client: &Client, command: &SnapshotCommand) -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// `df`'s line on snapshots: how many, and the bytes only they hold (included in Used).
+/// Nothing when there are none or the server cannot say.
+pub async fn df_line(client: &Client) {
+    if let Ok(list) = client.snapshot_list().await {
+        if !list.is_empty() {
+            let held: u64 = list.iter().map(|s| s.exclusive_bytes).sum();
+            println!(
+                "{} snapshot(s) hold {} of Used exclusively (freed by `distfs snapshot delete`)",
+                list.len(),
+                human_bytes(held)
+            );
+        }
+    }
+}

@@ -350,3 +350,55 @@ fn the_invariant_checker_catches_a_wrong_refcount_and_a_queued_live_copy() {
     let err = check_block_refs(&t.s.read().unwrap()).expect_err("a referenced copy queued for deletion");
     assert!(err.contains("queued for deletion"), "{err}");
 }
+
+/// The cost of the O(entries) copy (run by hand: `cargo nextest run -p distfs-meta
+/// --run-ignored only snapshot_cost --no-capture`); figures in docs/BENCHMARKS.md.
+#[test]
+#[ignore]
+fn snapshot_cost_of_many_entries() {
+    let t = T { s: StateStore::in_memory().expect("store") };
+    let format = Format { chunk_size: 1 << 20, block_size: 64 << 10, replication: 2 };
+    t.s.apply_entry(None, None, Some(&Command::Format { format, now: ts(1) })).unwrap().unwrap().unwrap();
+    let run = |c: Command| t.s.apply_entry(None, None, Some(&c)).unwrap().unwrap().expect("command");
+    let d = match run(Command::Mkdir { parent: ROOT, name: "d".into(), perm: 0o755, uid: 0, gid: 0, now: ts(2) }) {
+        CommandResult::Attr(a) => a.ino,
+        other => panic!("{other:?}"),
+    };
+    let n = 50_000u64;
+    for i in 0..n {
+        let f = match run(Command::Create {
+            parent: d,
+            name: format!("f{i}"),
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+            now: ts(2),
+            open: None,
+        }) {
+            CommandResult::Attr(a) => a.ino,
+            other => panic!("{other:?}"),
+        };
+        let blocks = vec![WrittenBlock { block: BlockRef { id: BlockId(i as u128 + 1), len: 10 }, replicas: vec![] }];
+        run(Command::CommitWrite {
+            ino: f,
+            slices: vec![SliceWrite { chunk: 0, offset: 0, len: 10, blocks, inline: None }],
+            min_size: 10,
+            mtime: ts(3),
+            bad: vec![],
+            now: ts(3),
+        });
+    }
+    let start = std::time::Instant::now();
+    run(Command::Snapshot(SnapCmd::Create { source: d, path: "/d".into(), name: "s".into(), now: ts(4) }));
+    let create = start.elapsed();
+    let start = std::time::Instant::now();
+    let l = list(&t.s.read().unwrap()).unwrap();
+    let listed = start.elapsed();
+    assert_eq!(l[0].files, n);
+    let start = std::time::Instant::now();
+    run(Command::Snapshot(SnapCmd::Delete { name: "s".into(), now: ts(5) }));
+    let delete = start.elapsed();
+    check_block_refs(&t.s.read().unwrap()).expect("invariants");
+    eprintln!("snapshot of {n} files with one block each: create {create:?}, list {listed:?}, delete {delete:?}");
+}
