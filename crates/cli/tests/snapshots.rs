@@ -9,6 +9,7 @@
 //! figure is 1 GiB, run by hand for docs/BENCHMARKS.md).
 
 mod common;
+mod mount_common;
 
 use common::*;
 use distfs_client::Client;
@@ -426,4 +427,45 @@ async fn snapshots_are_read_only_restorable_and_the_cli_explains_errors() {
     assert!(read_path(&client, "/q/sub/b").await == old);
     let o = distfs(&c, &["snapshot", "restore", "s", "--to", "/missing"]).await;
     assert_eq!(code(&o), 3, "{}", stderr(&o));
+}
+
+fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// Through the FUSE mount: `/.snapshots` shows up by itself, reads the old bytes, and
+/// every change in it fails with EROFS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_mount_shows_snapshots_read_only() {
+    let c = cluster().await;
+    let m = mount_common::MountProc::start(&c, "snap").await;
+    let old = random_bytes(2 * MIB as usize + 5, 21);
+    std::fs::create_dir(m.path("p")).unwrap();
+    std::fs::write(m.path("p/a"), &old).unwrap();
+    std::fs::write(m.path("p/small"), b"inline").unwrap();
+    distfs_ok(&c, &["snapshot", "create", "/p", "s"]).await;
+    std::fs::write(m.path("p/a"), b"new").unwrap();
+
+    let snap = m.path(".snapshots/s");
+    assert!(std::fs::read(snap.join("a")).unwrap() == old, "the snapshot reads the old bytes");
+    assert_eq!(std::fs::read(snap.join("small")).unwrap(), b"inline");
+    assert_eq!(std::fs::read(m.path("p/a")).unwrap(), b"new");
+    let names: Vec<String> =
+        std::fs::read_dir(&snap).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    let erofs = Some(libc::EROFS);
+    let open_w = |p: &std::path::Path| std::fs::OpenOptions::new().write(true).open(p);
+    assert_eq!(errno(open_w(&snap.join("a"))), erofs, "open for writing");
+    assert_eq!(errno(std::fs::write(snap.join("new"), b"x")), erofs, "create");
+    assert_eq!(errno(std::fs::remove_file(snap.join("a"))), erofs, "unlink");
+    assert_eq!(errno(std::fs::create_dir(snap.join("d"))), erofs, "mkdir");
+    assert_eq!(errno(std::fs::rename(snap.join("a"), m.path("stolen"))), erofs, "rename out");
+    assert_eq!(errno(std::fs::rename(m.path("p/small"), snap.join("planted"))), erofs, "rename in");
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = std::fs::set_permissions(snap.join("a"), std::fs::Permissions::from_mode(0o777));
+    assert_eq!(errno(chmod), erofs, "chmod");
+    assert_eq!(errno(std::fs::remove_dir_all(m.path(".snapshots"))), erofs, "rm -r /.snapshots");
+    assert!(std::fs::read(snap.join("a")).unwrap() == old, "still the old bytes");
+    m.unmount().await;
 }
