@@ -351,6 +351,19 @@ fn the_invariant_checker_catches_a_wrong_refcount_and_a_queued_live_copy() {
     assert!(err.contains("queued for deletion"), "{err}");
 }
 
+#[test]
+fn a_tree_over_the_entry_bound_is_refused_with_a_clear_error() {
+    let t = T::new();
+    let (d, _, _) = tree(&t);
+    let r = t.s.read().unwrap();
+    let all = super::snapshots::walk_at_most(&r, d, 100).expect("7 entries");
+    assert_eq!(all.len(), 7, "a, b, h, s, l, sub, sub/c");
+    match super::snapshots::walk_at_most(&r, d, 6) {
+        Err(FsError::OutOfRange { reason }) => assert!(reason.contains("more than 6 entries"), "{reason}"),
+        other => panic!("expected OutOfRange, got {other:?}"),
+    }
+}
+
 /// The cost of the O(entries) copy (run by hand: `cargo nextest run -p distfs-meta
 /// --run-ignored only snapshot_cost --no-capture`); figures in docs/BENCHMARKS.md.
 #[test]

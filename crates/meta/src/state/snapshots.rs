@@ -165,6 +165,11 @@ fn touch(txn: &WriteTransaction, dir: InodeId, nlink_delta: i32, now: Timestamp)
 /// (a snapshot inode in a live tree) is left out. More than `SNAPSHOT_MAX_ENTRIES` is an
 /// error that says so.
 pub(crate) fn walk<R: Reader>(r: &R, root: InodeId) -> FsResult<Vec<(InodeId, DirEntry)>> {
+    walk_at_most(r, root, SNAPSHOT_MAX_ENTRIES)
+}
+
+/// `walk` with the bound as a parameter.
+pub(crate) fn walk_at_most<R: Reader>(r: &R, root: InodeId, max: u64) -> FsResult<Vec<(InodeId, DirEntry)>> {
     let mut out = Vec::new();
     let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
@@ -173,10 +178,10 @@ pub(crate) fn walk<R: Reader>(r: &R, root: InodeId) -> FsResult<Vec<(InodeId, Di
             if e.ino.in_snapshot() && !root.in_snapshot() {
                 continue;
             }
-            if out.len() as u64 >= SNAPSHOT_MAX_ENTRIES {
+            if out.len() as u64 >= max {
                 return Err(FsError::OutOfRange {
                     reason: format!(
-                        "the tree holds more than {SNAPSHOT_MAX_ENTRIES} entries, the most one snapshot create, \
+                        "the tree holds more than {max} entries, the most one snapshot create, \
                          restore or delete handles; snapshot smaller directories"
                     ),
                 });
