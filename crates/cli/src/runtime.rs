@@ -89,7 +89,8 @@ pub async fn shutdown_signal() {
 /// 0 ok, 1 other error, 2 usage, 3 not found, 4 already exists, 5 wrong kind of file
 /// (not a directory, is a directory, not empty), 6 cluster unavailable, 7 data error
 /// (replicas missing, corrupt, not enough acknowledgements), 8 no space, 9 permission
-/// denied (refused certificate, missing permission, admin command without admin rights).
+/// denied (refused certificate, missing permission, admin command without admin rights),
+/// 10 read-only (a snapshot).
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     let fs = e.downcast_ref::<ClientError>().map(|c| c.as_fs()).or_else(|| e.downcast_ref::<FsError>().cloned());
     let code = match fs {
@@ -105,6 +106,7 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
         ) => 7,
         Some(FsError::NoSpace { .. }) => 8,
         Some(FsError::PermissionDenied { .. }) => 9,
+        Some(FsError::ReadOnly { .. }) => 10,
         Some(FsError::InvalidArgument { .. } | FsError::NameTooLong { .. }) => 2,
         _ => 1,
     };

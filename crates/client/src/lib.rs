@@ -9,6 +9,7 @@ pub mod ns;
 pub mod plan;
 pub mod read;
 pub mod session;
+pub mod snapshots;
 pub mod write;
 
 pub use error::{ClientError, Result};

@@ -35,6 +35,7 @@ pub fn errno_of(e: &FsError) -> Errno {
         FsError::TooBig { .. } => Errno::E2BIG,
         FsError::OutOfRange { .. } => Errno::ERANGE,
         FsError::LockConflict { .. } => Errno::EAGAIN,
+        FsError::ReadOnly { .. } => Errno::EROFS,
     }
 }
 
@@ -98,6 +99,7 @@ mod tests {
             (FsError::TooBig { what: s(), len: 70_000, max: 65_536 }, libc::E2BIG),
             (FsError::OutOfRange { reason: s() }, libc::ERANGE),
             (FsError::LockConflict { what: s() }, libc::EAGAIN),
+            (FsError::ReadOnly { what: s() }, libc::EROFS),
         ];
         // `errno_of` matches exhaustively, so a new FsError variant does not compile
         // until it is mapped; this list must then grow with it.

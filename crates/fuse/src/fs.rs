@@ -450,6 +450,9 @@ impl Filesystem for DistFs {
         let inner = self.inner.clone();
         let (truncate, append) = (flags.0 & libc::O_TRUNC != 0, flags.0 & libc::O_APPEND != 0);
         let read = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        if (truncate || flags.0 & libc::O_ACCMODE != libc::O_RDONLY) && ino(i).in_snapshot() {
+            return reply.error(errno_of(&FsError::ReadOnly { what: format!("inode {} is in a snapshot", i.0) }));
+        }
         self.spawn(debug_span!("open", ino = i.0, flags = flags.0), async move {
             match inner.open(ino(i), truncate, append, read).await {
                 Ok(o) => {

@@ -64,6 +64,9 @@ pub(crate) fn check_role(who: &Identity, req: &MetaRequest) -> FsResult<()> {
         M::AddMetaServer { .. } | M::RemoveMetaServer { .. } if !who.is_admin() => {
             Err(denied(who, "change the metadata membership (needs an admin certificate)"))
         }
+        M::Snapshot(op) if op.changes_state() && !who.is_admin() => {
+            Err(denied(who, "create, delete or restore snapshots (needs an admin certificate)"))
+        }
         M::Fsck { repair: true } if !who.is_admin() => {
             Err(denied(who, "run fsck --repair (needs an admin certificate)"))
         }

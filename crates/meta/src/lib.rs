@@ -18,6 +18,7 @@ pub mod repair;
 pub mod server;
 mod service;
 mod service_heal;
+mod service_snapshots;
 mod sessions;
 pub mod state;
 

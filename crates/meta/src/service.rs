@@ -315,6 +315,7 @@ impl Service {
                 self.statfs().map(MetaResponse::StatFs)
             }
             MetaRequest::AllocateBlocks { ino, count } => {
+                crate::state::snapshots::check_writable(ino)?;
                 self.read_barrier().await?;
                 self.allocate(ino, count)
             }
@@ -396,6 +397,7 @@ impl Service {
             | MetaRequest::ListXattr { .. }
             | MetaRequest::SetXattr { .. }
             | MetaRequest::RemoveXattr { .. }) => self.handle_sessions_xattrs(req, now).await,
+            MetaRequest::Snapshot(op) => self.snapshot(op, now).await,
         }
     }
 
@@ -558,7 +560,7 @@ impl Service {
 }
 
 /// Resolves an absolute path, following symlinks except a final one.
-fn resolve_path(r: &impl Reader, path: &str) -> FsResult<Attr> {
+pub(crate) fn resolve_path(r: &impl Reader, path: &str) -> FsResult<Attr> {
     if !path.starts_with('/') {
         return Err(FsError::invalid(format!("path `{path}` is not absolute")));
     }
@@ -634,7 +636,8 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         | R::MetaServerInfo
         | R::AddMetaServer { .. }
         | R::MetaStatus
-        | R::Fsck { .. } => tracing::debug_span!("meta", op = op_name(req)),
+        | R::Fsck { .. }
+        | R::Snapshot(_) => tracing::debug_span!("meta", op = op_name(req)),
         R::RemoveMetaServer { id } => tracing::debug_span!("meta", op = "meta_remove", server = id),
         R::BlockReport { node, .. }
         | R::NodeDrain { node, .. }
@@ -688,6 +691,7 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::SetLock { .. } => "setlk",
         R::GetLock { .. } => "getlk",
         R::Deregister { .. } => "deregister",
+        R::Snapshot(_) => "snapshot",
     }
 }
 

@@ -12,6 +12,7 @@ pub mod handshake;
 pub mod messages;
 pub mod meta_client;
 pub mod server;
+pub mod snapshots;
 pub mod tls;
 pub mod transport;
 
@@ -27,6 +28,7 @@ pub use handshake::PeerKind;
 pub use messages::*;
 pub use meta_client::MetaClient;
 pub use server::{serve, serve_conn, serve_with, Handler, Incoming, Reply, ServerTransport};
+pub use snapshots::{SnapshotInfo, SnapshotOp, SNAPSHOT_NAME_MAX};
 pub use tls::{ClientTls, CompressionSettings, ServerTls, TlsMode, TlsPaths, TlsSettings};
 pub use transport::{BoxStream, Connector, TcpConnector};
 

@@ -424,6 +424,8 @@ pub enum MetaRequest {
     Deregister {
         node: NodeId,
     },
+    /// Snapshots: create, list, delete, restore (`snapshots.rs`). Answered `Snapshots`.
+    Snapshot(crate::snapshots::SnapshotOp),
 }
 
 /// How long a client session's lease lasts without renewal: after it, the files the
@@ -516,6 +518,8 @@ pub enum MetaResponse {
     XattrNames {
         names: Vec<String>,
     },
+    /// Answer to `Snapshot`: the snapshots concerned (all of them for `List`).
+    Snapshots(Vec<crate::snapshots::SnapshotInfo>),
 }
 
 // ---------------------------------------------------------------------------------------

@@ -72,6 +72,10 @@ pub enum FsError {
     /// blocking request waits and asks again.
     #[error("lock conflict: {what}")]
     LockConflict { what: String },
+    /// A change to a read-only inode: a snapshot (`EROFS`). Change the live tree, or
+    /// `distfs snapshot restore` the snapshot into it.
+    #[error("read-only: {what} (snapshots cannot be changed; change the live tree or restore the snapshot into it)")]
+    ReadOnly { what: String },
 }
 
 impl FsError {

@@ -10,6 +10,14 @@ pub struct InodeId(pub u64);
 
 impl InodeId {
     pub const ROOT: InodeId = InodeId(1);
+    /// Inodes of snapshots (`/.snapshots` and everything below it) are numbered from
+    /// here on: read-only, and told apart from live inodes by their number alone.
+    pub const SNAPSHOT_BASE: u64 = 1 << 50;
+
+    /// True for `/.snapshots` and every inode of a snapshot (all read-only).
+    pub fn in_snapshot(self) -> bool {
+        self.0 >= Self::SNAPSHOT_BASE
+    }
 }
 
 impl fmt::Display for InodeId {

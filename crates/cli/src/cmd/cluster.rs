@@ -19,6 +19,7 @@ pub async fn df(client: &Client, json: bool) -> anyhow::Result<()> {
             s.files.to_string(),
         ]],
     );
+    crate::cmd::snapshot::df_line(client).await;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod heal;
 pub mod meta;
 pub mod mount;
 pub mod ns;
+pub mod snapshot;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -200,6 +201,11 @@ pub enum Command {
         keep: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Snapshots of directory trees: create, list, delete, restore.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
     },
     /// Certificates: a cluster CA, node and client certificates.
     Cert {
@@ -477,6 +483,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
             };
             bench::run(config, opts).await
+        }
+        Command::Snapshot { ref command } => {
+            // One command copies or frees a whole tree: allow it more than one attempt's 5 s.
+            let config = ClientConfig {
+                meta: cli.meta.clone(),
+                meta_deadline: cli.timeout.max(Duration::from_secs(60)),
+                meta_attempt_timeout: Duration::from_secs(60),
+                transport: transport.clone(),
+                ..ClientConfig::default()
+            };
+            snapshot::run(&Client::new(config), command).await
         }
         Command::Cert { .. } => unreachable!("handled above"),
     }

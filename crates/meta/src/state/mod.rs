@@ -5,12 +5,16 @@
 
 mod data;
 mod heal;
+pub mod invariants;
 pub(crate) mod locks;
 mod namespace;
 pub(crate) mod open_files;
 mod read;
 mod snapshot;
 mod snapshot_ext;
+#[cfg(test)]
+mod snapshot_tests;
+pub mod snapshots;
 #[cfg(test)]
 mod tests;
 mod xattr;
@@ -19,6 +23,7 @@ pub use heal::{all_blocks, file_paths, node_admin};
 pub use read::{Reader, Stats};
 pub use snapshot::Dump;
 pub use snapshot_ext::ExtDump;
+pub use snapshots::SnapCmd;
 pub(crate) use xattr::validate_name as validate_xattr_name;
 
 use crate::error::{db_err, decode_err, MetaError};
@@ -280,6 +285,8 @@ pub enum Command {
         name: String,
         now: Timestamp,
     },
+    /// Snapshot create, delete, restore (`snapshots.rs`).
+    Snapshot(SnapCmd),
 }
 
 /// What a successfully applied command returns.
@@ -301,6 +308,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
     if !matches!(cmd, Command::Format { .. }) && txn.format()?.is_none() {
         return Err(FsError::Unavailable { reason: "the file system is not formatted yet".into() });
     }
+    snapshots::guard(txn, cmd)?;
     match cmd {
         Command::Format { format, now } => data::format(txn, format, *now),
         Command::Mkdir { parent, name, perm, uid, gid, now } => {
@@ -350,6 +358,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         Command::SetLock { ino, req } => locks::set_lock(txn, *ino, *req),
         Command::SetXattr { ino, name, value, mode, now } => xattr::set(txn, *ino, name, value, *mode, *now),
         Command::RemoveXattr { ino, name, now } => xattr::remove(txn, *ino, name, *now),
+        Command::Snapshot(c) => snapshots::apply(txn, c),
     }
 }
 
