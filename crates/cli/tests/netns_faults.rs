@@ -507,9 +507,12 @@ async fn check_blocks(c: &ProcessCluster) -> Result<(usize, usize), String> {
             }
             let listed_up = b.replicas.iter().filter(|r| up.contains(r)).count();
             if b.replicas.len() != R || listed_up != R {
+                let nodes: Vec<String> =
+                    status.nodes.iter().map(|n| format!("{}@{} {:?} {:?}", n.id, n.addr, n.state, n.admin)).collect();
                 return Err(format!(
-                    "block {hex} of /w/{name}: {} listed copies, {listed_up} on up nodes",
-                    b.replicas.len()
+                    "block {hex} of /w/{name}: {} listed copies ({:?}), {listed_up} on up nodes; on disk on {on_disk:?}; nodes {nodes:?}",
+                    b.replicas.len(),
+                    b.replicas
                 ));
             }
             if let Some(r) = b.replicas.iter().find(|r| !on_disk.contains(r)) {

@@ -3,7 +3,7 @@
 //! as `Kind::Raft` frames.
 
 mod log_store;
-mod network;
+pub(crate) mod network;
 mod state_machine;
 
 pub use log_store::LogStore;
