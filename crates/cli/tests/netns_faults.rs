@@ -571,6 +571,10 @@ async fn campaign(net: &Net, seed: u64, rounds: usize, steps: usize) {
         storage_nodes: STORAGE,
         replication: R as u32,
         hosts: Some(hosts),
+        // Elections a loaded disk can win: with 600 ms a vote that waits for a slow fsync
+        // (seconds under the I/O pressure of this shared machine) times out, and candidates
+        // duel for term after term.
+        meta_extra: "[raft]\nheartbeat_interval = \"250ms\"\nelection_timeout_min = \"1500ms\"\nelection_timeout_max = \"3000ms\"\n".into(),
         ..Default::default()
     };
     let mut c = ProcessCluster::start(bins(), opts).await;
@@ -607,7 +611,7 @@ async fn campaign(net: &Net, seed: u64, rounds: usize, steps: usize) {
         }
         eprintln!("[{:5.1}s] round {round}: healed; checking", t0.elapsed().as_secs_f64());
         let leader =
-            converge("one leader every metadata server agrees on", Duration::from_secs(30), || agreed_leader(&c)).await;
+            converge("one leader every metadata server agrees on", Duration::from_secs(60), || agreed_leader(&c)).await;
         c.wait_nodes_up(STORAGE).await;
         let acked_now = acked.lock().unwrap().clone();
         let new = acked_now.len() - before;
