@@ -155,6 +155,60 @@ async fn a_partitioned_leader_stops_acknowledging_and_the_majority_takes_over() 
     assert_eq!(names.len(), 20);
 }
 
+/// Writes `n` small files of 60 KiB into a new directory `name`: inline, so each commit is
+/// one Raft entry of about 60 KiB.
+async fn write_inline_files(client: &Client, name: &str, n: usize) {
+    let dir = client.mkdir(InodeId::ROOT, name, 0o755).await.unwrap();
+    for k in 0..n {
+        let f = client.create(dir.ino, &format!("f{k}"), 0o644, true).await.unwrap();
+        client.write_at(f.ino, 0, &random_bytes(60 << 10, k as u64)).await.unwrap();
+    }
+}
+
+/// Regression (found by the network-namespace fault run, seed 2): a follower that missed
+/// more than 1 MiB of log never caught up. The leader sent the backlog in one
+/// AppendEntries (up to 300 entries), larger than the 1 MiB typed-header limit of a frame;
+/// the follower closed the connection and the leader sent the same batch again, forever
+/// (and with the follower's vote gone, a 3-server group lost its write quorum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_by_more_than_one_frame_of_log_catches_up() {
+    let mut mc = MetaCluster::start(3, |_| {}).await;
+    let client = mc.client();
+    let leader = mc.leader(Duration::from_secs(10)).await;
+    let lagger = (leader + 1) % 3;
+    mc.stop(lagger).await;
+    write_inline_files(&client, "big", 40).await; // 2.4 MiB of log
+    mc.restart(lagger).await;
+    wait_for("the restarted member serves identical state", Duration::from_secs(30), || async {
+        (mc.state_of(lagger) == mc.state_of(leader)).then_some(())
+    })
+    .await;
+}
+
+/// Regression, the same limit: a snapshot larger than 1 MiB was sent in chunks of
+/// openraft's default 3 MiB, each refused by the frame limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_behind_a_compacted_log_catches_up_from_a_snapshot_over_one_frame() {
+    let mut mc = MetaCluster::start(3, |c| c.raft.snapshot_after_logs = 20).await;
+    let client = mc.client();
+    let leader = mc.leader(Duration::from_secs(10)).await;
+    let lagger = (leader + 1) % 3;
+    mc.stop(lagger).await;
+    write_inline_files(&client, "big", 40).await; // a 2.4 MiB state
+    wait_for("leader log purged", Duration::from_secs(20), || async {
+        let m = mc.server(leader).metrics();
+        (m.purged.map(|p| p.index).unwrap_or(0) > 40).then_some(())
+    })
+    .await;
+    mc.restart(lagger).await;
+    wait_for("the restarted member serves identical state", Duration::from_secs(30), || async {
+        (mc.state_of(lagger) == mc.state_of(leader)).then_some(())
+    })
+    .await;
+    let snap = mc.server(lagger).metrics().snapshot.map(|s| s.index).unwrap_or(0);
+    assert!(snap > 40, "the member caught up through a snapshot (its snapshot is at {snap})");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_behind_a_compacted_log_catches_up_from_a_snapshot() {
     let mut mc = MetaCluster::start(3, |c| c.raft.snapshot_after_logs = 50).await;

@@ -332,6 +332,9 @@ impl MetaConfig {
             // Keep a tail of the log after a snapshot so a briefly lagging member catches up
             // from the log; one further behind gets the snapshot.
             max_in_snapshot_log_to_keep: (self.raft.snapshot_after_logs / 10).min(1000),
+            // A chunk travels in a frame's typed header, which frames limit to 1 MiB
+            // (openraft's default of 3 MiB made a snapshot over 1 MiB uninstallable).
+            snapshot_max_chunk_size: crate::raft::network::append_budget() as u64,
             ..Default::default()
         };
         c.validate().map_err(|e| MetaError::Config { key: "raft".into(), reason: e.to_string() })

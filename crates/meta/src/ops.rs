@@ -255,6 +255,19 @@ impl Probe for MetaProbe {
         }
     }
 
+    fn state_digest(&self) -> Option<Result<serde_json::Value, String>> {
+        // One read transaction: the blob and the applied index it reflects belong together.
+        Some(self.0.store.dump().map_err(|e| e.to_string()).map(|(blob, last, _)| {
+            serde_json::json!({
+                "server": self.0.id,
+                "applied_index": last.map(|l| l.index).unwrap_or(0),
+                "applied_term": last.map(|l| l.leader_id.term).unwrap_or(0),
+                "bytes": blob.len(),
+                "crc32c": format!("{:08x}", crc32c::crc32c(&blob)),
+            })
+        }))
+    }
+
     fn status(&self) -> Option<Result<serde_json::Value, String>> {
         if !self.is_leader() {
             let leader = self.0.raft.metrics().borrow().current_leader;

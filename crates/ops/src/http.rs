@@ -1,6 +1,7 @@
 //! The HTTP endpoints every server exposes: `/metrics` (Prometheus text), `/health`
 //! (the process answers), `/ready` (it can serve), and, where the server has one, the
-//! dashboard (`/`) with its JSON (`/api/status`). Each server supplies a [`Probe`].
+//! dashboard (`/`) with its JSON (`/api/status`), and on a metadata server `/api/state`
+//! (its applied index and a digest of its state machine). Each server supplies a [`Probe`].
 
 use crate::error::OpsError;
 use crate::metrics::Encoder;
@@ -27,6 +28,12 @@ pub trait Probe: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
     /// The dashboard's data (`/api/status`); `None` when this server has no dashboard.
     fn status(&self) -> Option<Result<serde_json::Value, String>> {
+        None
+    }
+    /// This server's replicated state (`/api/state`): a metadata server answers its last
+    /// applied log index and a digest of its state machine, on any server of the group (a
+    /// follower too), so replicas can be compared; `None` elsewhere.
+    fn state_digest(&self) -> Option<Result<serde_json::Value, String>> {
         None
     }
 }
@@ -88,6 +95,7 @@ fn router(ctx: Arc<Ctx>) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/api/status", get(status))
+        .route("/api/state", get(state_digest))
         .with_state(ctx)
 }
 
@@ -121,6 +129,14 @@ async fn ready(State(ctx): State<Arc<Ctx>>) -> Result<Response, OpsError> {
 
 async fn status(State(ctx): State<Arc<Ctx>>) -> Result<Response, OpsError> {
     let v = blocking(&ctx, |p| p.status()).await?.ok_or(OpsError::NotFound("this server has no dashboard"))?;
+    let v = v.map_err(OpsError::Unavailable)?;
+    Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], v.to_string())
+        .into_response())
+}
+
+async fn state_digest(State(ctx): State<Arc<Ctx>>) -> Result<Response, OpsError> {
+    let v =
+        blocking(&ctx, |p| p.state_digest()).await?.ok_or(OpsError::NotFound("this server has no replicated state"))?;
     let v = v.map_err(OpsError::Unavailable)?;
     Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], v.to_string())
         .into_response())
@@ -196,6 +212,7 @@ mod tests {
         assert!(r.body.contains("t_value 42\n"), "{}", r.body);
         assert!(r.body.contains("distfs_build_info{version="), "{}", r.body);
         assert_eq!(get("/api/status").await.unwrap().status, 404);
+        assert_eq!(get("/api/state").await.unwrap().status, 404);
         assert_eq!(get("/nope").await.unwrap().status, 404);
         stop.cancel();
         h.await.unwrap();

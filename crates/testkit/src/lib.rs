@@ -6,6 +6,7 @@
 
 pub mod meta_cluster;
 pub mod net;
+pub mod netns;
 
 use distfs_client::{Client, ClientConfig};
 use distfs_types::{NodeInfo, NodeState};
@@ -41,6 +42,24 @@ pub struct ClusterOpts {
     /// `tls/` of the cluster directory (nodes `meta-I`, `storage-I`, an admin client
     /// `admin`); `client()` and `cli()` use the admin's. Off: `tls.mode = "off"`.
     pub tls: bool,
+    /// Where the servers run: `None`, on loopback with free ports; else each in its own
+    /// network namespace (see [`netns::Net`]) on fixed ports of its address (metadata
+    /// 7400, storage 7500, HTTP +80), started with `ip netns exec`.
+    pub hosts: Option<Hosts>,
+}
+
+/// A server's place: a network namespace and its address there.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub netns: String,
+    pub ip: String,
+}
+
+/// One [`Host`] per metadata server and per storage node slot.
+#[derive(Clone, Debug, Default)]
+pub struct Hosts {
+    pub meta: Vec<Host>,
+    pub storage: Vec<Host>,
 }
 
 impl Default for ClusterOpts {
@@ -56,6 +75,7 @@ impl Default for ClusterOpts {
             meta_extra: String::new(),
             storage_extra: String::new(),
             tls: false,
+            hosts: None,
         }
     }
 }
@@ -102,10 +122,17 @@ impl ProcessCluster {
     /// every storage node is registered and up.
     pub async fn start(bins: Bins, opts: ClusterOpts) -> ProcessCluster {
         let dir = tempfile::Builder::new().prefix("distfs-test-").tempdir().expect("create a temp dir");
-        let meta_addrs: Vec<String> =
-            (0..opts.meta_servers.max(1)).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let (meta_addrs, meta_http): (Vec<String>, Vec<String>) = match &opts.hosts {
+            Some(h) => {
+                assert_eq!(h.meta.len(), opts.meta_servers.max(1), "one host per metadata server");
+                assert!(h.storage.len() >= opts.storage_nodes, "one host per storage node");
+                h.meta.iter().map(|m| (format!("{}:7400", m.ip), format!("{}:7480", m.ip))).unzip()
+            }
+            None => (0..opts.meta_servers.max(1))
+                .map(|_| (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())))
+                .unzip(),
+        };
         let metas = meta_addrs.iter().map(|_| None).collect();
-        let meta_http = meta_addrs.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let mut c = ProcessCluster {
             bins,
             opts,
@@ -286,13 +313,18 @@ impl ProcessCluster {
     }
 
     fn write_storage_config(&mut self, i: usize) {
+        let host = self.opts.hosts.as_ref().map(|h| h.storage[i].ip.clone());
         if self.storage_http.len() <= i {
-            self.storage_http.push(format!("127.0.0.1:{}", free_port()));
+            self.storage_http.push(match &host {
+                Some(ip) => format!("{ip}:7580"),
+                None => format!("127.0.0.1:{}", free_port()),
+            });
         }
+        let listen = host.map(|ip| format!("{ip}:7500")).unwrap_or_else(|| "127.0.0.1:0".into());
         let o = &self.opts;
         let meta_list: Vec<String> = self.meta_addrs.iter().map(|a| format!("\"{a}\"")).collect();
         let s = format!(
-            "listen = \"127.0.0.1:0\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n{}\n{}",
+            "listen = \"{listen}\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n{}\n{}",
             self.storage_http[i],
             self.storage_dir(i).display(),
             meta_list.join(", "),
@@ -334,14 +366,23 @@ impl ProcessCluster {
         }
     }
 
-    fn spawn(&self, bin: &Path, config: &str, log: &str) -> Child {
+    fn spawn(&self, bin: &Path, config: &str, log: &str, netns: Option<&str>) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join(log))
             .expect("open a log file");
-        Command::new(bin)
-            .arg("--config")
+        // `ip netns exec` enters the namespace and execs the program: the child's pid is the
+        // server's.
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--config")
             .arg(self.dir.path().join(config))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -354,13 +395,24 @@ impl ProcessCluster {
     /// Starts metadata server `i` (0-based) on its directory and port.
     pub fn start_meta_server(&mut self, i: usize) {
         assert!(self.metas[i].is_none(), "metadata server {i} already running");
-        self.metas[i] = Some(self.spawn(&self.bins.meta.clone(), &format!("meta-{i}.toml"), &format!("meta-{i}.log")));
+        let ns = self.opts.hosts.as_ref().map(|h| h.meta[i].netns.clone());
+        self.metas[i] = Some(self.spawn(
+            &self.bins.meta.clone(),
+            &format!("meta-{i}.toml"),
+            &format!("meta-{i}.log"),
+            ns.as_deref(),
+        ));
     }
 
     pub fn start_storage(&mut self, i: usize) {
         assert!(self.storage[i].is_none(), "storage node {i} already running");
-        self.storage[i] =
-            Some(self.spawn(&self.bins.storage.clone(), &format!("storage-{i}.toml"), &format!("storage-{i}.log")));
+        let ns = self.opts.hosts.as_ref().map(|h| h.storage[i].netns.clone());
+        self.storage[i] = Some(self.spawn(
+            &self.bins.storage.clone(),
+            &format!("storage-{i}.toml"),
+            &format!("storage-{i}.log"),
+            ns.as_deref(),
+        ));
     }
 
     /// SIGKILL: no shutdown, no flush.

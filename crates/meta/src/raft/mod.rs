@@ -3,7 +3,7 @@
 //! as `Kind::Raft` frames.
 
 mod log_store;
-mod network;
+pub(crate) mod network;
 mod runtime;
 mod state_machine;
 

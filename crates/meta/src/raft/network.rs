@@ -11,7 +11,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, LogId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// A Raft request between metadata servers.
@@ -37,6 +37,35 @@ pub async fn handle_raft_rpc(raft: &MetaRaft, rpc: RaftRpc) -> RaftReply {
         RaftRpc::Vote(r) => RaftReply::Vote(raft.vote(r).await),
         RaftRpc::Snapshot(r) => RaftReply::Snapshot(raft.install_snapshot(r).await),
     }
+}
+
+/// The most encoded entry bytes one AppendEntries carries: frames refuse a typed header over
+/// `Limits::max_header` (1 MiB), and the request around the entries needs a little room.
+pub(crate) fn append_budget() -> usize {
+    distfs_proto::Limits::default().max_header as usize * 3 / 4
+}
+
+/// Cuts `rpc` to the entries whose encoding fits in `budget` bytes (at least one entry).
+/// Returns the log id of the last entry kept when it cut any: the caller then answers
+/// openraft `PartialSuccess` up to it, and openraft sends the rest in the next request.
+/// Without this a follower that missed more than 1 MiB of log (up to 300 entries of up to
+/// 64 KiB of inline file data each) was sent one oversized request, refused, forever.
+pub(crate) fn fit_append(rpc: &mut AppendEntriesRequest<TypeConfig>, budget: usize) -> Option<LogId<u64>> {
+    let mut used = 0;
+    let mut keep = 0;
+    for e in &rpc.entries {
+        let n = postcard::to_stdvec(e).map(|v| v.len()).unwrap_or(usize::MAX);
+        if keep > 0 && used + n > budget {
+            break;
+        }
+        used = used.saturating_add(n);
+        keep += 1;
+    }
+    if keep == rpc.entries.len() {
+        return None;
+    }
+    rpc.entries.truncate(keep);
+    rpc.entries.last().map(|e| e.log_id)
 }
 
 /// Creates one client per peer; all share the connection pool.
@@ -95,7 +124,12 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let mut rpc = rpc;
+        let cut = fit_append(&mut rpc, append_budget());
         match self.send(RaftRpc::Append(rpc), &option).await? {
+            RaftReply::Append(Ok(AppendEntriesResponse::Success)) if cut.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(cut))
+            }
             RaftReply::Append(Ok(r)) => Ok(r),
             RaftReply::Append(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.mismatch()),
