@@ -424,6 +424,8 @@ pub enum MetaRequest {
     Deregister {
         node: NodeId,
     },
+    /// Issue 10: dedup lookups and commits (`dedup.rs`).
+    Dedup(crate::dedup::DedupRequest),
 }
 
 /// How long a client session's lease lasts without renewal: after it, the files the
@@ -516,6 +518,10 @@ pub enum MetaResponse {
     XattrNames {
         names: Vec<String>,
     },
+    /// Answer to `DedupRequest::Lookup`: per fingerprint, the block stored with it.
+    Fingerprints {
+        blocks: Vec<Option<BlockRef>>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -555,6 +561,8 @@ pub enum StorageRequest {
     FetchForCopy {
         block: BlockId,
     },
+    /// Issue 10: `PutBlock` of a compressed block (`dedup.rs` has the details).
+    PutPacked(crate::dedup::PackedPut),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -572,4 +580,6 @@ pub enum StorageResponse {
     Pong {
         node: Option<NodeId>,
     },
+    /// Answer to `FetchForCopy` of a compressed block: the stored bytes as they are.
+    Packed(crate::dedup::PackedPut),
 }

@@ -4,6 +4,7 @@
 //! snapshots in `snapshot.rs`.
 
 mod data;
+pub mod dedup;
 mod heal;
 pub(crate) mod locks;
 mod namespace;
@@ -280,6 +281,8 @@ pub enum Command {
         name: String,
         now: Timestamp,
     },
+    /// Issue 10: deduplicated commits (`dedup.rs`).
+    Dedup(dedup::DedupCommand),
 }
 
 /// What a successfully applied command returns.
@@ -350,6 +353,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         Command::SetLock { ino, req } => locks::set_lock(txn, *ino, *req),
         Command::SetXattr { ino, name, value, mode, now } => xattr::set(txn, *ino, name, value, *mode, *now),
         Command::RemoveXattr { ino, name, now } => xattr::remove(txn, *ino, name, *now),
+        Command::Dedup(c) => dedup::apply(txn, c),
     }
 }
 
@@ -448,6 +452,7 @@ impl StateStore {
             txn.open_table(OPENS).map_err(s)?;
             txn.open_table(SESSION_OPENS).map_err(s)?;
             txn.open_table(XATTRS).map_err(s)?;
+            dedup::create_tables(&txn).map_err(s)?;
         }
         check_schema(&txn)?;
         txn.commit().map_err(|e| MetaError::storage("init state db", e))?;
