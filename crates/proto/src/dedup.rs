@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// BLAKE3 of a block's plain bytes.
 pub type Fingerprint = [u8; 32];
 
+/// The directory setting (`none`, `lz4`, `zstd`) that picks the codec of new blocks;
+/// copied to every file and directory created under it.
+pub const COMPRESSION_XATTR: &str = "user.distfs.compression";
+
 /// Most fingerprints one lookup may carry.
 pub const MAX_LOOKUP: usize = 1024;
 

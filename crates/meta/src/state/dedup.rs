@@ -23,8 +23,7 @@ pub(crate) const FINGERPRINTS: TableDefinition<&[u8], u128> = TableDefinition::n
 /// block id -> fingerprint.
 pub(crate) const BLOCK_FPS: TableDefinition<u128, &[u8]> = TableDefinition::new("block_fingerprints");
 
-/// The directory setting that picks the codec of new blocks, inherited by new entries.
-pub const COMPRESSION_XATTR: &str = "user.distfs.compression";
+pub use distfs_proto::dedup::COMPRESSION_XATTR;
 
 /// Raft commands of this module (`Command::Dedup`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
