@@ -129,7 +129,8 @@ pub fn lookup(r: &ReadTransaction, fps: &[Fingerprint]) -> FsResult<Vec<Option<B
     for fp in fps {
         let id = t.get(fp.as_slice()).map_err(db_err)?.map(|g| BlockId(g.value()));
         out.push(match id {
-            Some(id) => r.block(id)?.map(|rec| BlockRef { id, len: rec.len }),
+            // A block with no good copy left is not worth referencing: store the bytes anew.
+            Some(id) => r.block(id)?.filter(|rec| !rec.replicas.is_empty()).map(|rec| BlockRef { id, len: rec.len }),
             None => None,
         });
     }

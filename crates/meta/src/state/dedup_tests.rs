@@ -235,3 +235,19 @@ fn new_entries_inherit_the_directory_codec() {
     }
     assert_eq!(r.xattr(plain, COMPRESSION_XATTR).unwrap(), None);
 }
+
+#[test]
+fn a_block_with_no_good_copy_left_is_not_offered() {
+    let t = T::new();
+    let a = t.create(InodeId::ROOT, "a", FileKind::File);
+    t.commit(a, &[(10, 7, false)]).unwrap();
+    let report = |node| {
+        let bad = BadReplica { block: BlockId(10), node: NodeId(node), reason: "corrupt".into() };
+        t.run(Command::ReportBadReplica { bad }).unwrap();
+    };
+    report(1);
+    assert!(t.lookup(7).is_some(), "a block with a good copy left is offered");
+    report(2);
+    assert!(t.block(10).unwrap().replicas.is_empty());
+    assert_eq!(t.lookup(7), None, "a new write stores the bytes anew instead");
+}
