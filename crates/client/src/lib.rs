@@ -4,6 +4,7 @@
 //! live in which block, which replica to try first) are in `plan`.
 
 pub mod admin;
+pub mod dedup;
 pub mod error;
 pub mod ns;
 pub mod plan;
@@ -49,6 +50,8 @@ pub struct ClientConfig {
     /// Writes that end at or below this file offset are kept inline in the metadata
     /// (capped at `INLINE_MAX`; 0 stores every byte in blocks).
     pub inline_max: u64,
+    /// Deduplicate blocks by their BLAKE3 fingerprint (issue 10; on by default).
+    pub dedup: bool,
 }
 
 impl Default for ClientConfig {
@@ -64,6 +67,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(2),
             transport: distfs_proto::ClientTransport::default(),
             inline_max: distfs_types::INLINE_MAX,
+            dedup: true,
         }
     }
 }

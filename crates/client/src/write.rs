@@ -4,13 +4,15 @@
 //! written slices in one metadata operation on `commit`/`close`. Until that commit nothing
 //! of the write is visible; a failed write leaves the file as it was.
 
+use crate::dedup::{cpu, fingerprint, Payload};
 use crate::error::Result;
 use crate::ns::expect_resp;
 use crate::plan::block_capacity;
 use crate::{Client, ClientError};
 use bytes::{Bytes, BytesMut};
+use distfs_proto::dedup::{BlockFp, DedupRequest, Fingerprint};
 use distfs_proto::{
-    BlockTarget, MetaRequest, MetaResponse, RpcError, SliceWrite, StorageRequest, StorageResponse, WrittenBlock,
+    BlockTarget, Compression, MetaRequest, MetaResponse, RpcError, SliceWrite, StorageResponse, WrittenBlock,
 };
 use distfs_types::{Attr, BlockRef, FsError, Inline, InodeId, NodeId, Timestamp, CRC_CHUNK, INLINE_MAX};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -51,8 +53,21 @@ pub mod sim_bugs {
 const MAX_BLOCKS_PER_COMMIT: usize = 256;
 /// Attempts (each with freshly allocated targets) before a block write fails.
 const BLOCK_ATTEMPTS: u32 = 3;
+/// Commit once the deduplicated blocks held for a possible rewrite reach this many bytes.
+const MAX_HELD_BYTES: u64 = 64 << 20;
+/// Dedup commits tried before giving up (each failure rewrites the blocks freed meanwhile).
+const COMMIT_ATTEMPTS: u32 = 3;
 
-type BlockTask = JoinHandle<Result<(u64, WrittenBlock)>>;
+/// What one block task did.
+enum Sent {
+    /// Written to its replicas (with its fingerprint when dedup is on).
+    Written(u64, WrittenBlock, Option<Fingerprint>),
+    /// Not written: a block with the same fingerprint is stored; the bytes are kept
+    /// until the commit in case that block is freed meanwhile.
+    Hit(u64, BlockRef, Fingerprint, Bytes),
+}
+
+type BlockTask = JoinHandle<Result<Sent>>;
 
 /// Buffers and writes one file's bytes; see the module docs.
 pub struct FileWriter {
@@ -71,6 +86,13 @@ pub struct FileWriter {
     inline: Vec<SliceWrite>,
     /// Writes ending at or below this offset go inline (0: never).
     inline_max: u64,
+    /// Codec of this file's blocks (asked for at the first block).
+    codec: Option<Compression>,
+    /// Fingerprints of `written` (dedup on), in the same order of arrival.
+    fps: Vec<BlockFp>,
+    /// Bytes of the deduplicated blocks of this commit, by file offset.
+    held: Vec<(u64, Bytes)>,
+    held_bytes: u64,
 }
 
 impl Client {
@@ -108,6 +130,10 @@ impl Client {
             end: 0,
             inline: Vec::new(),
             inline_max: self.config.inline_max.min(INLINE_MAX).min(geo.chunk_size),
+            codec: None,
+            fps: Vec::new(),
+            held: Vec::new(),
+            held_bytes: 0,
         })
     }
 
@@ -154,7 +180,9 @@ impl FileWriter {
             data = &data[take..];
             if self.buf.len() == cap {
                 self.flush_block().await?;
-                if self.written.len() + self.inflight.len() >= MAX_BLOCKS_PER_COMMIT {
+                if self.written.len() + self.inflight.len() >= MAX_BLOCKS_PER_COMMIT
+                    || self.held_bytes >= MAX_HELD_BYTES
+                {
                     self.commit().await?;
                 }
             }
@@ -198,21 +226,52 @@ impl FileWriter {
         while self.inflight.len() >= self.client.config.write_parallelism.max(1) {
             self.reap_one().await?;
         }
+        let codec = match self.codec {
+            Some(c) => c,
+            None => *self.codec.insert(self.client.codec_of(self.ino).await?),
+        };
         let target = self.next_target().await?;
         let (client, geo) = (self.client.clone(), self.geo);
         let ino = self.ino;
+        let dedup = client.config.dedup;
         self.inflight.push(tokio::spawn(async move {
-            let wb = put_block_with_retries(&client, ino, geo, target, data).await?;
-            Ok((offset, wb))
+            let fp = if dedup {
+                let d = data.clone();
+                let fp = cpu(move || fingerprint(&d)).await?;
+                if let Some(b) = client.lookup_fingerprint(fp).await? {
+                    if b.len as usize == data.len() {
+                        return Ok(Sent::Hit(offset, b, fp, data));
+                    }
+                }
+                Some(fp)
+            } else {
+                None
+            };
+            let payload = cpu(move || Payload::new(codec, data)).await?;
+            let wb = put_block_with_retries(&client, ino, geo, target, &payload).await?;
+            Ok(Sent::Written(offset, wb, fp))
         }));
         Ok(())
     }
 
     async fn reap_one(&mut self) -> Result<()> {
         if let Some(r) = self.inflight.next().await {
-            let (offset, wb) =
+            let sent =
                 r.map_err(|e| ClientError::Fs(FsError::internal(format!("block writer task failed: {e}"))))??;
-            self.written.push((offset, wb));
+            match sent {
+                Sent::Written(offset, wb, fp) => {
+                    if let Some(fp) = fp {
+                        self.fps.push(BlockFp { block: wb.block.id, fp, existing: false });
+                    }
+                    self.written.push((offset, wb));
+                }
+                Sent::Hit(offset, block, fp, data) => {
+                    self.fps.push(BlockFp { block: block.id, fp, existing: true });
+                    self.written.push((offset, WrittenBlock { block, replicas: Vec::new() }));
+                    self.held_bytes += data.len() as u64;
+                    self.held.push((offset, data));
+                }
+            }
         }
         Ok(())
     }
@@ -240,23 +299,70 @@ impl FileWriter {
             // Nothing written since the last commit: no new version, no mtime change.
             return self.client.getattr(self.ino).await;
         }
-        // Inline slices were all written before any block of this commit: they go first,
-        // since of overlapping slices with one sequence number the later one wins.
-        let mut slices = std::mem::take(&mut self.inline);
-        slices.extend(slices_of(std::mem::take(&mut self.written), self.geo.chunk_size));
-        let req = MetaRequest::CommitWrite {
-            ino: self.ino,
-            slices,
-            min_size: self.end,
-            mtime: Timestamp::now(),
-            bad: Vec::new(),
-        };
-        let r = self.client.meta_call(req).await?;
-        let attr = expect_resp!(r, MetaResponse::Attr(a) => a, "CommitWrite")?;
+        let attr = self.commit_written().await?;
         // The size this commit guaranteed is in the file now; a later commit must not
         // grow the file back to it after a truncate.
         self.end = 0;
         Ok(attr)
+    }
+
+    /// Sends the commit of everything written (a dedup commit when fingerprints are
+    /// known); a referenced block freed meanwhile gets written for real, then the commit
+    /// is tried again.
+    async fn commit_written(&mut self) -> Result<Attr> {
+        let mut attempt = 1;
+        loop {
+            // Inline slices were all written before any block of this commit: they go
+            // first, since of overlapping slices with one sequence number the later wins.
+            let mut slices = self.inline.clone();
+            slices.extend(slices_of(self.written.clone(), self.geo.chunk_size));
+            let (ino, min_size, mtime, bad) = (self.ino, self.end, Timestamp::now(), Vec::new());
+            let req = if self.fps.is_empty() {
+                MetaRequest::CommitWrite { ino, slices, min_size, mtime, bad }
+            } else {
+                let fps = self.fps.clone();
+                MetaRequest::Dedup(DedupRequest::CommitWrite { ino, slices, min_size, mtime, bad, fps })
+            };
+            match self.client.meta_call(req).await {
+                Ok(r) => {
+                    let attr = expect_resp!(r, MetaResponse::Attr(a) => a, "CommitWrite")?;
+                    self.inline.clear();
+                    self.written.clear();
+                    self.fps.clear();
+                    self.held.clear();
+                    self.held_bytes = 0;
+                    return Ok(attr);
+                }
+                Err(ClientError::Fs(FsError::BlockNotFound { block, .. }))
+                    if attempt < COMMIT_ATTEMPTS && !self.held.is_empty() =>
+                {
+                    warn!(%block, "a deduplicated block was freed before the commit; writing the held blocks");
+                    self.rewrite_held().await?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes every held (deduplicated) block for real and makes the commit use the copies.
+    async fn rewrite_held(&mut self) -> Result<()> {
+        let codec = self.codec.unwrap_or_default();
+        for (offset, data) in std::mem::take(&mut self.held) {
+            let Some(pos) = self.written.iter().position(|(o, wb)| *o == offset && wb.replicas.is_empty()) else {
+                continue;
+            };
+            let old = self.written[pos].1.block.id;
+            let target = self.next_target().await?;
+            let payload = cpu(move || Payload::new(codec, data)).await?;
+            let wb = put_block_with_retries(&self.client, self.ino, self.geo, target, &payload).await?;
+            if let Some(f) = self.fps.iter_mut().find(|f| f.existing && f.block == old) {
+                *f = BlockFp { block: wb.block.id, fp: f.fp, existing: false };
+            }
+            self.written[pos].1 = wb;
+        }
+        self.held_bytes = 0;
+        Ok(())
     }
 
     /// Commits and ends the writer.
@@ -302,12 +408,11 @@ async fn put_block_with_retries(
     ino: InodeId,
     geo: Geometry,
     mut target: BlockTarget,
-    data: Bytes,
+    payload: &Payload,
 ) -> Result<WrittenBlock> {
-    let crcs = crcs_of(&data);
     let mut attempt = 1;
     loop {
-        match put_block(client, geo, &target, &data, &crcs).await {
+        match put_block(client, geo, &target, payload).await {
             Ok(done) => return Ok(done),
             Err(e) if attempt < BLOCK_ATTEMPTS => {
                 warn!(block = %target.id, attempt, error = %e, "block write failed; retrying on new targets");
@@ -325,21 +430,14 @@ async fn put_block_with_retries(
 /// Sends one block to all its targets at once; succeeds when W acknowledged. After the
 /// W-th ack, stragglers get `straggler_grace` to finish; those that fail or are still
 /// running are left out of the replica list (the metadata sees the block under-replicated).
-async fn put_block(
-    client: &Client,
-    geo: Geometry,
-    target: &BlockTarget,
-    data: &Bytes,
-    crcs: &[u32],
-) -> Result<WrittenBlock> {
+async fn put_block(client: &Client, geo: Geometry, target: &BlockTarget, payload: &Payload) -> Result<WrittenBlock> {
     let needed = geo.write_quorum();
-    let block = BlockRef { id: target.id, len: data.len() as u32 };
+    let block = BlockRef { id: target.id, len: payload.plain_len };
     let mut puts: FuturesUnordered<_> = target
         .targets
         .iter()
         .map(|t| {
-            let (rpc, req, body) =
-                (client.rpc.clone(), StorageRequest::PutBlock { block: target.id, crcs: crcs.to_vec() }, data.clone());
+            let (rpc, req, body) = (client.rpc.clone(), payload.request(target.id), payload.body.clone());
             let (node, addr) = (t.id, t.addr.clone());
             let timeout = client.config.block_timeout;
             async move {

@@ -17,6 +17,7 @@ pub mod raft;
 pub mod repair;
 pub mod server;
 mod service;
+mod service_dedup;
 mod service_heal;
 mod service_snapshots;
 mod sessions;

@@ -234,7 +234,7 @@ impl Service {
         r.inode(ino)?.map(|i| i.attr).ok_or_else(|| FsError::not_found(format!("inode {ino}")))
     }
 
-    fn attr_of(res: CommandResult) -> FsResult<MetaResponse> {
+    pub(crate) fn attr_of(res: CommandResult) -> FsResult<MetaResponse> {
         match res {
             CommandResult::Attr(a) => Ok(MetaResponse::Attr(a)),
             other => Err(FsError::internal(format!("unexpected apply result {other:?}"))),
@@ -398,6 +398,7 @@ impl Service {
             | MetaRequest::SetXattr { .. }
             | MetaRequest::RemoveXattr { .. }) => self.handle_sessions_xattrs(req, now).await,
             MetaRequest::Snapshot(op) => self.snapshot(op, now).await,
+            MetaRequest::Dedup(d) => self.handle_dedup(d, now).await,
         }
     }
 
@@ -639,6 +640,7 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         | R::Fsck { .. }
         | R::Snapshot(_) => tracing::debug_span!("meta", op = op_name(req)),
         R::RemoveMetaServer { id } => tracing::debug_span!("meta", op = "meta_remove", server = id),
+        R::Dedup(_) => tracing::debug_span!("meta", op = op_name(req)),
         R::BlockReport { node, .. }
         | R::NodeDrain { node, .. }
         | R::NodeRemove { node }
@@ -692,6 +694,8 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::GetLock { .. } => "getlk",
         R::Deregister { .. } => "deregister",
         R::Snapshot(_) => "snapshot",
+        R::Dedup(distfs_proto::dedup::DedupRequest::Lookup { .. }) => "dedup_lookup",
+        R::Dedup(distfs_proto::dedup::DedupRequest::CommitWrite { .. }) => "commit",
     }
 }
 

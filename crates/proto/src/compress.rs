@@ -163,13 +163,21 @@ fn unpack(algo: Compression, packed: &[u8], raw: usize) -> Result<Vec<u8>, Strin
     }
 }
 
-/// Compression at rest (issue 10, building block; not yet wired into the write path):
-/// compresses one block with `algo` and returns the codec actually used with the stored
+/// Compression at rest (issue 10; the client calls it before `PutPacked`): compresses one block with `algo` and returns the codec actually used with the stored
 /// bytes. A block that does not shrink by an eighth is kept plain (`Compression::None`),
 /// so incompressible data costs no extra space.
 pub fn compress_block(algo: Compression, plain: &[u8]) -> (Compression, Vec<u8>) {
     if algo == Compression::None || plain.len() < MIN_COMPRESS {
         return (Compression::None, plain.to_vec());
+    }
+    if plain.len() > 2 * SAMPLE {
+        // Judge a sample from the middle first: random or already-compressed data is
+        // not compressed whole only to be thrown away.
+        let start = plain.len() / 2 - SAMPLE / 2;
+        match pack(algo, &plain[start..start + SAMPLE]) {
+            Some(p) if shrinks(SAMPLE, p.len()) => {}
+            _ => return (Compression::None, plain.to_vec()),
+        }
     }
     match pack(algo, plain) {
         Some(p) if shrinks(plain.len(), p.len()) => (algo, p),

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod compress;
 pub mod conn;
+pub mod dedup;
 pub mod error;
 pub mod frame;
 pub mod handshake;

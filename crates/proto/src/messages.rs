@@ -426,6 +426,8 @@ pub enum MetaRequest {
     },
     /// Snapshots: create, list, delete, restore (`snapshots.rs`). Answered `Snapshots`.
     Snapshot(crate::snapshots::SnapshotOp),
+    /// Issue 10: dedup lookups and commits (`dedup.rs`).
+    Dedup(crate::dedup::DedupRequest),
 }
 
 /// How long a client session's lease lasts without renewal: after it, the files the
@@ -520,6 +522,10 @@ pub enum MetaResponse {
     },
     /// Answer to `Snapshot`: the snapshots concerned (all of them for `List`).
     Snapshots(Vec<crate::snapshots::SnapshotInfo>),
+    /// Answer to `DedupRequest::Lookup`: per fingerprint, the block stored with it.
+    Fingerprints {
+        blocks: Vec<Option<BlockRef>>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -559,6 +565,8 @@ pub enum StorageRequest {
     FetchForCopy {
         block: BlockId,
     },
+    /// Issue 10: `PutBlock` of a compressed block (`dedup.rs` has the details).
+    PutPacked(crate::dedup::PackedPut),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -576,4 +584,6 @@ pub enum StorageResponse {
     Pong {
         node: Option<NodeId>,
     },
+    /// Answer to `FetchForCopy` of a compressed block: the stored bytes as they are.
+    Packed(crate::dedup::PackedPut),
 }

@@ -37,6 +37,20 @@ pub enum CorruptKind {
         expected: u32,
         computed: u32,
     },
+    /// A compressed block's header names no codec this build knows.
+    BadCodec {
+        found: u16,
+    },
+    /// The stored bytes passed their CRCs but do not decompress to the plain length.
+    Decompress {
+        reason: String,
+    },
+    /// A 64 KiB piece of the decompressed bytes does not match its CRC32C.
+    PlainChecksum {
+        piece: u32,
+        expected: u32,
+        computed: u32,
+    },
 }
 
 impl std::fmt::Display for CorruptKind {
@@ -57,6 +71,13 @@ impl std::fmt::Display for CorruptKind {
             CorruptKind::DataChecksum { piece, expected, computed } => write!(
                 f,
                 "data checksum mismatch in 64 KiB piece {piece} (stored {expected:#010x}, computed {computed:#010x})"
+            ),
+            CorruptKind::BadCodec { found } => write!(f, "unknown compression codec {found}"),
+            CorruptKind::Decompress { reason } => write!(f, "compressed data does not decompress: {reason}"),
+            CorruptKind::PlainChecksum { piece, expected, computed } => write!(
+                f,
+                "decompressed data checksum mismatch in 64 KiB piece {piece} \
+                 (stored {expected:#010x}, computed {computed:#010x})"
             ),
         }
     }

@@ -383,6 +383,7 @@ impl Handler for Service {
             StorageRequest::Ping => ("ping", None),
             StorageRequest::CopyBlock { block, .. } => ("copy", Some(*block)),
             StorageRequest::FetchForCopy { block } => ("fetch_for_copy", Some(*block)),
+            StorageRequest::PutPacked(p) => ("put", Some(p.block)),
         };
         let span = info_span!("storage", %node, op, block = %block.map(|b| b.to_string()).unwrap_or_default(), peer = %req.peer);
         let result = async {
@@ -423,7 +424,30 @@ impl Service {
                 let _client = self.shared.copy_gate.client();
                 self.get(block, offset, len).await
             }
-            StorageRequest::FetchForCopy { block } => self.get(block, 0, u32::MAX).await,
+            StorageRequest::PutPacked(p) => {
+                let _client = self.shared.copy_gate.client();
+                let _slot = self.write_slot().await?;
+                let len = body.len() as u64;
+                let (block, crcs, packed) = unpack_put(p);
+                let outcome = store.put_packed(block, crcs, body, packed).await?;
+                self.shared.ops.bytes_written.add(len);
+                debug!(?outcome, "compressed block stored");
+                Ok(Reply::new(&StorageResponse::Stored))
+            }
+            StorageRequest::FetchForCopy { block } => match store.read_stored(block).await? {
+                // A compressed block travels as stored: no decompression, no recompression.
+                Some((crcs, stored, p)) => {
+                    let put = distfs_proto::dedup::PackedPut {
+                        block,
+                        crcs,
+                        codec: p.codec,
+                        plain_len: p.plain_len as u32,
+                        plain_crcs: p.plain_crcs,
+                    };
+                    Ok(Reply::with_body(&StorageResponse::Packed(put), stored))
+                }
+                None => self.get(block, 0, u32::MAX).await,
+            },
             StorageRequest::DeleteBlocks { blocks } => {
                 let count = delete_all(store, &blocks).await?;
                 Ok(Reply::new(&StorageResponse::Deleted { count }))
@@ -463,6 +487,19 @@ impl Service {
                         Err(e) => why.push(format!("from node {}: {e}", src.id)),
                     }
                 }
+                Ok((StorageResponse::Packed(p), body)) if p.block == block => {
+                    let len = body.len() as u64;
+                    let (block, crcs, packed) = unpack_put(p);
+                    match self.shared.store.put_packed(block, crcs, body, packed).await {
+                        Ok(outcome) => {
+                            self.shared.ops.bytes_written.add(len);
+                            debug!(source = %src.id, ?outcome, "compressed block copied from a peer as stored");
+                            return Ok(());
+                        }
+                        Err(e @ StorageError::NoSpace { .. }) => return Err(e),
+                        Err(e) => why.push(format!("from node {}: {e}", src.id)),
+                    }
+                }
                 Ok((other, _)) => why.push(format!("from node {}: unexpected answer {other:?}", src.id)),
                 Err(e) => why.push(format!("from node {}: {e}", src.id)),
             }
@@ -486,6 +523,12 @@ impl Service {
         slot._permit = Some(permit);
         Ok(slot)
     }
+}
+
+fn unpack_put(p: distfs_proto::dedup::PackedPut) -> (BlockId, Vec<u32>, crate::store::format::Packed) {
+    let packed =
+        crate::store::format::Packed { codec: p.codec, plain_len: p.plain_len.into(), plain_crcs: p.plain_crcs };
+    (p.block, p.crcs, packed)
 }
 
 /// Deletes blocks, continuing past failures; returns how many existed, or the first error.

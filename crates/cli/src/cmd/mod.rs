@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod codec;
 pub mod files;
 pub mod heal;
 pub mod meta;
@@ -49,6 +50,10 @@ pub struct Cli {
     /// accept it sends and takes uncompressed bodies).
     #[arg(long, global = true, env = "DISTFS_COMPRESSION", default_value = "none")]
     pub compression: Compression,
+    /// Store every block written by this command even when an identical block is
+    /// already stored (deduplication is on by default).
+    #[arg(long, global = true)]
+    pub no_dedup: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -207,6 +212,9 @@ pub enum Command {
         #[command(subcommand)]
         command: snapshot::SnapshotCommand,
     },
+    /// Show or set the compression at rest of the files created under a directory from
+    /// now on (none, lz4 or zstd; inherited by new subdirectories).
+    Compression { dir: String, codec: Option<Compression> },
     /// Certificates: a cluster CA, node and client certificates.
     Cert {
         #[command(subcommand)]
@@ -400,6 +408,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             meta: cli.meta.clone(),
             meta_deadline: cli.timeout,
             transport: transport.clone(),
+            dedup: !cli.no_dedup,
             ..ClientConfig::default()
         })
     };
@@ -416,6 +425,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             mount::run(client(), mountpoint.clone(), background, allow_other).await
         }
         Command::Df { json } => cluster::df(&client(), json).await,
+        Command::Compression { ref dir, codec } => codec::run(&client(), dir, codec).await,
         Command::Cluster { command: ClusterCommand::Status { json } } => cluster::status(&client(), json).await,
         Command::Cluster { command: ClusterCommand::Top { interval } } => cluster::top(&client(), interval).await,
         Command::Meta { command: MetaCommand::Status { json } } => meta::status(&client(), json).await,
@@ -465,6 +475,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 meta_deadline: cli.timeout,
                 transport: transport.clone(),
                 inline_max: if no_inline { 0 } else { distfs_types::INLINE_MAX },
+                dedup: !cli.no_dedup,
                 ..ClientConfig::default()
             };
             let opts = bench::BenchOptions {

@@ -83,6 +83,7 @@ fn decref(txn: &WriteTransaction, id: BlockId) -> FsResult<()> {
         let mut t = txn.open_table(BLOCKS).map_err(db_err)?;
         t.remove(id.0).map_err(db_err)?;
     }
+    super::dedup::forget(txn, id)?;
     for node in rec.replicas {
         gc_add(txn, node, id)?;
     }

@@ -4,6 +4,7 @@
 //! snapshots in `snapshot.rs`.
 
 mod data;
+pub mod dedup;
 mod heal;
 pub mod invariants;
 pub(crate) mod locks;
@@ -287,6 +288,8 @@ pub enum Command {
     },
     /// Snapshot create, delete, restore (`snapshots.rs`).
     Snapshot(SnapCmd),
+    /// Issue 10: deduplicated commits (`dedup.rs`).
+    Dedup(dedup::DedupCommand),
 }
 
 /// What a successfully applied command returns.
@@ -359,6 +362,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         Command::SetXattr { ino, name, value, mode, now } => xattr::set(txn, *ino, name, value, *mode, *now),
         Command::RemoveXattr { ino, name, now } => xattr::remove(txn, *ino, name, *now),
         Command::Snapshot(c) => snapshots::apply(txn, c),
+        Command::Dedup(c) => dedup::apply(txn, c),
     }
 }
 
@@ -474,6 +478,7 @@ impl StateStore {
             txn.open_table(OPENS).map_err(s)?;
             txn.open_table(SESSION_OPENS).map_err(s)?;
             txn.open_table(XATTRS).map_err(s)?;
+            dedup::create_tables(&txn).map_err(s)?;
         }
         check_schema(&txn)?;
         txn.commit().map_err(|e| MetaError::storage("init state db", e))?;

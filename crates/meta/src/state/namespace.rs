@@ -111,6 +111,7 @@ pub(super) fn mkdir(
     }
     let dir = new_inode(txn, FileKind::Dir, perm, uid, gid, now, parent)?;
     put_inode(txn, &dir)?;
+    super::dedup::inherit(txn, parent, dir.attr.ino)?;
     put_dentry(txn, parent, name, Dentry { ino: dir.attr.ino, kind: FileKind::Dir })?;
     touch_dir(txn, parent, 1, now)?;
     Ok(CommandResult::Attr(dir.attr))
@@ -138,6 +139,7 @@ pub(super) fn create(
     }
     let file = new_inode(txn, FileKind::File, perm, uid, gid, now, parent)?;
     put_inode(txn, &file)?;
+    super::dedup::inherit(txn, parent, file.attr.ino)?;
     put_dentry(txn, parent, name, Dentry { ino: file.attr.ino, kind: FileKind::File })?;
     touch_dir(txn, parent, 0, now)?;
     Ok(CommandResult::Attr(file.attr))

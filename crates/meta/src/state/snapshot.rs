@@ -8,6 +8,8 @@ use redb::ReadableTable;
 const DUMP_V1: u8 = 1;
 /// Version 1 followed by the `ExtDump` blob.
 const DUMP_V2: u8 = 2;
+/// Version 2 followed by the `DedupDump` blob (issue 10).
+const DUMP_V3: u8 = 3;
 
 /// All state tables, raw values (each already versioned by `enc`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +25,8 @@ pub struct Dump {
     /// Tables added later, encoded after the fields above (snapshot version 2).
     #[serde(skip)]
     pub ext: ExtDump,
+    #[serde(skip)]
+    pub dedup: super::dedup::DedupDump,
 }
 
 macro_rules! dump_table {
@@ -51,13 +55,15 @@ impl Dump {
             bad: dump_table!(txn, BAD, |k, v| (k, v.to_vec())),
             meta: dump_table!(txn, META, |k, v| (k.to_string(), v.to_vec())),
             ext: ExtDump::read(txn)?,
+            dedup: super::dedup::DedupDump::read(txn)?,
         })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![DUMP_V2];
+        let mut out = vec![DUMP_V3];
         out.extend(postcard::to_stdvec(self).expect("postcard encoding of a dump"));
         out.extend(postcard::to_stdvec(&self.ext).expect("postcard encoding of a dump"));
+        out.extend(postcard::to_stdvec(&self.dedup).expect("postcard encoding of a dump"));
         out
     }
 
@@ -68,6 +74,14 @@ impl Dump {
                 let (mut d, ext): (Dump, &[u8]) =
                     postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
                 d.ext = postcard::from_bytes(ext).map_err(|e| decode_err("snapshot", e))?;
+                Ok(d)
+            }
+            Some((&DUMP_V3, rest)) => {
+                let (mut d, rest): (Dump, &[u8]) =
+                    postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+                let (ext, rest) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+                d.ext = ext;
+                d.dedup = postcard::from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
                 Ok(d)
             }
             Some((v, _)) => Err(decode_err("snapshot", format!("unknown snapshot version {v}"))),
@@ -130,7 +144,8 @@ impl Dump {
             t.insert(k.as_str(), v.as_slice()).map_err(db_err)?;
         }
         drop(t);
-        self.ext.install(txn)
+        self.ext.install(txn)?;
+        self.dedup.install(txn)
     }
 }
 

@@ -244,6 +244,16 @@ fn snapshots_are_read_only() {
     ro(Command::SetAttr { ino: sa, set: SetAttr { size: Some(0), ..Default::default() }, now: ts(11) });
     ro(Command::SetAttr { ino: root, set: SetAttr { perm: Some(0o777), ..Default::default() }, now: ts(11) });
     ro(Command::RemoveXattr { ino: sa, name: "user.k".into(), now: ts(11) });
+    // A deduplicated commit (referencing a block stored before) is a write too.
+    ro(Command::Dedup(super::dedup::DedupCommand::CommitWrite {
+        ino: sa,
+        slices: vec![],
+        min_size: 1,
+        mtime: ts(11),
+        bad: vec![],
+        fps: vec![],
+        now: ts(11),
+    }));
     match t.commit(sa, &[(9, 10)]) {
         Err(FsError::ReadOnly { .. }) => {}
         other => panic!("commit into a snapshot: {other:?}"),

@@ -97,7 +97,8 @@ pub(super) fn guard(txn: &WriteTransaction, cmd: &Command) -> FsResult<()> {
         Command::SetAttr { ino, .. }
         | Command::CommitWrite { ino, .. }
         | Command::SetXattr { ino, .. }
-        | Command::RemoveXattr { ino, .. } => writable(*ino),
+        | Command::RemoveXattr { ino, .. }
+        | Command::Dedup(super::dedup::DedupCommand::CommitWrite { ino, .. }) => writable(*ino),
         _ => Ok(()),
     }
 }

@@ -4,6 +4,7 @@
 //! `write.rs` the durable write path (and the batch syncer), `read.rs` the verified read.
 
 pub mod format;
+mod packed;
 mod read;
 mod write;
 

@@ -13,7 +13,8 @@ use std::path::Path;
 
 const PIECE: u64 = CRC_CHUNK as u64;
 
-/// A verified range of a block, as `StorageResponse::Block` carries it.
+/// A verified range of a block, as `StorageResponse::Block` carries it (a compressed
+/// block's range is of its plain bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockRange {
     /// Start of `data` in the block, a multiple of 64 KiB.
@@ -96,6 +97,9 @@ fn read_range(
     len: u64,
 ) -> Result<BlockRange, StorageError> {
     let (header, _) = read_header(f, id, path)?;
+    if header.packed.is_some() {
+        return super::packed::read_packed_range(f, &header, path, offset, len);
+    }
     let block_len = header.len;
     if offset > block_len {
         return Err(StorageError::BadRange { block: id, offset, block_len });

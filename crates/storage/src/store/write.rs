@@ -4,7 +4,7 @@
 //! every queued temp file durable, the files are renamed, a second syncfs makes the
 //! renames durable, then every put of the batch is acknowledged.
 
-use super::format::{piece_crcs, pieces, Header, MAX_BLOCK};
+use super::format::{piece_crcs, pieces, Header, Packed, MAX_BLOCK};
 use super::{run_blocking, BlockStore, Inner};
 use crate::config::SyncPolicy;
 use crate::disk::Disk;
@@ -49,8 +49,30 @@ impl BlockStore {
     /// the body is checked against them first. Returns once the block is durable per
     /// the sync policy.
     pub async fn put(&self, id: BlockId, crcs: Vec<u32>, body: Bytes) -> Result<PutOutcome, StorageError> {
+        self.put_maybe_packed(id, crcs, body, None).await
+    }
+
+    /// `put` of a compressed block: `body` is the stored (compressed) bytes with `crcs`
+    /// over them, `packed` says how they decompress; see `packed.rs`.
+    pub async fn put_packed(
+        &self,
+        id: BlockId,
+        crcs: Vec<u32>,
+        body: Bytes,
+        packed: Packed,
+    ) -> Result<PutOutcome, StorageError> {
+        self.put_maybe_packed(id, crcs, body, Some(packed)).await
+    }
+
+    async fn put_maybe_packed(
+        &self,
+        id: BlockId,
+        crcs: Vec<u32>,
+        body: Bytes,
+        packed: Option<Packed>,
+    ) -> Result<PutOutcome, StorageError> {
         let this = self.clone();
-        match run_blocking(move || this.prepare(id, crcs, body)).await? {
+        match run_blocking(move || this.prepare(id, crcs, body, packed)).await? {
             Prepared::Done(o) => Ok(o),
             Prepared::Batch(job, rx) => {
                 self.inner.batch_tx.send(job).await.map_err(|_| StorageError::ShuttingDown)?;
@@ -60,7 +82,13 @@ impl BlockStore {
         }
     }
 
-    fn prepare(&self, id: BlockId, crcs: Vec<u32>, body: Bytes) -> Result<Prepared, StorageError> {
+    fn prepare(
+        &self,
+        id: BlockId,
+        crcs: Vec<u32>,
+        body: Bytes,
+        packed: Option<Packed>,
+    ) -> Result<Prepared, StorageError> {
         let len = body.len() as u64;
         if len > MAX_BLOCK {
             return Err(StorageError::TooLarge { block: id, len, max: MAX_BLOCK });
@@ -78,10 +106,18 @@ impl BlockStore {
             });
         }
 
+        if let Some(p) = &packed {
+            super::packed::check_put(id, &body, p)?;
+        }
+        // A block is the same block when its plain bytes are (stored plain or packed).
+        let (plain_len, plain_crcs) = match &packed {
+            Some(p) => (p.plain_len, &p.plain_crcs),
+            None => (len, &crcs),
+        };
         let path = self.block_path(id);
         match self.verify_existing(id, &path) {
             Ok(None) => {}
-            Ok(Some((l, c))) if l == len && c == crcs => {
+            Ok(Some((l, c))) if l == plain_len && &c == plain_crcs => {
                 debug!(block = %id, "block already stored; put acknowledged idempotently");
                 return Ok(Prepared::Done(PutOutcome::AlreadyPresent));
             }
@@ -93,7 +129,7 @@ impl BlockStore {
             Err(e) => return Err(e),
         }
 
-        let header = Header { id, len, crcs }.encode();
+        let header = Header { id, len, crcs, packed }.encode();
         let size = header.len() as u64 + len;
         let space = self.reserve_space(id, size)?;
         let tmp = TempFile {
