@@ -36,13 +36,13 @@ fn lookup(txn: &WriteTransaction, parent: InodeId, name: &str) -> FsResult<Dentr
     txn.dentry(parent, name)?.ok_or_else(|| FsError::not_found(format!("`{name}` in directory {parent}")))
 }
 
-fn put_dentry(txn: &WriteTransaction, parent: InodeId, name: &str, d: Dentry) -> FsResult<()> {
+pub(super) fn put_dentry(txn: &WriteTransaction, parent: InodeId, name: &str, d: Dentry) -> FsResult<()> {
     let mut t = txn.open_table(DENTRIES).map_err(db_err)?;
     t.insert((parent.0, name), enc(&d).as_slice()).map_err(db_err)?;
     Ok(())
 }
 
-fn del_dentry(txn: &WriteTransaction, parent: InodeId, name: &str) -> FsResult<()> {
+pub(super) fn del_dentry(txn: &WriteTransaction, parent: InodeId, name: &str) -> FsResult<()> {
     let mut t = txn.open_table(DENTRIES).map_err(db_err)?;
     t.remove((parent.0, name)).map_err(db_err)?;
     Ok(())

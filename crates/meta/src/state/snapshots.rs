@@ -10,7 +10,7 @@
 //! with no format change).
 
 use super::data::put_block;
-use super::namespace::{get_dir, get_inode, validate_name};
+use super::namespace::{del_dentry, get_dir, get_inode, put_dentry, validate_name};
 use super::*;
 use distfs_proto::SnapshotInfo;
 use distfs_types::{DirEntry, FileKind, Slice};
@@ -132,18 +132,6 @@ fn alloc(txn: &WriteTransaction, snapshot: bool) -> FsResult<InodeId> {
     let v: u64 = txn.meta_get(K_NEXT_SNAP_INO)?.unwrap_or(InodeId::SNAPSHOT_BASE);
     meta_put(txn, K_NEXT_SNAP_INO, &(v + 1))?;
     Ok(InodeId(v))
-}
-
-fn put_dentry(txn: &WriteTransaction, parent: InodeId, name: &str, d: Dentry) -> FsResult<()> {
-    let mut t = txn.open_table(DENTRIES).map_err(db_err)?;
-    t.insert((parent.0, name), enc(&d).as_slice()).map_err(db_err)?;
-    Ok(())
-}
-
-fn del_dentry(txn: &WriteTransaction, parent: InodeId, name: &str) -> FsResult<()> {
-    let mut t = txn.open_table(DENTRIES).map_err(db_err)?;
-    t.remove((parent.0, name)).map_err(db_err)?;
-    Ok(())
 }
 
 fn put_chunk(txn: &WriteTransaction, ino: InodeId, index: u64, slices: &Vec<Slice>) -> FsResult<()> {
