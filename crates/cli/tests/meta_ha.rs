@@ -195,18 +195,7 @@ async fn a_member_behind_a_compacted_log_catches_up_from_a_snapshot_over_one_fra
     let lagger = (leader + 1) % 3;
     mc.stop(lagger).await;
     write_inline_files(&client, "big", 40).await; // a 2.4 MiB state
-    wait_for("leader log purged", Duration::from_secs(20), || async {
-        let m = mc.server(leader).metrics();
-        (m.purged.map(|p| p.index).unwrap_or(0) > 40).then_some(())
-    })
-    .await;
-    mc.restart(lagger).await;
-    wait_for("the restarted member serves identical state", Duration::from_secs(30), || async {
-        (mc.state_of(lagger) == mc.state_of(leader)).then_some(())
-    })
-    .await;
-    let snap = mc.server(lagger).metrics().snapshot.map(|s| s.index).unwrap_or(0);
-    assert!(snap > 40, "the member caught up through a snapshot (its snapshot is at {snap})");
+    catches_up_from_a_snapshot(&mut mc, leader, lagger, 40).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -222,19 +211,24 @@ async fn a_member_behind_a_compacted_log_catches_up_from_a_snapshot() {
         client.mkdir(dir.ino, &format!("d{k}"), 0o755).await.unwrap();
     }
     // The leader snapshotted and purged the log the lagging member would need.
+    catches_up_from_a_snapshot(&mut mc, leader, lagger, 200).await;
+}
+
+/// Waits until `leader` purged its log past `past`, restarts the stopped `lagger`, and
+/// checks that it reaches the leader's state through a snapshot beyond `past`.
+async fn catches_up_from_a_snapshot(mc: &mut MetaCluster, leader: usize, lagger: usize, past: u64) {
     wait_for("leader log purged", Duration::from_secs(20), || async {
         let m = mc.server(leader).metrics();
-        (m.purged.map(|p| p.index).unwrap_or(0) > 200).then_some(())
+        (m.purged.map(|p| p.index).unwrap_or(0) > past).then_some(())
     })
     .await;
-
     mc.restart(lagger).await;
     wait_for("the restarted member serves identical state", Duration::from_secs(30), || async {
         (mc.state_of(lagger) == mc.state_of(leader)).then_some(())
     })
     .await;
     let snap = mc.server(lagger).metrics().snapshot.map(|s| s.index).unwrap_or(0);
-    assert!(snap > 200, "the member caught up through a snapshot (its snapshot is at {snap})");
+    assert!(snap > past, "the member caught up through a snapshot (its snapshot is at {snap})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

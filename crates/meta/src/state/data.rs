@@ -17,23 +17,7 @@ pub(super) fn format(txn: &WriteTransaction, format: &Format, now: Timestamp) ->
     meta_put(txn, K_NEXT_SEQ, &1u64)?;
     meta_put(txn, K_NEXT_NODE, &1u64)?;
     meta_put(txn, K_NEXT_BAD, &1u64)?;
-    let root = Inode {
-        attr: Attr {
-            ino: InodeId::ROOT,
-            kind: FileKind::Dir,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            nlink: 2,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            version: 1,
-        },
-        parent: InodeId::ROOT,
-        target: None,
-    };
+    let root = super::namespace::fresh_inode(InodeId::ROOT, FileKind::Dir, 0o755, 0, 0, now, InodeId::ROOT);
     put_inode(txn, &root)?;
     Ok(CommandResult::Done)
 }

@@ -53,7 +53,7 @@ fn is_empty_dir(txn: &WriteTransaction, dir: InodeId) -> FsResult<bool> {
 }
 
 /// Loads a directory, changes its link count, marks it modified, stores it.
-fn touch_dir(txn: &WriteTransaction, dir: InodeId, nlink_delta: i32, now: Timestamp) -> FsResult<()> {
+pub(super) fn touch_dir(txn: &WriteTransaction, dir: InodeId, nlink_delta: i32, now: Timestamp) -> FsResult<()> {
     let mut d = get_dir(txn, dir)?;
     d.attr.nlink = d.attr.nlink.saturating_add_signed(nlink_delta);
     d.attr.mtime = now;
@@ -72,7 +72,21 @@ fn new_inode(
     parent: InodeId,
 ) -> FsResult<Inode> {
     let ino = InodeId(next_counter(txn, K_NEXT_INO)?);
-    Ok(Inode {
+    Ok(fresh_inode(ino, kind, perm, uid, gid, now, parent))
+}
+
+/// A new inode numbered `ino`: empty, version 1, every time `now`; a directory has two
+/// links and remembers `parent`.
+pub(super) fn fresh_inode(
+    ino: InodeId,
+    kind: FileKind,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    now: Timestamp,
+    parent: InodeId,
+) -> Inode {
+    Inode {
         attr: Attr {
             ino,
             kind,
@@ -88,7 +102,7 @@ fn new_inode(
         },
         parent: if kind == FileKind::Dir { parent } else { InodeId(0) },
         target: None,
-    })
+    }
 }
 
 fn exists(name: &str) -> FsError {

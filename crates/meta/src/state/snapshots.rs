@@ -10,7 +10,7 @@
 //! with no format change).
 
 use super::data::put_block;
-use super::namespace::{del_dentry, get_dir, get_inode, put_dentry, validate_name};
+use super::namespace::{del_dentry, fresh_inode, get_dir, get_inode, put_dentry, touch_dir, validate_name};
 use super::*;
 use distfs_proto::SnapshotInfo;
 use distfs_types::{DirEntry, FileKind, Slice};
@@ -140,16 +140,6 @@ fn put_chunk(txn: &WriteTransaction, ino: InodeId, index: u64, slices: &Vec<Slic
     Ok(())
 }
 
-/// Changes a directory's link count and stamps it modified.
-fn touch(txn: &WriteTransaction, dir: InodeId, nlink_delta: i32, now: Timestamp) -> FsResult<()> {
-    let mut d = get_dir(txn, dir)?;
-    d.attr.nlink = d.attr.nlink.saturating_add_signed(nlink_delta);
-    d.attr.mtime = now;
-    d.attr.ctime = now;
-    d.attr.version += 1;
-    put_inode(txn, &d)
-}
-
 /// Every entry below `root` as (parent, entry), parents before children; `/.snapshots`
 /// (a snapshot inode in a live tree) is left out. More than `SNAPSHOT_MAX_ENTRIES` is an
 /// error that says so.
@@ -269,26 +259,10 @@ fn snapshots_dir(txn: &WriteTransaction, now: Timestamp) -> FsResult<InodeId> {
         None => {
             let ino = alloc(txn, true)?;
             let root = get_inode(txn, InodeId::ROOT)?;
-            let dir = Inode {
-                attr: Attr {
-                    ino,
-                    kind: FileKind::Dir,
-                    perm: 0o755,
-                    uid: root.attr.uid,
-                    gid: root.attr.gid,
-                    size: 0,
-                    nlink: 2,
-                    atime: now,
-                    mtime: now,
-                    ctime: now,
-                    version: 1,
-                },
-                parent: InodeId::ROOT,
-                target: None,
-            };
+            let dir = fresh_inode(ino, FileKind::Dir, 0o755, root.attr.uid, root.attr.gid, now, InodeId::ROOT);
             put_inode(txn, &dir)?;
             put_dentry(txn, InodeId::ROOT, SNAPSHOTS_DIR, Dentry { ino, kind: FileKind::Dir })?;
-            touch(txn, InodeId::ROOT, 1, now)?;
+            touch_dir(txn, InodeId::ROOT, 1, now)?;
             Ok(ino)
         }
     }
@@ -314,7 +288,7 @@ fn create(txn: &WriteTransaction, source: InodeId, path: &str, name: &str, now: 
     copy.attr.nlink += c.top_dirs;
     put_inode(txn, &copy)?;
     put_dentry(txn, dir, name, Dentry { ino: root, kind: FileKind::Dir })?;
-    touch(txn, dir, 1, now)?;
+    touch_dir(txn, dir, 1, now)?;
     let rec = SnapRec { root, source: path.to_string(), created: now, files: c.files, dirs: c.dirs, bytes: c.bytes };
     meta_put(txn, &key(name), &rec)?;
     Ok(CommandResult::Attr(copy.attr))
@@ -349,7 +323,7 @@ fn delete(txn: &WriteTransaction, name: &str, now: Timestamp) -> FsResult<Comman
     del_inode(txn, rec.root)?;
     let dir = snapshots_dir(txn, now)?;
     del_dentry(txn, dir, name)?;
-    touch(txn, dir, -1, now)?;
+    touch_dir(txn, dir, -1, now)?;
     let mut t = txn.open_table(META).map_err(db_err)?;
     t.remove(key(name).as_str()).map_err(db_err)?;
     Ok(CommandResult::Done)
