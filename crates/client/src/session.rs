@@ -57,10 +57,30 @@ impl Client {
         expect_resp!(r, MetaResponse::Done => (), "ReleaseFile")
     }
 
-    /// Extends the session's lease; `NotFound` when it already expired.
-    pub async fn renew_session(&self, session: u64) -> Result<()> {
+    /// Extends the session's lease; `NotFound` when it already expired. `true`: the
+    /// metadata leader asks for every inode the session holds open (`hold_files`).
+    pub async fn renew_session(&self, session: u64) -> Result<bool> {
         let r = self.meta_call(MetaRequest::RenewSession { session }).await?;
-        expect_resp!(r, MetaResponse::Done => (), "RenewSession")
+        expect_resp!(r, MetaResponse::Renewed { resync } => resync, "RenewSession")
+    }
+
+    /// Registers every inode in `held` as open by `session` (with the leader that asked
+    /// for it), in pages; answers the inodes that no longer exist.
+    pub async fn hold_files(&self, session: u64, held: &[InodeId]) -> Result<Vec<InodeId>> {
+        let mut gone = Vec::new();
+        let mut pages = held.chunks(distfs_proto::MAX_HOLD_FILES).peekable();
+        if pages.peek().is_none() {
+            return self.hold_page(session, &[], true).await;
+        }
+        while let Some(page) = pages.next() {
+            gone.extend(self.hold_page(session, page, pages.peek().is_none()).await?);
+        }
+        Ok(gone)
+    }
+
+    async fn hold_page(&self, session: u64, inos: &[InodeId], last: bool) -> Result<Vec<InodeId>> {
+        let r = self.meta_call(MetaRequest::HoldFiles { session, inos: inos.to_vec(), last }).await?;
+        expect_resp!(r, MetaResponse::Held { gone } => gone, "HoldFiles")
     }
 
     pub async fn close_session(&self, session: u64) -> Result<()> {

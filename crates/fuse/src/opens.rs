@@ -103,34 +103,57 @@ impl Inner {
         }
     }
 
-    /// Renews the lease; when it had expired (a long partition), registers every inode
-    /// still held again (an inode freed meanwhile stays gone: its handles get `ESTALE`).
+    /// Renews the lease. A leader elected since the last renewal does not know what this
+    /// mount holds open, and a lease that expired (a long partition) released it all:
+    /// either way every inode still held is registered again (an inode freed meanwhile
+    /// stays gone: its handles get `ESTALE`).
     async fn renew(&self) {
-        match self.client.renew_session(self.session.id).await {
-            Ok(()) => {}
+        let resync = match self.client.renew_session(self.session.id).await {
+            Ok(resync) => resync,
             Err(ClientError::Fs(FsError::NotFound { .. })) => {
-                let held = self.session.held.lock().await;
-                if held.is_empty() {
-                    return;
-                }
-                warn!(files = held.len(), "the client session had expired; registering its open files again");
-                for ino in held.keys() {
-                    if let Err(e) = self.client.open_file(*ino, self.session.id).await {
-                        warn!(%ino, error = %e, "could not register an open file again");
-                    }
-                }
+                warn!("the client session had expired; registering its open files again");
+                true
             }
-            Err(e) => warn!(error = %e, "could not renew the client session lease"),
+            Err(e) => {
+                warn!(error = %e, "could not renew the client session lease");
+                false
+            }
+        };
+        if resync {
+            self.register_held().await;
+        }
+    }
+
+    /// Registers every inode this mount holds open with the leader (all of them, in
+    /// pages); at mount start this also starts the session.
+    async fn register_held(&self) {
+        let held = self.session.held.lock().await;
+        let inos: Vec<InodeId> = held.keys().copied().collect();
+        match self.client.hold_files(self.session.id, &inos).await {
+            Ok(gone) if gone.is_empty() => debug!(files = inos.len(), "open files registered with the leader"),
+            Ok(gone) => {
+                warn!(files = inos.len(), gone = gone.len(), "open files registered; some were freed meanwhile")
+            }
+            Err(e) => warn!(error = %e, files = inos.len(), "could not register the open files; will retry"),
         }
     }
 }
 
-/// Renews the session's lease four times per lease period while the mount exists.
+/// Renews the session's lease at once (which starts the session and registers it with
+/// the leader, so deletes are not held back for it) and then four times per lease period
+/// while the mount exists.
 async fn renew_loop(inner: Weak<Inner>) {
     let every = SESSION_LEASE / 4;
+    let mut first = true;
     loop {
-        tokio::time::sleep(every).await;
+        if !first {
+            tokio::time::sleep(every).await;
+        }
         let Some(inner) = inner.upgrade() else { return };
+        if std::mem::take(&mut first) {
+            inner.register_held().await;
+            continue;
+        }
         debug!("renewing the client session lease");
         inner.renew().await;
     }

@@ -109,6 +109,7 @@ impl Service {
                 | M::Readlink { .. }
                 | M::ReportBadReplica { .. }
                 | M::OpenFile { .. }
+                | M::HoldFiles { .. }
                 | M::ReleaseFile { .. }
                 | M::RenewSession { .. }
                 | M::CloseSession { .. }

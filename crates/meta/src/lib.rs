@@ -12,6 +12,7 @@ pub use error::MetaError;
 pub mod liveness;
 pub mod locks;
 mod membership;
+pub mod opens;
 mod ops;
 pub mod raft;
 pub mod repair;

@@ -126,6 +126,10 @@ impl MetaServer {
             crate::sessions::expire_sessions_when_leader(service.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("meta_sessions", id = config.id)),
         ));
+        tasks.push(tokio::spawn(
+            crate::sessions::sweep_orphans_when_leader(service.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("meta_orphans", id = config.id)),
+        ));
         let http_stop = CancellationToken::new();
         let (http, http_task) = match http_listener {
             None => (None, None),

@@ -55,6 +55,8 @@ pub(crate) struct Service {
     tunables: std::sync::RwLock<MetaConfig>,
     /// TLS and compression of the connections this server opens (repair copies).
     pub(crate) transport: distfs_proto::ClientTransport,
+    /// Which session holds which inode open: leader soft state (`opens.rs`).
+    opens: Mutex<crate::opens::OpenTable>,
 }
 
 pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
@@ -72,6 +74,7 @@ impl Service {
     ) -> Service {
         let live = Liveness::new(config.suspect_after.0, config.dead_after.0, clock.now())
             .with_disconnect_grace(config.dead_after_disconnect.0.min(config.dead_after.0));
+        let started = clock.now();
         Service {
             id,
             raft,
@@ -84,6 +87,7 @@ impl Service {
             kicked: AtomicBool::new(true),
             ops: Default::default(),
             tunables: std::sync::RwLock::new(config.clone()),
+            opens: Mutex::new(crate::opens::OpenTable::new(crate::opens::ORPHAN_GRACE, started)),
             config,
             transport,
         }
@@ -208,6 +212,25 @@ impl Service {
         }
     }
 
+    /// The open-file table, reset for a new term.
+    pub(crate) fn opens(&self) -> std::sync::MutexGuard<'_, crate::opens::OpenTable> {
+        let term = self.raft.metrics().borrow().current_term;
+        let mut t = self.opens.lock().expect("open table lock");
+        t.observe_term(term, self.clock.now());
+        t
+    }
+
+    /// `NotLeader` unless this server believes it leads (no quorum round: for requests
+    /// whose effect is leader soft state only).
+    pub(crate) fn leader_here(&self) -> FsResult<()> {
+        let m = self.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(l) if l == self.id => Ok(()),
+            Some(l) => Err(not_leader(m.membership_config.membership().get_node(&l).cloned())),
+            None => Err(not_leader(None)),
+        }
+    }
+
     /// The liveness table, reset for a new term.
     pub(crate) fn live(&self) -> std::sync::MutexGuard<'_, Liveness> {
         let term = self.raft.metrics().borrow().current_term;
@@ -270,8 +293,11 @@ impl Service {
                 Self::attr_of(self.write(Command::Mkdir { parent, name, perm, uid, gid, now }).await?)
             }
             MetaRequest::Create { parent, name, perm, uid, gid, exclusive, open_session } => {
-                let open = open_session.map(|s| (s, crate::sessions::plus(now, distfs_proto::SESSION_LEASE)));
-                Self::attr_of(self.write(Command::Create { parent, name, perm, uid, gid, exclusive, now, open }).await?)
+                let create = Command::Create { parent, name, perm, uid, gid, exclusive, now, open: None };
+                match open_session {
+                    None => Self::attr_of(self.write(create).await?),
+                    Some(session) => self.create_open(create, session, now).await.map(MetaResponse::Attr),
+                }
             }
             MetaRequest::Symlink { parent, name, target, uid, gid } => {
                 Self::attr_of(self.write(Command::Symlink { parent, name, target, uid, gid, now }).await?)
@@ -388,6 +414,7 @@ impl Service {
                 Ok(MetaResponse::Done)
             }
             req @ (MetaRequest::OpenFile { .. }
+            | MetaRequest::HoldFiles { .. }
             | MetaRequest::ReleaseFile { .. }
             | MetaRequest::RenewSession { .. }
             | MetaRequest::CloseSession { .. }
@@ -625,7 +652,9 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         | R::GetLock { ino, .. } => {
             tracing::debug_span!("meta", op = op_name(req), inode = %ino)
         }
-        R::RenewSession { .. } | R::CloseSession { .. } => tracing::debug_span!("meta", op = op_name(req)),
+        R::RenewSession { .. } | R::CloseSession { .. } | R::HoldFiles { .. } => {
+            tracing::debug_span!("meta", op = op_name(req))
+        }
         R::ReportBadReplica { bad } => {
             tracing::debug_span!("meta", op = "report_bad", block = %bad.block, node_id = %bad.node)
         }
@@ -685,6 +714,7 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::OpenFile { .. } => "open_file",
         R::ReleaseFile { .. } => "release_file",
         R::RenewSession { .. } => "renew_session",
+        R::HoldFiles { .. } => "hold_files",
         R::CloseSession { .. } => "close_session",
         R::GetXattr { .. } => "getxattr",
         R::ListXattr { .. } => "listxattr",

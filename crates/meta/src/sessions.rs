@@ -5,8 +5,8 @@
 
 use crate::service::Service;
 use crate::state::{open_files, Command, CommandResult, Reader};
-use distfs_proto::{MetaRequest, MetaResponse, SESSION_LEASE};
-use distfs_types::{FsError, FsResult, InodeId, Timestamp};
+use distfs_proto::{MetaRequest, MetaResponse, MAX_HOLD_FILES, SESSION_LEASE};
+use distfs_types::{Attr, FsError, FsResult, InodeId, Timestamp};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -27,21 +27,59 @@ impl Service {
         let expires = plus(now, SESSION_LEASE);
         match req {
             MetaRequest::OpenFile { ino, session } => {
-                match self.write(Command::OpenFile { ino, session, expires }).await? {
-                    CommandResult::Attr(a) => Ok(MetaResponse::Attr(a)),
-                    other => Err(FsError::internal(format!("unexpected apply result {other:?}"))),
+                self.ensure_session(session, now).await?;
+                self.opens().hold(ino, session)?;
+                // Registered first, then checked: an inode freed meanwhile is seen gone.
+                let found = async {
+                    self.read_barrier().await?;
+                    self.store.read()?.inode(ino)?.ok_or(FsError::StaleInode { ino })
+                }
+                .await;
+                match found {
+                    Ok(i) => Ok(MetaResponse::Attr(i.attr)),
+                    Err(e) => {
+                        self.opens().release(ino, session);
+                        Err(e)
+                    }
                 }
             }
+            MetaRequest::HoldFiles { session, inos, last } => {
+                if inos.len() > MAX_HOLD_FILES {
+                    return Err(FsError::invalid(format!(
+                        "{} inodes in one HoldFiles (at most {MAX_HOLD_FILES})",
+                        inos.len()
+                    )));
+                }
+                self.ensure_session(session, now).await?;
+                let mut gone = self.opens().hold_many(session, &inos, last);
+                self.read_barrier().await?;
+                let r = self.store.read()?;
+                for ino in inos {
+                    if !gone.contains(&ino) && r.inode(ino)?.is_none() {
+                        self.opens().release(ino, session);
+                        gone.push(ino);
+                    }
+                }
+                Ok(MetaResponse::Held { gone })
+            }
             MetaRequest::ReleaseFile { ino, session } => {
-                self.write(Command::ReleaseFile { ino, session }).await?;
+                self.leader_here()?;
+                self.opens().release(ino, session);
+                // Closing a file drops its owner's POSIX locks: a log write only then.
+                let locked =
+                    crate::state::locks::locks_of(&self.store.read()?, ino)?.iter().any(|l| l.session == session);
+                if locked {
+                    self.write(Command::ReleaseFile { ino, session }).await?;
+                }
                 Ok(MetaResponse::Done)
             }
             MetaRequest::RenewSession { session } => {
                 self.write(Command::RenewSession { session, expires }).await?;
-                Ok(MetaResponse::Done)
+                Ok(MetaResponse::Renewed { resync: self.opens().needs_resync(session) })
             }
             MetaRequest::CloseSession { session } => {
                 self.write(Command::CloseSession { session }).await?;
+                self.opens().close(session);
                 Ok(MetaResponse::Done)
             }
             MetaRequest::GetXattr { ino, name } => {
@@ -87,6 +125,45 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Starts the session's lease if this leader's state does not know it yet (its first
+    /// open, or its first after it expired): one log write per session, not per open.
+    async fn ensure_session(&self, session: u64, now: Timestamp) -> FsResult<()> {
+        if self.store.read()?.session(session)?.is_none() {
+            self.write(Command::TouchSession { session, expires: plus(now, SESSION_LEASE) }).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates a file held open by `session`: the create is one log write, the open is
+    /// registered in the table once it applied. The ticket makes the orphan sweeper wait
+    /// for that registration (the inode could lose its name in between).
+    pub(crate) async fn create_open(&self, create: Command, session: u64, now: Timestamp) -> FsResult<Attr> {
+        self.ensure_session(session, now).await?;
+        let ticket = CreateTicket { service: self, ticket: self.opens().begin_create() };
+        let attr = match self.write(create).await? {
+            CommandResult::Attr(a) => a,
+            other => return Err(FsError::internal(format!("unexpected apply result {other:?}"))),
+        };
+        self.opens().hold(attr.ino, session)?;
+        drop(ticket);
+        Ok(attr)
+    }
+}
+
+/// A create-and-open in flight; its end is noted however the call ends (also when the
+/// request is dropped with its connection).
+struct CreateTicket<'a> {
+    service: &'a Service,
+    ticket: u64,
+}
+
+impl Drop for CreateTicket<'_> {
+    fn drop(&mut self) {
+        self.service.opens().end_create(self.ticket);
+    }
+}
+
 fn exists(r: &impl Reader, ino: InodeId) -> FsResult<()> {
     r.inode(ino)?.map(|_| ()).ok_or_else(|| FsError::not_found(format!("inode {ino}")))
 }
@@ -105,12 +182,72 @@ pub(crate) async fn expire_sessions_when_leader(service: Arc<Service>, shutdown:
         let due = service.store.read().and_then(|r| open_files::expired(&r, now));
         match due {
             Ok(d) if d.is_empty() => {}
-            Ok(_) => {
-                if let Err(e) = service.write(Command::ExpireSessions { now }).await {
-                    tracing::warn!(error = %e, "could not expire client sessions; will retry");
+            Ok(due) => match service.write(Command::ExpireSessions { now }).await {
+                Ok(_) => {
+                    let mut opens = service.opens();
+                    for session in due {
+                        opens.close(session);
+                    }
                 }
-            }
+                Err(e) => tracing::warn!(error = %e, "could not expire client sessions; will retry"),
+            },
             Err(e) => tracing::warn!(error = %e, "cannot read client sessions"),
         }
+    }
+}
+
+/// How often the leader looks for orphans to free.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Most orphans freed by one `FreeOrphans` entry.
+const SWEEP_BATCH: usize = 1000;
+/// Longest wait for the create-and-open calls in flight at a sweep.
+const SWEEP_CREATE_WAIT: Duration = Duration::from_secs(30);
+
+/// While this server leads: frees the orphans (unlinked inodes) no session holds open,
+/// `SWEEP_BATCH` per log entry (the rules are in `crate::opens`).
+pub(crate) async fn sweep_orphans_when_leader(service: Arc<Service>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        if service.leader_here().is_err() {
+            continue;
+        }
+        let read = service.store.read().and_then(|r| Ok((r.orphans(SWEEP_BATCH)?, r.sessions()?)));
+        let (orphans, live) = match read {
+            Ok((o, _)) if o.is_empty() => continue,
+            Ok((o, s)) => (o, s.into_iter().map(|(id, _)| id).collect::<Vec<u64>>()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the orphan table");
+                continue;
+            }
+        };
+        // Every create-and-open that may have returned one of these inodes started
+        // before the read above: wait until their opens are registered.
+        let mark = service.opens().last_ticket();
+        let waited = tokio::time::timeout(SWEEP_CREATE_WAIT, async {
+            while service.opens().creates_pending_up_to(mark) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!("creates in flight for {SWEEP_CREATE_WAIT:?}; orphans are freed at the next sweep");
+            continue;
+        }
+        let (term, claimed) = {
+            let mut opens = service.opens();
+            (service.raft.metrics().borrow().current_term, opens.claim(&orphans, service.clock.now(), &live))
+        };
+        if claimed.is_empty() {
+            continue;
+        }
+        let n = claimed.len();
+        match service.write(Command::FreeOrphans { term, inos: claimed.clone() }).await {
+            Ok(_) => tracing::debug!(orphans = n, "freed unlinked files nobody holds open"),
+            Err(e) => tracing::warn!(error = %e, orphans = n, "could not free orphans; will retry"),
+        }
+        service.opens().unclaim(&claimed);
     }
 }

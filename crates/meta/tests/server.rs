@@ -188,9 +188,18 @@ async fn namespace_write_gc_and_restart_over_the_protocol() {
     let g = attr(&c, MetaRequest::Lookup { parent: ROOT, name: "g".into() }).await;
     assert_eq!(g.ino, f.ino);
     call(&c, MetaRequest::Unlink { parent: ROOT, name: "g".into() }).await;
+    // The unlinked file is an orphan until the leader's sweeper frees it (nobody holds
+    // it open): its blocks reach the GC queue shortly after.
     let written: BTreeSet<BlockId> = targets.iter().map(|t| t.id).collect();
     for n in &nodes {
-        let del: BTreeSet<BlockId> = heartbeat(&c, *n, vec![]).await.into_iter().collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let del: BTreeSet<BlockId> = loop {
+            let del: BTreeSet<BlockId> = heartbeat(&c, *n, vec![]).await.into_iter().collect();
+            if !del.is_empty() || tokio::time::Instant::now() > deadline {
+                break del;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(del, written, "node {n} must delete both blocks");
         let again = heartbeat(&c, *n, del.into_iter().collect()).await;
         assert!(again.is_empty(), "acknowledged deletions are not handed out again");

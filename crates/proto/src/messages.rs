@@ -358,8 +358,10 @@ pub enum MetaRequest {
     },
     // --- open files of client sessions (POSIX delete-while-open) -----------------------
     /// Session `session` holds `ino` open: an unlinked inode keeps its data until every
-    /// session that holds it releases it or lets its lease expire. Renews the session's
-    /// lease. Answers the inode's attributes.
+    /// session that holds it releases it or lets its lease expire. The leader keeps
+    /// opens in memory (no log write; a new leader asks mounts for theirs again, see
+    /// `HoldFiles`); the session's first open starts its lease. Answers the inode's
+    /// attributes.
     OpenFile {
         ino: InodeId,
         session: u64,
@@ -370,7 +372,8 @@ pub enum MetaRequest {
         session: u64,
     },
     /// Extends the session's lease by `SESSION_LEASE`. `NotFound` when the session has
-    /// expired (its opens were released; the client registers them again).
+    /// expired (its opens were released; the client registers them again). Answered
+    /// `Renewed`.
     RenewSession {
         session: u64,
     },
@@ -428,7 +431,18 @@ pub enum MetaRequest {
     Snapshot(crate::snapshots::SnapshotOp),
     /// Issue 10: dedup lookups and commits (`dedup.rs`).
     Dedup(crate::dedup::DedupRequest),
+    /// Session `session` holds these inodes open: a mount registers what it holds again
+    /// when a new metadata leader asks for it (`Renewed { resync: true }`), in pages of at
+    /// most `MAX_HOLD_FILES`; `last` marks the final page. Answered `Held`.
+    HoldFiles {
+        session: u64,
+        inos: Vec<InodeId>,
+        last: bool,
+    },
 }
+
+/// Most inodes one `HoldFiles` may carry.
+pub const MAX_HOLD_FILES: usize = 4096;
 
 /// How long a client session's lease lasts without renewal: after it, the files the
 /// session holds open are released (a crashed client's opens do not pin data forever).
@@ -525,6 +539,15 @@ pub enum MetaResponse {
     /// Answer to `DedupRequest::Lookup`: per fingerprint, the block stored with it.
     Fingerprints {
         blocks: Vec<Option<BlockRef>>,
+    },
+    /// Answer to `RenewSession`: with `resync`, the leader does not know what this
+    /// session holds open (it was elected since): send every held inode in `HoldFiles`.
+    Renewed {
+        resync: bool,
+    },
+    /// Answer to `HoldFiles`: the inodes that no longer exist (their handles are stale).
+    Held {
+        gone: Vec<InodeId>,
     },
 }
 

@@ -23,8 +23,11 @@ impl T {
         t.run(Command::Format { format, now: ts(1) }).expect("format");
         t
     }
+    /// Applies `c`, then sweeps as a leader with nothing open would.
     fn run(&self, c: Command) -> FsResult<CommandResult> {
-        self.0.apply_entry(None, None, Some(&c)).expect("store works").expect("a command")
+        let r = self.0.apply_entry(None, None, Some(&c)).expect("store works").expect("a command");
+        crate::state::sweep_orphans(&self.0, &mut crate::state::test_open_table());
+        r
     }
     fn create(&self, parent: InodeId, name: &str, kind: FileKind) -> InodeId {
         let now = ts(2);
@@ -210,6 +213,7 @@ fn snapshots_carry_the_fingerprint_table() {
         .unwrap()
         .unwrap()
         .unwrap();
+    crate::state::sweep_orphans(&other, &mut crate::state::test_open_table());
     assert_eq!(fingerprint_count(&other.read().unwrap()).unwrap(), 0);
 }
 

@@ -51,6 +51,9 @@ pub(crate) const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("s
 pub(crate) const OPENS: TableDefinition<(u64, u64), ()> = TableDefinition::new("opens");
 /// The same, keyed by session first (to release a session's opens).
 pub(crate) const SESSION_OPENS: TableDefinition<(u64, u64), ()> = TableDefinition::new("session_opens");
+/// Orphans: inodes whose last link went (nlink 0), kept until the leader's sweeper frees
+/// them with `FreeOrphans` (an open file's data outlives its names; `open_files.rs`).
+pub(crate) const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 /// Extended attributes: (inode, name) -> raw value.
 pub(crate) const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs");
 /// The current Raft snapshot (not part of the state it describes).
@@ -290,6 +293,19 @@ pub enum Command {
     Snapshot(SnapCmd),
     /// Issue 10: deduplicated commits (`dedup.rs`).
     Dedup(dedup::DedupCommand),
+    /// Frees these orphans (nlink 0) and their data; the leader proposes it for orphans
+    /// no session holds open (`crate::opens`). An inode that is no orphan is left alone.
+    /// `term`: the leader's term when it decided; an entry that ends up in another
+    /// term's log position frees nothing (its leader's open table was not that term's).
+    FreeOrphans {
+        term: u64,
+        inos: Vec<InodeId>,
+    },
+    /// Starts a client session or extends its lease to at least `expires`.
+    TouchSession {
+        session: u64,
+        expires: Timestamp,
+    },
 }
 
 /// What a successfully applied command returns.
@@ -363,7 +379,31 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         Command::RemoveXattr { ino, name, now } => xattr::remove(txn, *ino, name, *now),
         Command::Snapshot(c) => snapshots::apply(txn, c),
         Command::Dedup(c) => dedup::apply(txn, c),
+        Command::FreeOrphans { inos, .. } => open_files::free_orphans(txn, inos),
+        Command::TouchSession { session, expires } => open_files::touch_session(txn, *session, *expires),
     }
+}
+
+/// For unit tests: what the leader's sweeper does, with `opens` as its open table (no
+/// grace period): frees the orphans nobody holds.
+#[cfg(test)]
+pub(crate) fn sweep_orphans(store: &StateStore, opens: &mut crate::opens::OpenTable) {
+    let orphans = store.read().and_then(|r| r.orphans(usize::MAX)).expect("read orphans");
+    let claimed = opens.claim(&orphans, std::time::Instant::now(), &[]);
+    if !claimed.is_empty() {
+        let cmd = Command::FreeOrphans { term: 0, inos: claimed.clone() };
+        store.apply_entry(None, None, Some(&cmd)).expect("store works").expect("a command").expect("free orphans");
+        opens.unclaim(&claimed);
+    }
+}
+
+/// An open table past its grace period, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_open_table() -> crate::opens::OpenTable {
+    let t0 = std::time::Instant::now();
+    let mut t = crate::opens::OpenTable::new(std::time::Duration::ZERO, t0);
+    t.observe_term(1, t0);
+    t
 }
 
 // --- small write helpers shared by the op modules ---------------------------------------
@@ -478,6 +518,7 @@ impl StateStore {
             txn.open_table(OPENS).map_err(s)?;
             txn.open_table(SESSION_OPENS).map_err(s)?;
             txn.open_table(XATTRS).map_err(s)?;
+            txn.open_table(ORPHANS).map_err(s)?;
             dedup::create_tables(&txn).map_err(s)?;
         }
         check_schema(&txn)?;
@@ -510,6 +551,10 @@ impl StateStore {
         };
         let mut txn = begin()?;
         let result = match cmd {
+            Some(Command::FreeOrphans { term, .. }) if log_id.is_some_and(|l| l.leader_id.term != *term) => {
+                tracing::info!(?log_id, term, "orphan sweep of an earlier term ignored");
+                Some(Ok(CommandResult::Done))
+            }
             Some(c) => {
                 let r = apply(&txn, c);
                 if let Err(e) = &r {

@@ -1,17 +1,18 @@
-//! Open files of client sessions: POSIX delete-while-open. A session (one mount) holds
-//! inodes open under a lease it renews; the last unlink of an inode that some session
-//! holds leaves it with nlink 0 and its data, and the last release (or the expiry of the
-//! lease of the last holder) frees it. Expiry is decided from the `now` the leader puts
-//! in the command, never from a clock read here.
+//! Client sessions and orphans: POSIX delete-while-open. A session (one mount) renews a
+//! lease; which inodes it holds open is the leader's volatile table (`crate::opens`), not
+//! state. The last unlink of an inode never frees it here: it stays with nlink 0 in the
+//! orphan table until the leader, which knows the opens, proposes `FreeOrphans`. Expiry is
+//! decided from the `now` the leader puts in the command, never from a clock read here.
+//!
+//! `OpenFile`/`ReleaseFile` and `Create { open }` entries written by earlier builds still
+//! apply (to the `opens` table, which nothing reads any more but these paths).
 
 use super::data::free_chunks_from;
 use super::*;
 use redb::ReadableTable;
 
 fn expiry_of(txn: &WriteTransaction, session: u64) -> FsResult<Option<Timestamp>> {
-    let t = txn.open_table(SESSIONS).map_err(db_err)?;
-    let v = t.get(session).map_err(db_err)?;
-    v.map(|g| dec("sessions", g.value())).transpose()
+    txn.session(session)
 }
 
 fn put_expiry(txn: &WriteTransaction, session: u64, expires: Timestamp) -> FsResult<()> {
@@ -20,36 +21,60 @@ fn put_expiry(txn: &WriteTransaction, session: u64, expires: Timestamp) -> FsRes
     Ok(())
 }
 
-/// True when any session holds `ino` open.
-pub(crate) fn is_open(txn: &WriteTransaction, ino: InodeId) -> FsResult<bool> {
-    let t = txn.open_table(OPENS).map_err(db_err)?;
-    let mut r = t.range((ino.0, 0u64)..=(ino.0, u64::MAX)).map_err(db_err)?;
-    let found = r.next().transpose().map_err(db_err)?.is_some();
-    Ok(found)
-}
-
-/// The last link of `inode` goes: free it now, or keep it (nlink 0) while it is open.
+/// The last link of `inode` goes: it becomes an orphan (nlink 0, data kept), freed when
+/// the leader knows nobody holds it open.
 pub(crate) fn drop_last_link(txn: &WriteTransaction, mut inode: Inode, now: Timestamp) -> FsResult<()> {
-    let ino = inode.attr.ino;
-    if is_open(txn, ino)? {
-        inode.attr.nlink = 0;
-        inode.attr.ctime = now;
-        inode.attr.version += 1;
-        tracing::debug!(%ino, "last link removed while open: kept until released");
-        return put_inode(txn, &inode);
-    }
-    free_chunks_from(txn, ino, 0)?;
-    del_inode(txn, ino)
+    inode.attr.nlink = 0;
+    inode.attr.ctime = now;
+    inode.attr.version += 1;
+    put_inode(txn, &inode)?;
+    txn.open_table(ORPHANS).map_err(db_err)?.insert(inode.attr.ino.0, ()).map_err(db_err)?;
+    Ok(())
 }
 
-/// Frees `ino` if it has no link left and nobody holds it open any more.
-fn free_if_orphan(txn: &WriteTransaction, ino: InodeId) -> FsResult<()> {
+/// Queues `ino` for the sweeper if it has no link left (a release of an earlier build's
+/// registration: the inode may have been kept for it alone).
+fn orphan_if_unlinked(txn: &WriteTransaction, ino: InodeId) -> FsResult<()> {
     let Some(inode) = txn.inode(ino)? else { return Ok(()) };
-    if inode.attr.nlink == 0 && inode.attr.kind != distfs_types::FileKind::Dir && !is_open(txn, ino)? {
+    if inode.attr.nlink == 0 && inode.attr.kind != distfs_types::FileKind::Dir {
+        txn.open_table(ORPHANS).map_err(db_err)?.insert(ino.0, ()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// `FreeOrphans`: frees each inode that is still an orphan.
+pub(super) fn free_orphans(txn: &WriteTransaction, inos: &[InodeId]) -> FsResult<CommandResult> {
+    for &ino in inos {
+        let was_orphan = txn.open_table(ORPHANS).map_err(db_err)?.remove(ino.0).map_err(db_err)?.is_some();
+        let Some(inode) = txn.inode(ino)? else { continue };
+        if !was_orphan || inode.attr.nlink != 0 || inode.attr.kind == distfs_types::FileKind::Dir {
+            continue;
+        }
+        // Registrations of earlier builds die with the inode.
+        let sessions: Vec<u64> = {
+            let t = txn.open_table(OPENS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for item in t.range((ino.0, 0u64)..=(ino.0, u64::MAX)).map_err(db_err)? {
+                out.push(item.map_err(db_err)?.0.value().1);
+            }
+            out
+        };
+        for s in sessions {
+            txn.open_table(OPENS).map_err(db_err)?.remove((ino.0, s)).map_err(db_err)?;
+            txn.open_table(SESSION_OPENS).map_err(db_err)?.remove((s, ino.0)).map_err(db_err)?;
+        }
         free_chunks_from(txn, ino, 0)?;
         del_inode(txn, ino)?;
     }
-    Ok(())
+    Ok(CommandResult::Done)
+}
+
+/// `TouchSession`: the session exists from now on, its lease lasting at least to `expires`.
+pub(super) fn touch_session(txn: &WriteTransaction, session: u64, expires: Timestamp) -> FsResult<CommandResult> {
+    if expiry_of(txn, session)?.is_none_or(|e| e < expires) {
+        put_expiry(txn, session, expires)?;
+    }
+    Ok(CommandResult::Done)
 }
 
 pub(super) fn open(txn: &WriteTransaction, ino: InodeId, session: u64, expires: Timestamp) -> FsResult<CommandResult> {
@@ -57,9 +82,7 @@ pub(super) fn open(txn: &WriteTransaction, ino: InodeId, session: u64, expires: 
         Some(i) => i,
         None => return Err(FsError::StaleInode { ino }),
     };
-    if expiry_of(txn, session)?.is_none_or(|e| e < expires) {
-        put_expiry(txn, session, expires)?;
-    }
+    touch_session(txn, session, expires)?;
     txn.open_table(OPENS).map_err(db_err)?.insert((ino.0, session), ()).map_err(db_err)?;
     txn.open_table(SESSION_OPENS).map_err(db_err)?.insert((session, ino.0), ()).map_err(db_err)?;
     Ok(CommandResult::Attr(inode.attr))
@@ -70,7 +93,7 @@ pub(super) fn release(txn: &WriteTransaction, ino: InodeId, session: u64) -> FsR
     super::locks::drop_session_locks(txn, session, Some(ino))?;
     txn.open_table(OPENS).map_err(db_err)?.remove((ino.0, session)).map_err(db_err)?;
     txn.open_table(SESSION_OPENS).map_err(db_err)?.remove((session, ino.0)).map_err(db_err)?;
-    free_if_orphan(txn, ino)?;
+    orphan_if_unlinked(txn, ino)?;
     Ok(CommandResult::Done)
 }
 
@@ -109,7 +132,7 @@ pub(super) fn close_session(txn: &WriteTransaction, session: u64) -> FsResult<Co
     txn.open_table(SESSIONS).map_err(db_err)?.remove(session).map_err(db_err)?;
     super::locks::drop_session_locks(txn, session, None)?;
     for ino in inos {
-        free_if_orphan(txn, InodeId(ino))?;
+        orphan_if_unlinked(txn, InodeId(ino))?;
     }
     Ok(CommandResult::Done)
 }

@@ -37,6 +37,10 @@ pub trait Reader {
     /// Full scan of inodes and blocks (admin paths only).
     fn stats(&self, replication: u32) -> FsResult<Stats>;
     /// Every client session and the end of its lease.
+    /// Up to `limit` orphans (nlink 0, waiting for `FreeOrphans`), lowest inode first.
+    fn orphans(&self, limit: usize) -> FsResult<Vec<InodeId>>;
+    /// The lease expiry of one client session (`None`: no such session).
+    fn session(&self, id: u64) -> FsResult<Option<Timestamp>>;
     fn sessions(&self) -> FsResult<Vec<(u64, Timestamp)>>;
     /// One extended attribute's value.
     fn xattr(&self, ino: InodeId, name: &str) -> FsResult<Option<Vec<u8>>>;
@@ -188,6 +192,21 @@ macro_rules! impl_reader {
                 }
                 s.gc_pending = self.open_table(GC).map_err(db_err)?.len().map_err(db_err)?;
                 Ok(s)
+            }
+
+            fn orphans(&self, limit: usize) -> FsResult<Vec<InodeId>> {
+                let t = self.open_table(ORPHANS).map_err(db_err)?;
+                let mut out = Vec::new();
+                for item in t.iter().map_err(db_err)?.take(limit) {
+                    out.push(InodeId(item.map_err(db_err)?.0.value()));
+                }
+                Ok(out)
+            }
+
+            fn session(&self, id: u64) -> FsResult<Option<Timestamp>> {
+                let t = self.open_table(SESSIONS).map_err(db_err)?;
+                let v = t.get(id).map_err(db_err)?;
+                v.map(|g| dec("sessions", g.value())).transpose()
             }
 
             fn sessions(&self) -> FsResult<Vec<(u64, Timestamp)>> {

@@ -10,6 +10,8 @@ const DUMP_V1: u8 = 1;
 const DUMP_V2: u8 = 2;
 /// Version 2 followed by the `DedupDump` blob (issue 10).
 const DUMP_V3: u8 = 3;
+/// Version 3 followed by the orphan table.
+const DUMP_V4: u8 = 4;
 
 /// All state tables, raw values (each already versioned by `enc`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +29,10 @@ pub struct Dump {
     pub ext: ExtDump,
     #[serde(skip)]
     pub dedup: super::dedup::DedupDump,
+    /// The orphan table (version 4); `None` from an older dump, whose orphans are then
+    /// found among the inodes (nlink 0).
+    #[serde(skip)]
+    pub orphans: Option<Vec<u64>>,
 }
 
 macro_rules! dump_table {
@@ -56,14 +62,17 @@ impl Dump {
             meta: dump_table!(txn, META, |k, v| (k.to_string(), v.to_vec())),
             ext: ExtDump::read(txn)?,
             dedup: super::dedup::DedupDump::read(txn)?,
+            orphans: Some(dump_table!(txn, ORPHANS, |k, _v| k)),
         })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![DUMP_V3];
+        let mut out = vec![DUMP_V4];
         out.extend(postcard::to_stdvec(self).expect("postcard encoding of a dump"));
         out.extend(postcard::to_stdvec(&self.ext).expect("postcard encoding of a dump"));
         out.extend(postcard::to_stdvec(&self.dedup).expect("postcard encoding of a dump"));
+        let orphans = self.orphans.as_deref().unwrap_or_default();
+        out.extend(postcard::to_stdvec(orphans).expect("postcard encoding of a dump"));
         out
     }
 
@@ -82,6 +91,16 @@ impl Dump {
                 let (ext, rest) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
                 d.ext = ext;
                 d.dedup = postcard::from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+                Ok(d)
+            }
+            Some((&DUMP_V4, rest)) => {
+                let (mut d, rest): (Dump, &[u8]) =
+                    postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+                let (ext, rest) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+                let (dedup, rest) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+                d.ext = ext;
+                d.dedup = dedup;
+                d.orphans = Some(postcard::from_bytes(rest).map_err(|e| decode_err("snapshot", e))?);
                 Ok(d)
             }
             Some((v, _)) => Err(decode_err("snapshot", format!("unknown snapshot version {v}"))),
@@ -145,7 +164,28 @@ impl Dump {
         }
         drop(t);
         self.ext.install(txn)?;
-        self.dedup.install(txn)
+        self.dedup.install(txn)?;
+        clear!(ORPHANS);
+        let found;
+        let orphans = match &self.orphans {
+            Some(o) => o,
+            None => {
+                let mut o = Vec::new();
+                for (k, v) in &self.inodes {
+                    let i: Inode = dec("inodes", v)?;
+                    if i.attr.nlink == 0 && i.attr.kind != distfs_types::FileKind::Dir {
+                        o.push(*k);
+                    }
+                }
+                found = o;
+                &found
+            }
+        };
+        let mut t = txn.open_table(ORPHANS).map_err(db_err)?;
+        for k in orphans {
+            t.insert(*k, ()).map_err(db_err)?;
+        }
+        Ok(())
     }
 }
 

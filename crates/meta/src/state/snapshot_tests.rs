@@ -28,6 +28,8 @@ impl T {
     /// Runs a command, then checks the block-map invariants.
     fn run(&self, c: Command) -> FsResult<CommandResult> {
         let r = self.s.apply_entry(None, None, Some(&c)).expect("store works").expect("a command");
+        // The leader's sweeper, with nothing open.
+        crate::state::sweep_orphans(&self.s, &mut crate::state::test_open_table());
         if let Err(e) = check_block_refs(&self.s.read().unwrap()) {
             panic!("after {c:?}: {e}");
         }

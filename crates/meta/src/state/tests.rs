@@ -10,20 +10,35 @@ fn ts(s: i64) -> Timestamp {
     Timestamp { secs: s, nanos: 0 }
 }
 
+/// The state machine and the leader's open table: after every command, the leader's
+/// sweeper frees the orphans the table says nobody holds.
 struct T {
     s: StateStore,
+    opens: std::cell::RefCell<crate::opens::OpenTable>,
 }
 
 impl T {
     fn new() -> T {
         let s = StateStore::in_memory().expect("store");
-        let t = T { s };
+        let t = T { s, opens: std::cell::RefCell::new(test_open_table()) };
         let format = Format { chunk_size: 1 << 20, block_size: 64 << 10, replication: 3 };
         t.run(Command::Format { format, now: ts(1) }).expect("format");
         t
     }
     fn run(&self, c: Command) -> FsResult<CommandResult> {
-        self.s.apply_entry(None, None, Some(&c)).expect("store works").expect("a command")
+        let r = self.s.apply_entry(None, None, Some(&c)).expect("store works").expect("a command");
+        sweep_orphans(&self.s, &mut self.opens.borrow_mut());
+        r
+    }
+    fn hold(&self, ino: InodeId, session: u64) {
+        self.opens.borrow_mut().hold(ino, session).expect("hold");
+    }
+    fn release(&self, ino: InodeId, session: u64) {
+        self.opens.borrow_mut().release(ino, session);
+        sweep_orphans(&self.s, &mut self.opens.borrow_mut());
+    }
+    fn orphans(&self) -> Vec<InodeId> {
+        self.s.read().unwrap().orphans(100).unwrap()
     }
     fn attr(&self, c: Command) -> Attr {
         match self.run(c) {
@@ -346,56 +361,104 @@ fn unlinked_while_open_keeps_data_until_the_last_release() {
     let t = T::new();
     let f = t.create(ROOT, "f");
     t.commit(f.ino, 0, 0, &[(1, 100)], 100);
-    let open = |s: u64| t.run(Command::OpenFile { ino: f.ino, session: s, expires: ts(100) });
-    open(7).expect("open by session 7");
-    open(8).expect("open by session 8");
+    t.hold(f.ino, 7);
+    t.hold(f.ino, 8);
     t.run(Command::Unlink { parent: ROOT, name: "f".into(), now: ts(9) }).expect("unlink");
     assert_eq!(t.lookup(ROOT, "f"), None);
     assert_eq!(t.get(f.ino).expect("kept while open").nlink, 0);
+    assert_eq!(t.orphans(), vec![f.ino]);
     assert!(t.block(1).is_some() && t.gc(1).is_empty(), "the data stays while open");
-    t.run(Command::ReleaseFile { ino: f.ino, session: 7 }).expect("release 7");
+    t.release(f.ino, 7);
     assert!(t.get(f.ino).is_some(), "session 8 still holds it");
-    t.run(Command::ReleaseFile { ino: f.ino, session: 8 }).expect("release 8");
+    t.release(f.ino, 8);
     assert_eq!(t.get(f.ino), None);
+    assert!(t.orphans().is_empty());
     assert_eq!(t.gc(1), vec![BlockId(1)]);
-    // A file that is not open is freed at once, and releasing it is harmless.
+    // A file that is not open goes with the sweep that follows its unlink.
     let g = t.create(ROOT, "g");
     t.commit(g.ino, 0, 0, &[(2, 10)], 10);
     t.run(Command::Unlink { parent: ROOT, name: "g".into(), now: ts(9) }).expect("unlink g");
     assert_eq!(t.get(g.ino), None);
-    t.run(Command::ReleaseFile { ino: g.ino, session: 8 }).expect("release of a freed inode");
-    assert!(matches!(
-        t.run(Command::OpenFile { ino: g.ino, session: 8, expires: ts(100) }),
-        Err(FsError::StaleInode { .. })
-    ));
 }
 
 #[test]
-fn renamed_over_while_open_and_session_expiry_and_close() {
+fn free_orphans_frees_only_orphans_and_only_in_the_term_that_decided() {
+    let t = T::new();
+    let f = t.create(ROOT, "f");
+    t.commit(f.ino, 0, 0, &[(1, 100)], 100);
+    // An inode with a name is no orphan, whatever the command says.
+    t.run(Command::FreeOrphans { term: 0, inos: vec![f.ino, InodeId(999)] }).expect("free");
+    assert_eq!(t.get(f.ino).map(|a| a.nlink), Some(1));
+    assert!(t.block(1).is_some());
+    t.hold(f.ino, 4);
+    t.run(Command::Unlink { parent: ROOT, name: "f".into(), now: ts(9) }).expect("unlink");
+    // A sweep decided in term 2 but written at a log position of term 3 frees nothing.
+    let free = Command::FreeOrphans { term: 2, inos: vec![f.ino] };
+    let at = |term: u64, index: u64| LogId::new(openraft::CommittedLeaderId::new(term, 1), index);
+    t.s.apply_entry(Some(at(3, 20)), None, Some(&free)).unwrap().unwrap().expect("ignored");
+    assert!(t.get(f.ino).is_some(), "a sweep of another term is ignored");
+    t.s.apply_entry(Some(at(2, 21)), None, Some(&free)).unwrap().unwrap().expect("applied");
+    assert_eq!(t.get(f.ino), None);
+    assert_eq!(t.gc(1), vec![BlockId(1)]);
+}
+
+#[test]
+fn renamed_over_while_open_and_session_leases() {
     let t = T::new();
     let old = t.create(ROOT, "target");
     t.commit(old.ino, 0, 0, &[(1, 100)], 100);
     let new = t.create(ROOT, "tmp");
-    t.run(Command::OpenFile { ino: old.ino, session: 5, expires: ts(50) }).expect("open");
+    t.hold(old.ino, 5);
     t.rename(ROOT, "tmp", ROOT, "target", RenameMode::Replace).expect("rename over");
     assert_eq!(t.lookup(ROOT, "target"), Some(new.ino));
     assert_eq!(t.get(old.ino).expect("kept").nlink, 0);
-    // Renewal moves the lease forward; expiry before it does nothing.
-    t.run(Command::RenewSession { session: 5, expires: ts(60) }).expect("renew");
-    t.run(Command::ExpireSessions { now: ts(55) }).expect("expire early");
-    assert!(t.get(old.ino).is_some());
-    t.run(Command::ExpireSessions { now: ts(61) }).expect("expire");
+    t.release(old.ino, 5);
     assert_eq!(t.get(old.ino), None);
     assert_eq!(t.gc(1), vec![BlockId(1)]);
+    // Sessions: a renewal of an unknown session is `NotFound`; touching starts one;
+    // renewal moves the lease forward; expiry before it does nothing.
     assert!(matches!(t.run(Command::RenewSession { session: 5, expires: ts(70) }), Err(FsError::NotFound { .. })));
-    // Closing a session releases what it holds.
-    let h = t.create(ROOT, "h");
-    t.run(Command::OpenFile { ino: h.ino, session: 6, expires: ts(90) }).expect("open h");
-    t.run(Command::Unlink { parent: ROOT, name: "h".into(), now: ts(9) }).expect("unlink h");
-    assert!(t.get(h.ino).is_some());
+    t.run(Command::TouchSession { session: 5, expires: ts(50) }).expect("touch");
+    t.run(Command::TouchSession { session: 5, expires: ts(40) }).expect("touch never shortens");
+    t.run(Command::RenewSession { session: 5, expires: ts(60) }).expect("renew");
+    t.run(Command::ExpireSessions { now: ts(55) }).expect("expire early");
+    assert_eq!(t.s.read().unwrap().session(5).unwrap(), Some(ts(60)));
+    t.run(Command::ExpireSessions { now: ts(61) }).expect("expire");
+    assert_eq!(t.s.read().unwrap().session(5).unwrap(), None);
+    t.run(Command::TouchSession { session: 6, expires: ts(90) }).expect("touch");
     t.run(Command::CloseSession { session: 6 }).expect("close");
-    assert_eq!(t.get(h.ino), None);
     assert!(t.s.read().unwrap().sessions().unwrap().is_empty());
+}
+
+/// Entries of earlier builds, which registered opens in the log, still apply: their
+/// release makes a kept inode an orphan, which the sweeper then frees.
+#[test]
+fn open_and_release_entries_of_earlier_builds_still_apply() {
+    let t = T::new();
+    let f = t.attr(Command::Create {
+        parent: ROOT,
+        name: "held".into(),
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        exclusive: true,
+        now: ts(2),
+        open: Some((9, ts(50))),
+    });
+    t.commit(f.ino, 0, 0, &[(3, 100)], 100);
+    t.run(Command::OpenFile { ino: f.ino, session: 8, expires: ts(50) }).expect("open");
+    assert_eq!(t.s.read().unwrap().session(9).unwrap(), Some(ts(50)), "the session started");
+    t.hold(f.ino, 9);
+    t.run(Command::Unlink { parent: ROOT, name: "held".into(), now: ts(3) }).expect("unlink");
+    t.run(Command::ReleaseFile { ino: f.ino, session: 8 }).expect("release");
+    assert_eq!(t.get(f.ino).expect("still held in the table").nlink, 0);
+    t.release(f.ino, 9);
+    assert_eq!(t.get(f.ino), None);
+    assert_eq!(t.gc(1), vec![BlockId(3)]);
+    assert!(matches!(
+        t.run(Command::OpenFile { ino: f.ino, session: 8, expires: ts(100) }),
+        Err(FsError::StaleInode { .. })
+    ));
 }
 
 #[test]
@@ -424,14 +487,18 @@ fn xattrs_create_replace_remove_limits_and_snapshot() {
     rm("user.b").expect("remove");
     assert!(matches!(rm("user.b"), Err(FsError::NoData { .. })));
 
-    // Snapshots carry xattrs and open files.
-    t.run(Command::OpenFile { ino: f.ino, session: 3, expires: ts(40) }).expect("open");
+    // Snapshots carry xattrs, sessions and orphans.
+    t.run(Command::TouchSession { session: 3, expires: ts(40) }).expect("session");
+    let g = t.create(ROOT, "g");
+    t.hold(g.ino, 3);
+    t.run(Command::Unlink { parent: ROOT, name: "g".into(), now: ts(22) }).expect("unlink g");
     let (blob, _, m) = t.s.dump().expect("dump");
     let copy = StateStore::in_memory().expect("store");
     copy.install(&blob, None, &m).expect("install");
     let r = copy.read().unwrap();
     assert_eq!(r.xattr(f.ino, "user.a").unwrap(), Some(b"2".to_vec()));
     assert_eq!(r.sessions().unwrap(), vec![(3, ts(40))]);
+    assert_eq!(r.orphans(10).unwrap(), vec![g.ino]);
     drop(r);
     // Freeing the inode drops its xattrs.
     t.run(Command::CloseSession { session: 3 }).expect("close");
@@ -484,11 +551,10 @@ fn locks_conflict_between_sessions_and_end_with_release_session_and_inode() {
     });
     assert!(matches!(conflicting, Err(FsError::LockConflict { .. })), "{conflicting:?}");
     // The last release of the inode by session 1 drops its locks on it.
-    t.run(Command::OpenFile { ino: f.ino, session: 1, expires: ts(50) }).expect("open");
     t.run(Command::ReleaseFile { ino: f.ino, session: 1 }).expect("release");
     lock(2, 0, 99, Some(Write)).expect("free after session 1 released the file");
     // Closing (or expiring) a session drops all its locks.
-    t.run(Command::OpenFile { ino: f.ino, session: 2, expires: ts(50) }).expect("open");
+    t.run(Command::TouchSession { session: 2, expires: ts(50) }).expect("session");
     t.run(Command::CloseSession { session: 2 }).expect("close");
     lock(3, 0, u64::MAX, Some(Write)).expect("free after session 2 closed");
     // Freeing the inode forgets its locks; a lock on a gone inode is stale.
@@ -523,27 +589,6 @@ fn many_replica_updates_in_one_entry_apply_like_single_ones() {
     assert!(!replicas(&t, 8).contains(&NodeId(1)) && replicas(&t, 8).contains(&NodeId(3)));
     assert_eq!(t.gc(1), vec![BlockId(8)], "the dropped copy is queued for deletion");
     assert_eq!(t.gc(4), vec![BlockId(99)]);
-}
-
-#[test]
-fn create_with_an_open_session_holds_the_new_file_open() {
-    let t = T::new();
-    let f = t.attr(Command::Create {
-        parent: ROOT,
-        name: "held".into(),
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        exclusive: true,
-        now: ts(2),
-        open: Some((9, ts(50))),
-    });
-    t.commit(f.ino, 0, 0, &[(3, 100)], 100);
-    t.run(Command::Unlink { parent: ROOT, name: "held".into(), now: ts(3) }).expect("unlink");
-    assert_eq!(t.get(f.ino).expect("kept while held").nlink, 0);
-    t.run(Command::ReleaseFile { ino: f.ino, session: 9 }).expect("release");
-    assert_eq!(t.get(f.ino), None);
-    assert_eq!(t.gc(1), vec![BlockId(3)]);
 }
 
 #[test]
