@@ -289,3 +289,54 @@ async fn with_a_majority_down_clients_fail_clearly_within_the_deadline() {
         assert!(msg.contains("leader") || msg.contains("quorum"), "{what}: {msg}");
     }
 }
+
+/// Open files live in the leader's memory. After the leader dies, a mount (here its
+/// native calls) is asked to register what it holds with the new leader: a file it holds
+/// open, unlinked before the failover, keeps its bytes while the new leader frees an
+/// unlinked file that nobody holds; the held one goes with its last release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_held_open_across_a_leader_failover_keeps_its_data_until_released() {
+    let opts = ClusterOpts { meta_servers: 3, ..ClusterOpts::default() };
+    let mut c = ProcessCluster::start(bins(), opts).await;
+    let client = c.client();
+    let session = distfs_client::session::new_session_id();
+    // What a mount does when it starts: register (nothing yet) with the leader.
+    assert!(client.hold_files(session, &[]).await.unwrap().is_empty());
+
+    let held_bytes = random_bytes(3 << 20, 1);
+    let held = client.create(InodeId::ROOT, "held", 0o644, true).await.unwrap();
+    client.write_at(held.ino, 0, &held_bytes).await.unwrap();
+    let loose = client.create(InodeId::ROOT, "loose", 0o644, true).await.unwrap();
+    client.write_at(loose.ino, 0, &random_bytes(1 << 20, 2)).await.unwrap();
+    client.open_file(held.ino, session).await.unwrap();
+    client.unlink(InodeId::ROOT, "held").await.unwrap();
+
+    let leader = c.meta_leader().await.expect("a leader");
+    c.kill_meta_server(leader);
+    wait_for("a new metadata leader", Duration::from_secs(30), || async {
+        c.meta_leader().await.filter(|l| *l != leader)
+    })
+    .await;
+    // Unlinked under the new leader: nobody holds it.
+    client.unlink(InodeId::ROOT, "loose").await.unwrap();
+    assert!(client.renew_session(session).await.unwrap(), "the new leader asks for the session's open files");
+    assert!(client.hold_files(session, &[held.ino]).await.unwrap().is_empty(), "the held file still exists");
+    assert!(!client.renew_session(session).await.unwrap(), "asked once per leader");
+
+    let gone = |ino: InodeId| {
+        let client = &client;
+        async move {
+            match client.read_at(ino, 0, 1).await {
+                Err(ClientError::Fs(FsError::StaleInode { .. } | FsError::NotFound { .. })) => Some(()),
+                _ => None,
+            }
+        }
+    };
+    wait_for("the unheld orphan is freed", Duration::from_secs(30), || gone(loose.ino)).await;
+    let got = client.read_at(held.ino, 0, u64::MAX).await.expect("the held file is readable");
+    assert!(got[..] == held_bytes[..], "the held file kept its bytes");
+
+    client.release_file(held.ino, session).await.unwrap();
+    wait_for("the released orphan is freed", Duration::from_secs(30), || gone(held.ino)).await;
+    client.close_session(session).await.unwrap();
+}
