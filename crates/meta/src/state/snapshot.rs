@@ -10,6 +10,8 @@ const DUMP_V1: u8 = 1;
 const DUMP_V2: u8 = 2;
 /// Version 2 followed by the `DedupDump` blob (issue 10).
 const DUMP_V3: u8 = 3;
+/// Version 3 followed by the `OnceDump` blob (stored results of writes, node tokens).
+const DUMP_V4: u8 = 4;
 
 /// All state tables, raw values (each already versioned by `enc`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +29,8 @@ pub struct Dump {
     pub ext: ExtDump,
     #[serde(skip)]
     pub dedup: super::dedup::DedupDump,
+    #[serde(skip)]
+    pub once: super::once::OnceDump,
 }
 
 macro_rules! dump_table {
@@ -40,6 +44,13 @@ macro_rules! dump_table {
         }
         out
     }};
+}
+
+/// Decodes the next section of a dump and moves past it.
+fn section<T: DeserializeOwned>(rest: &mut &[u8]) -> FsResult<T> {
+    let (v, after) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+    *rest = after;
+    Ok(v)
 }
 
 impl Dump {
@@ -56,32 +67,33 @@ impl Dump {
             meta: dump_table!(txn, META, |k, v| (k.to_string(), v.to_vec())),
             ext: ExtDump::read(txn)?,
             dedup: super::dedup::DedupDump::read(txn)?,
+            once: super::once::OnceDump::read(txn)?,
         })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![DUMP_V3];
+        let mut out = vec![DUMP_V4];
         out.extend(postcard::to_stdvec(self).expect("postcard encoding of a dump"));
         out.extend(postcard::to_stdvec(&self.ext).expect("postcard encoding of a dump"));
         out.extend(postcard::to_stdvec(&self.dedup).expect("postcard encoding of a dump"));
+        out.extend(postcard::to_stdvec(&self.once).expect("postcard encoding of a dump"));
         out
     }
 
     pub fn from_bytes(b: &[u8]) -> FsResult<Dump> {
         match b.split_first() {
-            Some((&DUMP_V1, rest)) => postcard::from_bytes(rest).map_err(|e| decode_err("snapshot", e)),
-            Some((&DUMP_V2, rest)) => {
-                let (mut d, ext): (Dump, &[u8]) =
-                    postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                d.ext = postcard::from_bytes(ext).map_err(|e| decode_err("snapshot", e))?;
-                Ok(d)
-            }
-            Some((&DUMP_V3, rest)) => {
-                let (mut d, rest): (Dump, &[u8]) =
-                    postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                let (ext, rest) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                d.ext = ext;
-                d.dedup = postcard::from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+            Some((&v, mut rest)) if (DUMP_V1..=DUMP_V4).contains(&v) => {
+                // Each version appends one section to the previous version's.
+                let mut d: Dump = section(&mut rest)?;
+                if v >= DUMP_V2 {
+                    d.ext = section(&mut rest)?;
+                }
+                if v >= DUMP_V3 {
+                    d.dedup = section(&mut rest)?;
+                }
+                if v >= DUMP_V4 {
+                    d.once = section(&mut rest)?;
+                }
                 Ok(d)
             }
             Some((v, _)) => Err(decode_err("snapshot", format!("unknown snapshot version {v}"))),
@@ -145,7 +157,8 @@ impl Dump {
         }
         drop(t);
         self.ext.install(txn)?;
-        self.dedup.install(txn)
+        self.dedup.install(txn)?;
+        self.once.install(txn)
     }
 }
 
