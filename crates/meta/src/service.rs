@@ -196,7 +196,9 @@ impl Service {
     /// write proposes carries the write's request id, so it is applied at most once.
     pub async fn write(&self, cmd: Command) -> FsResult<CommandResult> {
         let cmd = match ONCE.try_with(|k| k.take()).ok().flatten() {
-            Some(k) => Command::Once { client: k.client, slot: k.slot, seq: k.seq, now: Timestamp::now(), cmd: Box::new(cmd) },
+            Some(k) => {
+                Command::Once { client: k.client, slot: k.slot, seq: k.seq, now: Timestamp::now(), cmd: Box::new(cmd) }
+            }
             None => cmd,
         };
         match self.raft.client_write(cmd).await {

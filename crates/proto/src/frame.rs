@@ -301,7 +301,7 @@ mod tests {
         b[4] = 9;
         match read_all(&b).await {
             Err(ReadError::Proto(e @ ProtoError::UnsupportedVersion { peer: 9, .. })) => {
-                assert_eq!(e.to_string(), "peer speaks protocol v9, this side speaks v2..v2");
+                assert_eq!(e.to_string(), "peer speaks protocol v9, this side speaks v3..v3");
             }
             other => panic!("{other:?}"),
         }

@@ -105,13 +105,19 @@ pub fn applied(r: &redb::ReadTransaction, key: OnceKey) -> FsResult<Option<FsRes
 }
 
 /// Stores the result of the write `key`, applied at `now`, and drops idle clients.
-pub(super) fn record(txn: &WriteTransaction, key: OnceKey, now: Timestamp, result: &FsResult<CommandResult>) -> FsResult<()> {
+pub(super) fn record(
+    txn: &WriteTransaction,
+    key: OnceKey,
+    now: Timestamp,
+    result: &FsResult<CommandResult>,
+) -> FsResult<()> {
     if matches!(result, Err(e) if e.retry() != distfs_types::error::Retry::Never) {
         return Ok(());
     }
     let mut value = enc(&Completed { seq: key.seq, result: result.clone() });
     if value.len() > MAX_RESULT {
-        let reason = format!("the result of request {}/{} ({} bytes) was too large to keep", key.client, key.seq, value.len());
+        let reason =
+            format!("the result of request {}/{} ({} bytes) was too large to keep", key.client, key.seq, value.len());
         value = enc(&Completed { seq: key.seq, result: Err(FsError::internal(reason)) });
     }
     let mut results = txn.open_table(RESULTS).map_err(db_err)?;

@@ -28,16 +28,7 @@ fn once(client: u64, slot: u32, seq: u64, at: i64, cmd: Command) -> Command {
 }
 
 fn create(name: &str, exclusive: bool) -> Command {
-    Command::Create {
-        parent: ROOT,
-        name: name.into(),
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        exclusive,
-        now: ts(2),
-        open: None,
-    }
+    Command::Create { parent: ROOT, name: name.into(), perm: 0o644, uid: 0, gid: 0, exclusive, now: ts(2), open: None }
 }
 
 fn names(s: &StateStore) -> Vec<String> {
