@@ -160,6 +160,7 @@ async fn a_node_whose_registration_answers_are_lost_ends_with_one_id() {
     })
     .await;
     proxy.lose_answers(0);
+    eprintln!("{} registration answers lost", proxy.lost());
     c.wait_nodes_up(4).await;
     let id = distfs_testkit::wait_for("the node's stored id", Duration::from_secs(10), || async { c.node_id(i) }).await;
     let nodes = c.client().cluster_status().await.unwrap().nodes;
