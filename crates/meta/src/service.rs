@@ -425,16 +425,20 @@ impl Service {
     /// would now fail (a retried `NodeRemove` finds no node). `None`: run the handler
     /// (not applied yet, or a request whose answer only its handler builds; the command
     /// it proposes is still applied at most once).
-    fn replay(&self, key: crate::state::once::OnceKey, req: &MetaRequest) -> FsResult<Option<MetaResponse>> {
+    fn replay(&self, key: crate::state::once::OnceKey, req: &MetaRequest) -> FsResult<Option<FsResult<MetaResponse>>> {
         use distfs_proto::SnapshotOp;
         let Some(result) = crate::state::once::applied(&self.store.read()?, key)? else { return Ok(None) };
-        Ok(match (req, result?) {
-            (MetaRequest::Snapshot(SnapshotOp::Delete { .. }), _) => Some(MetaResponse::Snapshots(Vec::new())),
-            (MetaRequest::Snapshot(_) | MetaRequest::NodeDrain { .. } | MetaRequest::RegisterNode { .. }, _) => None,
-            (_, CommandResult::Attr(a)) => Some(MetaResponse::Attr(a)),
-            (_, CommandResult::Done) => Some(MetaResponse::Done),
-            (_, CommandResult::Registered(node)) => Some(MetaResponse::Registered { node }),
-        })
+        let answer = match (req, result) {
+            (_, Err(e)) => Err(e),
+            (MetaRequest::Snapshot(SnapshotOp::Delete { .. }), Ok(_)) => Ok(MetaResponse::Snapshots(Vec::new())),
+            (MetaRequest::Snapshot(_) | MetaRequest::NodeDrain { .. } | MetaRequest::RegisterNode { .. }, _) => {
+                return Ok(None)
+            }
+            (_, Ok(CommandResult::Attr(a))) => Ok(MetaResponse::Attr(a)),
+            (_, Ok(CommandResult::Done)) => Ok(MetaResponse::Done),
+            (_, Ok(CommandResult::Registered(node))) => Ok(MetaResponse::Registered { node }),
+        };
+        Ok(Some(answer))
     }
 
     pub(crate) fn node_infos(&self, r: &impl Reader) -> FsResult<Vec<NodeInfo>> {
@@ -779,7 +783,7 @@ impl Handler for MetaHandler {
                 let resp = match replayed {
                     Some(answer) => {
                         span.in_scope(|| tracing::debug!("retried write answered from its stored result"));
-                        Ok(answer)
+                        answer
                     }
                     None => {
                         let handled = self.0.handle_meta(m, Some(req.peer)).instrument(span.clone());
