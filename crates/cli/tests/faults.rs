@@ -137,3 +137,34 @@ async fn a_flipped_byte_on_disk_is_detected_reported_and_read_around() {
     let got = c.client().read_at(f.ino, 0, u64::MAX).await.unwrap();
     assert!(got[..] == data[..]);
 }
+
+/// A new storage node's registration answers are lost, for longer than one registration
+/// call retries (its answer-less attempts were committed), so it registers again with a
+/// new call: it still ends with one id, the one it stored, and no ghost id is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_registration_answers_are_lost_ends_with_one_id() {
+    let mut c = cluster().await;
+    c.wait_nodes_up(3).await;
+    let proxy = distfs_testkit::proxy::LossyProxy::start(c.meta_addr().to_string()).await;
+    proxy.lose_answers(usize::MAX);
+    let i = c.add_storage_via(&[proxy.addr().to_string()]);
+    // The node's registration call gives up after its deadline (1 s at a 300 ms heartbeat
+    // interval) and the node registers again: wait until it says so.
+    distfs_testkit::wait_for("a failed registration call", Duration::from_secs(20), || async {
+        c.log(&format!("storage-{i}")).contains("cannot register with the metadata service").then_some(())
+    })
+    .await;
+    distfs_testkit::wait_for("another lost answer", Duration::from_secs(20), || async {
+        let n = proxy.lost();
+        (n >= 3).then_some(n)
+    })
+    .await;
+    proxy.lose_answers(0);
+    eprintln!("{} registration answers lost", proxy.lost());
+    c.wait_nodes_up(4).await;
+    let id = distfs_testkit::wait_for("the node's stored id", Duration::from_secs(10), || async { c.node_id(i) }).await;
+    let nodes = c.client().cluster_status().await.unwrap().nodes;
+    let listed: Vec<_> = nodes.iter().map(|n| (n.id, n.addr.clone(), n.state)).collect();
+    assert_eq!(nodes.len(), 4, "one id per node, got {listed:?}");
+    assert!(nodes.iter().any(|n| n.id == id && n.state == NodeState::Up), "{id} up in {listed:?}");
+}

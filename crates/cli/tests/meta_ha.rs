@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use distfs_client::{Client, ClientError};
 use distfs_testkit::meta_cluster::MetaCluster;
+use distfs_testkit::proxy::LossyProxy;
 use distfs_testkit::{wait_for, ClusterOpts, ProcessCluster};
 use distfs_types::{FsError, InodeId};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -339,4 +340,58 @@ async fn a_file_held_open_across_a_leader_failover_keeps_its_data_until_released
     client.release_file(held.ino, session).await.unwrap();
     wait_for("the released orphan is freed", Duration::from_secs(30), || gone(held.ino)).await;
     client.close_session(session).await.unwrap();
+}
+
+/// The answer of a committed write is lost (the proxy in front of the leader closes the
+/// connection instead of forwarding it) and the client retries: every call returns
+/// success and the namespace is as if each ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_whose_answers_are_lost_succeed_once_when_retried() {
+    let mc = MetaCluster::start(3, |_| {}).await;
+    let leader = mc.leader(Duration::from_secs(20)).await;
+    let proxy = LossyProxy::start(mc.addr(leader)).await;
+    let c = mc.client_of(vec![proxy.addr().to_string()], Duration::from_secs(15));
+    let root = InodeId::ROOT;
+    let lossy = |what: &'static str| {
+        proxy.lose_answers(1);
+        what
+    };
+    let what = lossy("exclusive create");
+    let f = c.create(root, "f", 0o644, true).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let what = lossy("mkdir");
+    let d = c.mkdir(root, "d", 0o755).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let what = lossy("rename");
+    c.rename(root, "f", d.ino, "g", distfs_proto::RenameMode::Replace).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    c.create(root, "h", 0o644, true).await.unwrap();
+    let what = lossy("unlink");
+    c.unlink(root, "h").await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(proxy.lost(), 4, "every lossy call lost one answer");
+
+    let direct = mc.client();
+    let names = |v: Vec<distfs_types::DirEntry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
+    assert_eq!(names(direct.readdir(root).await.unwrap()), ["d"]);
+    assert_eq!(names(direct.readdir(d.ino).await.unwrap()), ["g"]);
+    assert_eq!(direct.lookup(d.ino, "g").await.unwrap().ino, f.ino, "the file created once, moved once");
+
+    // Two attempts of one write in flight at once (the retry overtakes the first): one
+    // answer for both, one directory.
+    let rpc = distfs_proto::RpcClient::default();
+    let once = distfs_proto::MetaRequest::Once {
+        client: 42,
+        slot: 0,
+        seq: 1,
+        req: Box::new(distfs_proto::MetaRequest::Mkdir {
+            parent: root,
+            name: "twice".into(),
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+        }),
+    };
+    let addr = mc.addr(leader);
+    let (a, b) = tokio::join!(rpc.meta(&addr, &once, None), rpc.meta(&addr, &once, None));
+    let (a, b) = (a.expect("first attempt"), b.expect("second attempt"));
+    assert_eq!(a, b);
+    let listing = names(direct.readdir(root).await.unwrap());
+    assert_eq!(listing, ["d", "twice"]);
 }

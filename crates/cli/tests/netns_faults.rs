@@ -462,31 +462,19 @@ async fn check_files(c: &ProcessCluster, acked: &[(String, usize)]) {
 }
 
 /// Every referenced block has R listed copies, all on up nodes and present on their disks;
-/// fsck is clean (no under-replicated, missing or corrupt block).
-///
-/// KNOWN BUG, not fixed here (see docs/ARCHITECTURE.md, "Bugs it found"): a storage node's
-/// first registration is not idempotent. When its answer is lost (an attempt timeout on a
-/// slow leader, a cut link) the retry registers again and gets a new id; the first id stays
-/// in the registry with the same address, is up during its grace period and can be given
-/// block copies, which land on the real node under another id, then turns dead. A copy
-/// listed on such a ghost (a dead node whose address an up node has) is tolerated and
-/// counted; every other listed copy must be on an up node, on its disk, and exactly R.
-async fn check_blocks(c: &ProcessCluster) -> Result<(usize, usize, usize, usize), String> {
+/// fsck is clean (no under-replicated, missing or corrupt block); and every storage node
+/// has exactly one id (a registration whose answer was lost does not leave a ghost id).
+async fn check_blocks(c: &ProcessCluster) -> Result<(usize, usize), String> {
     let client = c.client();
     let status = client.cluster_status().await.map_err(|e| format!("cluster status: {e}"))?;
     let up: BTreeSet<_> = status.nodes.iter().filter(|n| n.state == NodeState::Up).map(|n| n.id).collect();
     if up.len() != STORAGE {
         return Err(format!("{} of {STORAGE} storage nodes up", up.len()));
     }
-    let up_addrs: BTreeSet<&str> =
-        status.nodes.iter().filter(|n| n.state == NodeState::Up).map(|n| n.addr.as_str()).collect();
-    let ghosts: BTreeSet<_> = status
-        .nodes
-        .iter()
-        .filter(|n| n.state != NodeState::Up && up_addrs.contains(n.addr.as_str()))
-        .map(|n| n.id)
-        .collect();
-    let mut ghost_copies = 0;
+    if status.nodes.len() != STORAGE {
+        let ids: Vec<String> = status.nodes.iter().map(|n| format!("{}@{} {:?}", n.id, n.addr, n.state)).collect();
+        return Err(format!("{} node ids for {STORAGE} storage nodes: {ids:?}", status.nodes.len()));
+    }
     let fsck = match client.admin(MetaRequest::Fsck { repair: false }).await {
         Ok(MetaResponse::Fsck(f)) => f,
         other => return Err(format!("fsck answered {other:?}")),
@@ -523,9 +511,7 @@ async fn check_blocks(c: &ProcessCluster) -> Result<(usize, usize, usize, usize)
                 return Err(format!("block {hex} of /w/{name} is on no node's disk (listed on {:?})", b.replicas));
             }
             let listed_up = b.replicas.iter().filter(|r| up.contains(r)).count();
-            let on_ghosts = b.replicas.iter().filter(|r| ghosts.contains(r)).count();
-            ghost_copies += on_ghosts;
-            if b.replicas.len() - on_ghosts != R || listed_up != R {
+            if b.replicas.len() != R || listed_up != R {
                 let nodes: Vec<String> =
                     status.nodes.iter().map(|n| format!("{}@{} {:?} {:?}", n.id, n.addr, n.state, n.admin)).collect();
                 return Err(format!(
@@ -534,12 +520,12 @@ async fn check_blocks(c: &ProcessCluster) -> Result<(usize, usize, usize, usize)
                     b.replicas
                 ));
             }
-            if let Some(r) = b.replicas.iter().find(|r| !ghosts.contains(r) && !on_disk.contains(r)) {
+            if let Some(r) = b.replicas.iter().find(|r| !on_disk.contains(r)) {
                 return Err(format!("block {hex} of /w/{name} is listed on node {r} but not on its disk"));
             }
         }
     }
-    Ok((files.len(), blocks, ghosts.len(), ghost_copies))
+    Ok((files.len(), blocks))
 }
 
 /// Every metadata replica reaches the same applied index with the same state digest.
@@ -636,7 +622,7 @@ async fn campaign(net: &Net, seed: u64, rounds: usize, steps: usize) {
         let new = acked_now.len() - before;
         assert!(new >= 3, "round {round}: only {new} writes were acknowledged; the workload did not run");
         check_files(&c, &acked_now).await;
-        let (files, blocks, ghosts, ghost_copies) =
+        let (files, blocks) =
             converge("every block at R copies on up nodes and on disk, fsck clean", Duration::from_secs(90), || {
                 check_blocks(&c)
             })
@@ -645,7 +631,7 @@ async fn campaign(net: &Net, seed: u64, rounds: usize, steps: usize) {
             converge("every metadata replica at one applied index", Duration::from_secs(30), || check_replicas(&c))
                 .await;
         eprintln!(
-            "[{:5.1}s] round {round} ok: leader {leader}; {} acknowledged ({new} new), {} not; {files} files, {blocks} blocks at R={R}; {ghosts} ghost registration(s) with {ghost_copies} listed copies (known bug); replicas at index {index}, state crc32c {digest}",
+            "[{:5.1}s] round {round} ok: leader {leader}; {} acknowledged ({new} new), {} not; {files} files, {blocks} blocks at R={R}, one id per node; replicas at index {index}, state crc32c {digest}",
             t0.elapsed().as_secs_f64(),
             acked_now.len(),
             failed.lock().unwrap()

@@ -59,6 +59,12 @@ pub(crate) struct Service {
     opens: Mutex<crate::opens::OpenTable>,
 }
 
+tokio::task_local! {
+    /// The request id of the write being handled (`MetaRequest::Once`); the first
+    /// command it proposes takes it (`Service::write`).
+    static ONCE: std::cell::Cell<Option<crate::state::once::OnceKey>>;
+}
+
 pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
     FsError::NotLeader { leader: node.into().map(|n| n.addr) }
 }
@@ -190,8 +196,21 @@ impl Service {
         });
     }
 
-    /// Proposes a command and waits until it is applied.
+    /// Proposes a command and waits until it is applied. The first command a client's
+    /// write proposes carries the write's request id, so it is applied at most once.
     pub async fn write(&self, cmd: Command) -> FsResult<CommandResult> {
+        let cmd = match ONCE.try_with(|k| k.take()).ok().flatten() {
+            Some(k) => {
+                Command::Once { client: k.client, slot: k.slot, seq: k.seq, now: Timestamp::now(), cmd: Box::new(cmd) }
+            }
+            None => cmd,
+        };
+        self.write_unkeyed(cmd).await
+    }
+
+    /// Proposes an idempotent command a write needs before its own (a session's lease):
+    /// it does not take the write's request id.
+    pub(crate) async fn write_unkeyed(&self, cmd: Command) -> FsResult<CommandResult> {
         match self.raft.client_write(cmd).await {
             Ok(resp) => resp.data.0,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f.leader_node)),
@@ -361,8 +380,12 @@ impl Service {
                 self.kick();
                 Ok(MetaResponse::Done)
             }
-            MetaRequest::RegisterNode { node, addr, zone, capacity, used, blocks } => {
-                let res = self.write(Command::RegisterNode { node, addr, zone, capacity }).await?;
+            MetaRequest::RegisterNode { node, token, addr, zone, capacity, used, blocks } => {
+                let cmd = match token {
+                    Some(token) => Command::RegisterNodeToken { token, node, addr, zone, capacity },
+                    None => Command::RegisterNode { node, addr, zone, capacity },
+                };
+                let res = self.write(cmd).await?;
                 let CommandResult::Registered(id) = res else {
                     return Err(FsError::internal(format!("unexpected apply result {res:?}")));
                 };
@@ -426,7 +449,35 @@ impl Service {
             | MetaRequest::RemoveXattr { .. }) => self.handle_sessions_xattrs(req, now).await,
             MetaRequest::Snapshot(op) => self.snapshot(op, now).await,
             MetaRequest::Dedup(d) => self.handle_dedup(d, now).await,
+            MetaRequest::Once { .. } => Err(FsError::Protocol { reason: "a request id inside another".into() }),
         }
+    }
+
+    /// The answer to a retried write whose first attempt is applied already (in this
+    /// server's state), without running its handler again: the handler's own checks
+    /// would now fail (a retried `NodeRemove` finds no node). `None`: run the handler
+    /// (not applied yet, or a request whose answer only its handler builds; the command
+    /// it proposes is still applied at most once).
+    fn replay(&self, key: crate::state::once::OnceKey, req: &MetaRequest) -> FsResult<Option<FsResult<MetaResponse>>> {
+        use distfs_proto::SnapshotOp;
+        let Some(result) = crate::state::once::applied(&self.store.read()?, key)? else { return Ok(None) };
+        let answer = match (req, result) {
+            (_, Err(e)) => Err(e),
+            (MetaRequest::Snapshot(SnapshotOp::Delete { .. }), Ok(_)) => Ok(MetaResponse::Snapshots(Vec::new())),
+            // A create-and-open registers its open in the leader's memory: its handler
+            // runs again (its create answers from the stored result).
+            (
+                MetaRequest::Snapshot(_)
+                | MetaRequest::NodeDrain { .. }
+                | MetaRequest::RegisterNode { .. }
+                | MetaRequest::Create { open_session: Some(_), .. },
+                _,
+            ) => return Ok(None),
+            (_, Ok(CommandResult::Attr(a))) => Ok(MetaResponse::Attr(a)),
+            (_, Ok(CommandResult::Done)) => Ok(MetaResponse::Done),
+            (_, Ok(CommandResult::Registered(node))) => Ok(MetaResponse::Registered { node }),
+        };
+        Ok(Some(answer))
     }
 
     pub(crate) fn node_infos(&self, r: &impl Reader) -> FsResult<Vec<NodeInfo>> {
@@ -670,6 +721,7 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         | R::Snapshot(_) => tracing::debug_span!("meta", op = op_name(req)),
         R::RemoveMetaServer { id } => tracing::debug_span!("meta", op = "meta_remove", server = id),
         R::Dedup(_) => tracing::debug_span!("meta", op = op_name(req)),
+        R::Once { req, .. } => describe(req),
         R::BlockReport { node, .. }
         | R::NodeDrain { node, .. }
         | R::NodeRemove { node }
@@ -726,6 +778,7 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::Snapshot(_) => "snapshot",
         R::Dedup(distfs_proto::dedup::DedupRequest::Lookup { .. }) => "dedup_lookup",
         R::Dedup(distfs_proto::dedup::DedupRequest::CommitWrite { .. }) => "commit",
+        R::Once { req, .. } => op_name(req),
     }
 }
 
@@ -736,8 +789,16 @@ impl Handler for MetaHandler {
     async fn handle(&self, req: Incoming) -> Result<Reply, FsError> {
         match req.kind {
             Kind::Meta => {
-                let mut m: MetaRequest =
+                let m: MetaRequest =
                     distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
+                let (mut m, once) = match m {
+                    MetaRequest::Once { client, slot, seq, req } => {
+                        (*req, Some(crate::state::once::OnceKey { client, slot, seq }))
+                    }
+                    m => (m, None),
+                };
+                // Only writes are applied at most once; a read needs no id.
+                let once = once.filter(|_| m.is_write());
                 let span = describe(&m);
                 let op = op_name(&m);
                 let _in_flight = self.0.ops.begin();
@@ -745,15 +806,32 @@ impl Handler for MetaHandler {
                 let who = &req.identity;
                 let allowed = async {
                     crate::authz::check_role(who, &m)?;
-                    self.0.check_permissions(who, &m).await
+                    if let Some(key) = once {
+                        if let Some(answer) = self.0.replay(key, &m)? {
+                            return Ok(Some(answer));
+                        }
+                    }
+                    self.0.check_permissions(who, &m).await.map(|()| None)
                 };
-                if let Err(e) = allowed.instrument(span.clone()).await {
-                    span.in_scope(|| tracing::info!(identity = %who, error = %e, "request refused"));
-                    self.0.ops.ops.record(op, started.elapsed(), false);
-                    return Err(e);
-                }
+                let replayed = match allowed.instrument(span.clone()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        span.in_scope(|| tracing::info!(identity = %who, error = %e, "request refused"));
+                        self.0.ops.ops.record(op, started.elapsed(), false);
+                        return Err(e);
+                    }
+                };
                 crate::authz::own_inodes(who, &mut m);
-                let resp = self.0.handle_meta(m, Some(req.peer)).instrument(span.clone()).await;
+                let resp = match replayed {
+                    Some(answer) => {
+                        span.in_scope(|| tracing::debug!("retried write answered from its stored result"));
+                        answer
+                    }
+                    None => {
+                        let handled = self.0.handle_meta(m, Some(req.peer)).instrument(span.clone());
+                        ONCE.scope(std::cell::Cell::new(once), handled).await
+                    }
+                };
                 self.0.ops.ops.record(op, started.elapsed(), resp.is_ok());
                 match (op, &resp) {
                     ("heartbeat", Ok(_)) => self.0.ops.heartbeats.inc(),

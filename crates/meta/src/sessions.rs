@@ -130,7 +130,7 @@ impl Service {
     /// open, or its first after it expired): one log write per session, not per open.
     async fn ensure_session(&self, session: u64, now: Timestamp) -> FsResult<()> {
         if self.store.read()?.session(session)?.is_none() {
-            self.write(Command::TouchSession { session, expires: plus(now, SESSION_LEASE) }).await?;
+            self.write_unkeyed(Command::TouchSession { session, expires: plus(now, SESSION_LEASE) }).await?;
         }
         Ok(())
     }

@@ -105,6 +105,7 @@ async fn namespace_write_gc_and_restart_over_the_protocol() {
     for i in 0..3 {
         let req = MetaRequest::RegisterNode {
             node: None,
+            token: None,
             addr: format!("127.0.0.1:{}", 9000 + i),
             zone: format!("z{i}"),
             capacity: 1 << 40,
@@ -251,6 +252,7 @@ async fn silent_nodes_become_suspect_then_dead() {
     for i in 0..2 {
         let req = MetaRequest::RegisterNode {
             node: None,
+            token: None,
             addr: format!("127.0.0.1:{}", 9100 + i),
             zone: String::new(),
             capacity: 1 << 40,

@@ -296,9 +296,12 @@ pub enum MetaRequest {
         bad: BadReplica,
     },
     // --- node registry ----------------------------------------------------------------
-    /// A storage node announces itself; `node` is its id from an earlier registration.
+    /// A storage node announces itself; `node` is its id from an earlier registration,
+    /// `token` the random registration token kept in its data directory: the same token
+    /// always gets the same id (a registration whose answer was lost is not a new node).
     RegisterNode {
         node: Option<NodeId>,
+        token: Option<u128>,
         addr: String,
         zone: String,
         capacity: u64,
@@ -439,6 +442,58 @@ pub enum MetaRequest {
         inos: Vec<InodeId>,
         last: bool,
     },
+    /// A write (`MetaRequest::is_write`) with its request id: `MetaClient` sends every
+    /// attempt of one logical call with the same id, and the state machine applies it at
+    /// most once, answering a retry with the stored result. `slot` < `ONCE_SLOTS` is the
+    /// client's slot the call holds (one call per slot at a time); `seq` grows with every
+    /// call of the client.
+    Once {
+        client: u64,
+        slot: u32,
+        seq: u64,
+        req: Box<MetaRequest>,
+    },
+}
+
+/// Calls one `MetaClient` has in flight at most, each in its own slot; the metadata
+/// service keeps the last result of every slot of every client (`MetaRequest::Once`).
+pub const ONCE_SLOTS: u32 = 1024;
+
+impl MetaRequest {
+    /// True for the requests that change state through one Raft command, so that
+    /// `MetaClient` sends them in a `Once` envelope: applied twice they would answer
+    /// wrongly (`AlreadyExists` for a create retried after its answer was lost) or do
+    /// twice what was asked once (a commit's block references). Heartbeats, block reports
+    /// and `fsck` write idempotent commands (or several) and go without, as do opens,
+    /// releases, registrations of held files and lease renewals (leader memory, or a
+    /// lease moved forward: the same done twice).
+    pub fn is_write(&self) -> bool {
+        use crate::snapshots::SnapshotOp;
+        use MetaRequest as M;
+        match self {
+            M::SetAttr { .. }
+            | M::Mkdir { .. }
+            | M::Create { .. }
+            | M::Symlink { .. }
+            | M::Link { .. }
+            | M::Unlink { .. }
+            | M::Rmdir { .. }
+            | M::Rename { .. }
+            | M::CommitWrite { .. }
+            | M::ReportBadReplica { .. }
+            | M::RegisterNode { .. }
+            | M::NodeDrain { .. }
+            | M::NodeRemove { .. }
+            | M::NodeMaintenance { .. }
+            | M::CloseSession { .. }
+            | M::SetLock { .. }
+            | M::SetXattr { .. }
+            | M::RemoveXattr { .. }
+            | M::Dedup(crate::dedup::DedupRequest::CommitWrite { .. }) => true,
+            M::Snapshot(op) => !matches!(op, SnapshotOp::List),
+            _ => false,
+        }
+    }
 }
 
 /// Most inodes one `HoldFiles` may carry.

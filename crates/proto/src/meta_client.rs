@@ -2,13 +2,18 @@
 //! the leader, follows `NotLeader` hints, retries transient failures with capped
 //! exponential backoff, and gives up with a clear error after a deadline, so a caller
 //! never hangs on a cluster without a leader.
+//!
+//! Writes (`MetaRequest::is_write`) travel in a `MetaRequest::Once` envelope: the client's
+//! random id, the slot the call holds and a sequence number, the same on every attempt of
+//! one call, so a retry of a write whose first attempt was committed gets the stored
+//! result instead of being applied again. At most `ONCE_SLOTS` calls are in flight.
 
 use crate::conn::RpcClient;
 use crate::error::RpcError;
-use crate::messages::{MetaRequest, MetaResponse};
+use crate::messages::{MetaRequest, MetaResponse, ONCE_SLOTS};
 use distfs_types::error::Retry;
 use distfs_types::FsError;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -22,6 +27,47 @@ pub struct MetaClient {
     pub deadline: Duration,
     /// Deadline of one attempt.
     pub attempt_timeout: Duration,
+    once: Arc<Slots>,
+}
+
+/// The request ids of one client: its id, the free slots, the next sequence number.
+struct Slots {
+    client: u64,
+    next_seq: AtomicU64,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Free slots, the most recently freed last (reused first: the server keeps one
+    /// result per slot used, so few slots in use means a small table).
+    free: Mutex<Vec<u32>>,
+}
+
+/// A slot held by one call; freed when the call ends.
+struct Slot<'a> {
+    slots: &'a Slots,
+    slot: u32,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.slots.free.lock().expect("slots lock").push(self.slot);
+    }
+}
+
+impl Slots {
+    fn new() -> Slots {
+        Slots {
+            client: rand::random::<u64>(),
+            next_seq: AtomicU64::new(1),
+            permits: Arc::new(tokio::sync::Semaphore::new(ONCE_SLOTS as usize)),
+            free: Mutex::new((0..ONCE_SLOTS).rev().collect()),
+        }
+    }
+
+    async fn acquire(&self) -> Slot<'_> {
+        let permit = self.permits.clone().acquire_owned().await.expect("the slot semaphore is never closed");
+        let slot = self.free.lock().expect("slots lock").pop().expect("a permit guarantees a free slot");
+        Slot { slots: self, slot, _permit: permit }
+    }
 }
 
 impl MetaClient {
@@ -32,7 +78,13 @@ impl MetaClient {
             leader: Arc::new(AtomicUsize::new(0)),
             deadline: Duration::from_secs(15),
             attempt_timeout: Duration::from_secs(10),
+            once: Arc::new(Slots::new()),
         }
+    }
+
+    /// The random id this client's writes carry (`MetaRequest::Once`).
+    pub fn client_id(&self) -> u64 {
+        self.once.client
     }
 
     pub fn with_deadline(mut self, deadline: Duration) -> MetaClient {
@@ -57,8 +109,19 @@ impl MetaClient {
     }
 
     /// Sends `req` to the leader, following hints and retrying until `deadline`.
-    /// Remote errors that retrying cannot fix are returned at once.
+    /// Remote errors that retrying cannot fix are returned at once. A write is sent with
+    /// one request id on every attempt, so it is applied at most once.
     pub async fn call(&self, req: &MetaRequest) -> Result<MetaResponse, RpcError> {
+        if !req.is_write() {
+            return self.attempts(req).await;
+        }
+        let slot = self.once.acquire().await;
+        let seq = self.once.next_seq.fetch_add(1, Ordering::Relaxed);
+        let once = MetaRequest::Once { client: self.once.client, slot: slot.slot, seq, req: Box::new(req.clone()) };
+        self.attempts(&once).await
+    }
+
+    async fn attempts(&self, req: &MetaRequest) -> Result<MetaResponse, RpcError> {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(20);
         let mut attempt = 0u32;

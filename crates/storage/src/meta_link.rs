@@ -1,5 +1,6 @@
 //! The node's link to the metadata service: registration (retried with backoff while the
-//! service is unreachable; the issued id is persisted and reused) and the heartbeat loop,
+//! service is unreachable; the issued id is persisted and reused, and the node's token
+//! makes a registration whose answer was lost get the same id) and the heartbeat loop,
 //! which carries capacity, usage and load, executes the garbage-collection deletes the
 //! answer asks for and acknowledges them in the next heartbeat.
 
@@ -30,6 +31,8 @@ pub(crate) struct MetaLink {
     interval: Duration,
     data_dir: PathBuf,
     previous: Option<NodeId>,
+    /// The registration token (`node_id::token`).
+    token: u128,
     shared: Arc<Shared>,
     disk: Arc<dyn Disk>,
     last_stats: StoreStats,
@@ -42,7 +45,7 @@ impl MetaLink {
     pub fn new(
         config: &StorageConfig,
         advertise: String,
-        previous: Option<NodeId>,
+        (previous, token): (Option<NodeId>, u128),
         shared: Arc<Shared>,
         disk: Arc<dyn Disk>,
     ) -> MetaLink {
@@ -64,6 +67,7 @@ impl MetaLink {
             interval,
             data_dir: config.data_dir.clone(),
             previous,
+            token,
             last_stats: StoreStats { capacity: 0, used: shared.store.used(), blocks: shared.store.block_count() },
             shared,
             disk,
@@ -183,6 +187,7 @@ impl MetaLink {
         let st = self.stats().await;
         let req = MetaRequest::RegisterNode {
             node: self.previous,
+            token: Some(self.token),
             addr: self.advertise.clone(),
             zone: self.zone.clone(),
             capacity: st.capacity,

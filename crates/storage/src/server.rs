@@ -104,6 +104,7 @@ impl StorageNode {
         };
         let (store, _report) = BlockStore::open(opts, disk.clone()).await?;
         let previous = node_id::load(&*disk, &config.data_dir)?;
+        let token = node_id::token(&*disk, &config.data_dir)?;
         let tls_err = |e: distfs_proto::TlsError| StorageError::Config { key: "tls", reason: e.to_string() };
         let server_transport = config.tls.server_transport(&config.compression).map_err(tls_err)?;
         let transport = config.tls.client_transport(PeerKind::Storage, &config.compression).map_err(tls_err)?;
@@ -175,7 +176,7 @@ impl StorageNode {
             let (s, c) = (store.clone(), cancel.clone());
             spawn_named(&tasks, "batch-syncer", async move { s.run_syncer(c).await });
         }
-        let link = MetaLink::new(&config, advertise.clone(), previous, shared.clone(), disk);
+        let link = MetaLink::new(&config, advertise.clone(), (previous, token), shared.clone(), disk);
         spawn_named(&tasks, "meta-link", link.run(cancel.clone()));
         if config.scrub_bandwidth.0 > 0 {
             let scrub = crate::scrub::Scrubber::new(&config, shared.clone());

@@ -47,6 +47,10 @@ impl Handler for FakeMeta {
         }
         let r: MetaRequest =
             distfs_proto::decode(&req.header).map_err(|e| FsError::Protocol { reason: e.to_string() })?;
+        let r = match r {
+            MetaRequest::Once { req, .. } => *req,
+            r => r,
+        };
         let resp = self.with(|s| match r {
             MetaRequest::RegisterNode { node, addr, .. } => {
                 s.registrations.push((node, addr));

@@ -7,6 +7,7 @@
 pub mod meta_cluster;
 pub mod net;
 pub mod netns;
+pub mod proxy;
 
 use distfs_client::{Client, ClientConfig};
 use distfs_types::{NodeInfo, NodeState};
@@ -313,6 +314,11 @@ impl ProcessCluster {
     }
 
     fn write_storage_config(&mut self, i: usize) {
+        let meta = self.meta_addrs.clone();
+        self.write_storage_config_via(i, &meta);
+    }
+
+    fn write_storage_config_via(&mut self, i: usize, meta: &[String]) {
         let host = self.opts.hosts.as_ref().map(|h| h.storage[i].ip.clone());
         if self.storage_http.len() <= i {
             self.storage_http.push(match &host {
@@ -322,7 +328,7 @@ impl ProcessCluster {
         }
         let listen = host.map(|ip| format!("{ip}:7500")).unwrap_or_else(|| "127.0.0.1:0".into());
         let o = &self.opts;
-        let meta_list: Vec<String> = self.meta_addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        let meta_list: Vec<String> = meta.iter().map(|a| format!("\"{a}\"")).collect();
         let s = format!(
             "listen = \"{listen}\"\nhttp_addr = \"{}\"\ndata_dir = \"{}\"\nmeta = [{}]\nzone = \"zone-{i}\"\nsync = \"{}\"\nheartbeat_interval = \"{}\"\nreserve = \"0\"\n{}\n{}",
             self.storage_http[i],
@@ -338,8 +344,14 @@ impl ProcessCluster {
 
     /// Adds and starts one more storage node (a join); returns its index.
     pub fn add_storage(&mut self) -> usize {
+        let meta = self.meta_addrs.clone();
+        self.add_storage_via(&meta)
+    }
+
+    /// `add_storage` with the node reaching the metadata service at `meta` (a proxy).
+    pub fn add_storage_via(&mut self, meta: &[String]) -> usize {
         let i = self.storage.len();
-        self.write_storage_config(i);
+        self.write_storage_config_via(i, meta);
         self.storage.push(None);
         self.start_storage(i);
         i

@@ -9,6 +9,7 @@ mod heal;
 pub mod invariants;
 pub(crate) mod locks;
 mod namespace;
+pub mod once;
 pub(crate) mod open_files;
 mod read;
 mod snapshot;
@@ -306,6 +307,23 @@ pub enum Command {
         session: u64,
         expires: Timestamp,
     },
+    /// A client's write with its request id, applied at most once (`once.rs`); `now`
+    /// (the leader's) dates the client's activity.
+    Once {
+        client: u64,
+        slot: u32,
+        seq: u64,
+        now: Timestamp,
+        cmd: Box<Command>,
+    },
+    /// `RegisterNode` with the node's registration token: the same token gets the same id.
+    RegisterNodeToken {
+        token: u128,
+        node: Option<NodeId>,
+        addr: String,
+        zone: String,
+        capacity: u64,
+    },
 }
 
 /// What a successfully applied command returns.
@@ -381,6 +399,11 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         Command::Dedup(c) => dedup::apply(txn, c),
         Command::FreeOrphans { inos, .. } => open_files::free_orphans(txn, inos),
         Command::TouchSession { session, expires } => open_files::touch_session(txn, *session, *expires),
+        Command::RegisterNodeToken { token, node, addr, zone, capacity } => {
+            once::register_node(txn, *token, *node, addr, zone, *capacity)
+        }
+        // `StateStore::apply_entry` unwraps the outer one.
+        Command::Once { .. } => Err(FsError::invalid("a request id inside another (nested `Once`)")),
     }
 }
 
@@ -434,6 +457,24 @@ pub(crate) fn del_inode(txn: &WriteTransaction, ino: InodeId) -> FsResult<()> {
     }
     xattr::remove_all(txn, ino)?;
     locks::drop_inode_locks(txn, ino)
+}
+
+/// Applies `cmd` in `txn`; when the command fails, `txn` is aborted and a fresh one
+/// begun (the failed command leaves no trace). The outer `Err` is a store failure.
+fn apply_or_abort(
+    txn: WriteTransaction,
+    cmd: &Command,
+    begin: impl Fn() -> FsResult<WriteTransaction>,
+) -> FsResult<(WriteTransaction, FsResult<CommandResult>)> {
+    let r = apply(&txn, cmd);
+    match &r {
+        Err(e @ FsError::Io { .. }) => Err(e.clone()),
+        Err(_) => {
+            txn.abort().map_err(db_err)?;
+            Ok((begin()?, r))
+        }
+        Ok(_) => Ok((txn, r)),
+    }
 }
 
 /// Durability of state-machine commits: the Raft log is the durable record; the state
@@ -520,6 +561,7 @@ impl StateStore {
             txn.open_table(XATTRS).map_err(s)?;
             txn.open_table(ORPHANS).map_err(s)?;
             dedup::create_tables(&txn).map_err(s)?;
+            once::create_tables(&txn).map_err(s)?;
         }
         check_schema(&txn)?;
         txn.commit().map_err(|e| MetaError::storage("init state db", e))?;
@@ -555,15 +597,23 @@ impl StateStore {
                 tracing::info!(?log_id, term, "orphan sweep of an earlier term ignored");
                 Some(Ok(CommandResult::Done))
             }
-            Some(c) => {
-                let r = apply(&txn, c);
-                if let Err(e) = &r {
-                    if matches!(e, FsError::Io { .. }) {
-                        return Err(e.clone());
+            Some(Command::Once { client, slot, seq, now, cmd }) => {
+                let key = once::OnceKey { client: *client, slot: *slot, seq: *seq };
+                let found = once::lookup(&txn.open_table(once::RESULTS).map_err(db_err)?, key)?;
+                Some(match found {
+                    once::Lookup::Done(r) => r,
+                    once::Lookup::Refused(e) => Err(e),
+                    once::Lookup::New => {
+                        let (t, r) = apply_or_abort(txn, cmd, begin)?;
+                        txn = t;
+                        once::record(&txn, key, *now, &r)?;
+                        r
                     }
-                    txn.abort().map_err(db_err)?;
-                    txn = begin()?;
-                }
+                })
+            }
+            Some(c) => {
+                let (t, r) = apply_or_abort(txn, c, begin)?;
+                txn = t;
                 Some(r)
             }
             None => None,

@@ -10,8 +10,10 @@ const DUMP_V1: u8 = 1;
 const DUMP_V2: u8 = 2;
 /// Version 2 followed by the `DedupDump` blob (issue 10).
 const DUMP_V3: u8 = 3;
-/// Version 3 followed by the orphan table.
+/// Version 3 followed by the `OnceDump` blob (stored results of writes, node tokens).
 const DUMP_V4: u8 = 4;
+/// Version 4 followed by the orphan table.
+const DUMP_V5: u8 = 5;
 
 /// All state tables, raw values (each already versioned by `enc`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,10 +31,11 @@ pub struct Dump {
     pub ext: ExtDump,
     #[serde(skip)]
     pub dedup: super::dedup::DedupDump,
-    /// The orphan table (version 4); `None` from an older dump, whose orphans are then
-    /// found among the inodes (nlink 0).
     #[serde(skip)]
-    pub orphans: Option<Vec<u64>>,
+    pub once: super::once::OnceDump,
+    /// The orphan table (version 5); from an older dump, the inodes with nlink 0.
+    #[serde(skip)]
+    pub orphans: Vec<u64>,
 }
 
 macro_rules! dump_table {
@@ -46,6 +49,13 @@ macro_rules! dump_table {
         }
         out
     }};
+}
+
+/// Decodes the next section of a dump and moves past it.
+fn section<T: DeserializeOwned>(rest: &mut &[u8]) -> FsResult<T> {
+    let (v, after) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
+    *rest = after;
+    Ok(v)
 }
 
 impl Dump {
@@ -62,45 +72,46 @@ impl Dump {
             meta: dump_table!(txn, META, |k, v| (k.to_string(), v.to_vec())),
             ext: ExtDump::read(txn)?,
             dedup: super::dedup::DedupDump::read(txn)?,
-            orphans: Some(dump_table!(txn, ORPHANS, |k, _v| k)),
+            once: super::once::OnceDump::read(txn)?,
+            orphans: dump_table!(txn, ORPHANS, |k, _v| k),
         })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![DUMP_V4];
+        let mut out = vec![DUMP_V5];
         out.extend(postcard::to_stdvec(self).expect("postcard encoding of a dump"));
         out.extend(postcard::to_stdvec(&self.ext).expect("postcard encoding of a dump"));
         out.extend(postcard::to_stdvec(&self.dedup).expect("postcard encoding of a dump"));
-        let orphans = self.orphans.as_deref().unwrap_or_default();
-        out.extend(postcard::to_stdvec(orphans).expect("postcard encoding of a dump"));
+        out.extend(postcard::to_stdvec(&self.once).expect("postcard encoding of a dump"));
+        out.extend(postcard::to_stdvec(&self.orphans).expect("postcard encoding of a dump"));
         out
     }
 
     pub fn from_bytes(b: &[u8]) -> FsResult<Dump> {
         match b.split_first() {
-            Some((&DUMP_V1, rest)) => postcard::from_bytes(rest).map_err(|e| decode_err("snapshot", e)),
-            Some((&DUMP_V2, rest)) => {
-                let (mut d, ext): (Dump, &[u8]) =
-                    postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                d.ext = postcard::from_bytes(ext).map_err(|e| decode_err("snapshot", e))?;
-                Ok(d)
-            }
-            Some((&DUMP_V3, rest)) => {
-                let (mut d, rest): (Dump, &[u8]) =
-                    postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                let (ext, rest) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                d.ext = ext;
-                d.dedup = postcard::from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                Ok(d)
-            }
-            Some((&DUMP_V4, rest)) => {
-                let (mut d, rest): (Dump, &[u8]) =
-                    postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                let (ext, rest) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                let (dedup, rest) = postcard::take_from_bytes(rest).map_err(|e| decode_err("snapshot", e))?;
-                d.ext = ext;
-                d.dedup = dedup;
-                d.orphans = Some(postcard::from_bytes(rest).map_err(|e| decode_err("snapshot", e))?);
+            Some((&v, mut rest)) if (DUMP_V1..=DUMP_V5).contains(&v) => {
+                // Each version appends one section to the previous version's.
+                let mut d: Dump = section(&mut rest)?;
+                if v >= DUMP_V2 {
+                    d.ext = section(&mut rest)?;
+                }
+                if v >= DUMP_V3 {
+                    d.dedup = section(&mut rest)?;
+                }
+                if v >= DUMP_V4 {
+                    d.once = section(&mut rest)?;
+                }
+                if v >= DUMP_V5 {
+                    d.orphans = section(&mut rest)?;
+                } else {
+                    // Earlier builds kept unlinked open files as inodes with nlink 0.
+                    for (k, v) in &d.inodes {
+                        let i: Inode = dec("inodes", v)?;
+                        if i.attr.nlink == 0 && i.attr.kind != distfs_types::FileKind::Dir {
+                            d.orphans.push(*k);
+                        }
+                    }
+                }
                 Ok(d)
             }
             Some((v, _)) => Err(decode_err("snapshot", format!("unknown snapshot version {v}"))),
@@ -165,24 +176,10 @@ impl Dump {
         drop(t);
         self.ext.install(txn)?;
         self.dedup.install(txn)?;
+        self.once.install(txn)?;
         clear!(ORPHANS);
-        let found;
-        let orphans = match &self.orphans {
-            Some(o) => o,
-            None => {
-                let mut o = Vec::new();
-                for (k, v) in &self.inodes {
-                    let i: Inode = dec("inodes", v)?;
-                    if i.attr.nlink == 0 && i.attr.kind != distfs_types::FileKind::Dir {
-                        o.push(*k);
-                    }
-                }
-                found = o;
-                &found
-            }
-        };
         let mut t = txn.open_table(ORPHANS).map_err(db_err)?;
-        for k in orphans {
+        for k in &self.orphans {
             t.insert(*k, ()).map_err(db_err)?;
         }
         Ok(())
