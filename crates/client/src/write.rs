@@ -14,7 +14,7 @@ use distfs_proto::dedup::{BlockFp, DedupRequest, Fingerprint};
 use distfs_proto::{
     BlockTarget, Compression, MetaRequest, MetaResponse, RpcError, SliceWrite, StorageResponse, WrittenBlock,
 };
-use distfs_types::{Attr, BlockRef, FsError, Inline, InodeId, NodeId, Timestamp, CRC_CHUNK, INLINE_MAX};
+use distfs_types::{Attr, BlockId, BlockRef, FsError, Inline, InodeId, NodeId, Timestamp, CRC_CHUNK, INLINE_MAX};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -449,6 +449,7 @@ async fn put_block(client: &Client, geo: Geometry, target: &BlockTarget, payload
         .collect();
     let mut acked: Vec<NodeId> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
+    let mut full = 0usize;
     let mut grace_deadline: Option<tokio::time::Instant> = None;
     loop {
         let next = match grace_deadline {
@@ -473,6 +474,9 @@ async fn put_block(client: &Client, geo: Geometry, target: &BlockTarget, payload
             }
             Ok((other, _)) => errors.push(format!("{node}: unexpected answer {other:?}")),
             Err(e) => {
+                if let RpcError::Remote(FsError::NoSpace { .. }) = e {
+                    full += 1;
+                }
                 if let RpcError::Connect { .. } | RpcError::ConnectionLost { .. } = e {
                     // Do not keep a pooled connection to a node that just failed.
                     if let Some(t) = target.targets.iter().find(|t| t.id == node) {
@@ -484,15 +488,28 @@ async fn put_block(client: &Client, geo: Geometry, target: &BlockTarget, payload
         }
     }
     if acked.len() < needed {
-        return Err(FsError::NotEnoughReplicas {
-            block: target.id,
-            acked: acked.len(),
-            needed,
-            detail: errors.join("; "),
-        }
-        .into());
+        return Err(quorum_failure(target.id, acked.len(), needed, target.targets.len(), full, errors).into());
     }
     Ok(WrittenBlock { block, replicas: acked })
+}
+
+/// Why a block write missed its quorum: `NoSpace` (ENOSPC on a mount) when the nodes that
+/// refused for lack of space alone made the quorum impossible, else `NotEnoughReplicas`.
+fn quorum_failure(
+    block: BlockId,
+    acked: usize,
+    needed: usize,
+    targets: usize,
+    full: usize,
+    errors: Vec<String>,
+) -> FsError {
+    let detail = errors.join("; ");
+    if full > 0 && targets.saturating_sub(full) < needed {
+        return FsError::NoSpace {
+            reason: format!("{full} of the {targets} nodes chosen for block {block} are full ({detail})"),
+        };
+    }
+    FsError::NotEnoughReplicas { block, acked, needed, detail }
 }
 
 #[cfg(test)]
@@ -510,6 +527,17 @@ mod tests {
         let s = slices_of(written, 1000);
         let shape: Vec<(u64, u64, u64, usize)> = s.iter().map(|s| (s.chunk, s.offset, s.len, s.blocks.len())).collect();
         assert_eq!(shape, vec![(0, 0, 250, 3), (0, 500, 10, 1), (1, 0, 10, 1)]);
+    }
+
+    #[test]
+    fn a_quorum_missed_because_nodes_are_full_is_no_space() {
+        let e = || vec!["n1: no space".to_string()];
+        let b = BlockId(1);
+        assert!(matches!(quorum_failure(b, 0, 2, 3, 3, e()), FsError::NoSpace { .. }));
+        assert!(matches!(quorum_failure(b, 1, 2, 3, 2, e()), FsError::NoSpace { .. }));
+        // One full node of three: the quorum was possible, something else failed.
+        assert!(matches!(quorum_failure(b, 1, 2, 3, 1, e()), FsError::NotEnoughReplicas { .. }));
+        assert!(matches!(quorum_failure(b, 0, 2, 3, 0, e()), FsError::NotEnoughReplicas { .. }));
     }
 
     #[test]
