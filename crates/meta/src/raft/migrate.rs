@@ -1,0 +1,81 @@
+//! Opening the Raft log of a data directory, importing it from the redb file of earlier
+//! builds (`raft-log.redb`) once: entries, vote, committed and purged ids are written to
+//! `raft-log.importing/`, made durable, renamed to `raft-log/` (so a crash mid-import
+//! leaves the old log in charge), and the old file is renamed to `raft-log.redb.migrated`.
+
+use super::{LogMeta, LogStore, TypeConfig};
+use crate::error::MetaError;
+use openraft::{Entry, LogId, Vote};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use tracing::info;
+
+const OLD_LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_logs");
+const OLD_STORE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_store");
+
+/// Opens `<data_dir>/raft-log/`, first importing `<data_dir>/raft-log.redb` if only that exists.
+pub fn open_log(data_dir: &Path) -> Result<LogStore, MetaError> {
+    let new = data_dir.join("raft-log");
+    let old = data_dir.join("raft-log.redb");
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| MetaError::Io { path, source }
+    };
+    if old.exists() {
+        if !new.exists() {
+            let staging = data_dir.join("raft-log.importing");
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+            }
+            let (entries, meta) = read_redb_log(&old)?;
+            let n = entries.len();
+            LogStore::open(&staging)?.import(entries, meta)?;
+            std::fs::rename(&staging, &new).map_err(io(&new))?;
+            sync_dir(data_dir)?;
+            info!(entries = n, from = %old.display(), to = %new.display(), "imported the Raft log from redb");
+        }
+        // The import is complete once `raft-log/` exists.
+        let done = data_dir.join("raft-log.redb.migrated");
+        std::fs::rename(&old, &done).map_err(io(&old))?;
+        sync_dir(data_dir)?;
+        info!(file = %done.display(), "old Raft log kept as");
+    }
+    LogStore::open(&new)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), MetaError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| MetaError::Io { path: dir.display().to_string(), source })
+}
+
+/// Everything the redb log store of earlier builds held (read only, for the import).
+pub(crate) fn read_redb_log(path: &Path) -> Result<(Vec<Entry<TypeConfig>>, LogMeta), MetaError> {
+    let db = Database::open(path).map_err(|e| MetaError::storage("open old raft log", e))?;
+    let txn = db.begin_read().map_err(|e| MetaError::storage("read old raft log", e))?;
+    let store = txn.open_table(OLD_STORE).map_err(|e| MetaError::storage("read old raft log", e))?;
+    let bad = |what: &str, e: postcard::Error| MetaError::Corrupt { table: "raft_store", reason: format!("{what}: {e}") };
+    let get = |key: &str| -> Result<Option<Vec<u8>>, MetaError> {
+        let v = store.get(key).map_err(|e| MetaError::storage("read old raft log", e))?;
+        Ok(v.map(|g| g.value().to_vec()))
+    };
+    let mut meta = LogMeta::default();
+    if let Some(b) = get("vote")? {
+        meta.vote = Some(postcard::from_bytes::<Vote<u64>>(&b).map_err(|e| bad("vote", e))?);
+    }
+    if let Some(b) = get("committed")? {
+        meta.committed = postcard::from_bytes::<Option<LogId<u64>>>(&b).map_err(|e| bad("committed", e))?;
+    }
+    if let Some(b) = get("last_purged")? {
+        meta.purged = Some(postcard::from_bytes::<LogId<u64>>(&b).map_err(|e| bad("last_purged", e))?);
+    }
+    let logs = txn.open_table(OLD_LOGS).map_err(|e| MetaError::storage("read old raft log", e))?;
+    let mut entries = Vec::new();
+    for item in logs.iter().map_err(|e| MetaError::storage("read old raft log", e))? {
+        let (k, v) = item.map_err(|e| MetaError::storage("read old raft log", e))?;
+        let e: Entry<TypeConfig> = postcard::from_bytes(v.value())
+            .map_err(|e| MetaError::Corrupt { table: "raft_logs", reason: format!("entry {}: {e}", k.value()) })?;
+        entries.push(e);
+    }
+    Ok((entries, meta))
+}
