@@ -155,9 +155,8 @@ fn read_meta(dir: &dyn LogDir, names: &[String]) -> Result<Option<LogMeta>, Meta
     postcard::from_bytes(body).map(Some).map_err(|e| corrupt(dir, STATE, 12, e.to_string()))
 }
 
-/// Replaces the state file: durable before it returns unless `durable` is false (then a
-/// crash keeps the previous state file whole).
-fn write_meta(dir: &dyn LogDir, meta: &LogMeta, durable: bool) -> Result<(), MetaError> {
+/// Replaces the state file, durably before it returns.
+fn write_meta(dir: &dyn LogDir, meta: &LogMeta) -> Result<(), MetaError> {
     let body = postcard::to_stdvec(meta).map_err(|e| MetaError::Raft { reason: format!("encode log state: {e}") })?;
     let mut buf = Vec::with_capacity(12 + body.len());
     buf.extend_from_slice(STATE_MAGIC);
@@ -165,13 +164,9 @@ fn write_meta(dir: &dyn LogDir, meta: &LogMeta, durable: bool) -> Result<(), Met
     buf.extend_from_slice(&body);
     dir.create(STATE_TMP).map_err(io_err(dir, STATE_TMP))?;
     dir.write_at(STATE_TMP, 0, &buf).map_err(io_err(dir, STATE_TMP))?;
-    if durable {
-        dir.sync(STATE_TMP).map_err(io_err(dir, STATE_TMP))?;
-    }
+    dir.sync(STATE_TMP).map_err(io_err(dir, STATE_TMP))?;
     dir.rename(STATE_TMP, STATE).map_err(io_err(dir, STATE))?;
-    if durable {
-        dir.sync_dir().map_err(io_err(dir, STATE))?;
-    }
+    dir.sync_dir().map_err(io_err(dir, STATE))?;
     Ok(())
 }
 
@@ -293,7 +288,7 @@ impl LogStore {
         g.meta = meta;
         g.append_batch(entries)?;
         let dir = g.dir.clone();
-        write_meta(&*dir, &g.meta, true)
+        write_meta(&*dir, &g.meta)
     }
 }
 
@@ -536,7 +531,7 @@ impl Inner {
         self.meta.purged = Some(log_id);
         let dir = self.dir.clone();
         let d = &*dir;
-        write_meta(d, &self.meta, true)?;
+        write_meta(d, &self.meta)?;
         let mut removed = false;
         while self.segs.len() > 1 && self.segs[1].first <= log_id.index.saturating_add(1) {
             let s = self.segs.remove(0);
@@ -596,8 +591,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut g = self.lock();
         g.meta.vote = Some(*vote);
+        if skips_fsync() {
+            // Like a write that never reached the disk: only a later state write keeps it.
+            return Ok(());
+        }
         let dir = g.dir.clone();
-        write_meta(&*dir, &g.meta, !skips_fsync()).map_err(|e| StorageIOError::write_vote(any(e)).into())
+        write_meta(&*dir, &g.meta).map_err(|e| StorageIOError::write_vote(any(e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, SErr> {

@@ -310,3 +310,18 @@ async fn preallocated_segments_read_back_and_roll_over() {
     let log = open_fs(tmp.path(), opts).expect("reopen");
     assert_eq!(state(&log).await, (None, Some(201)));
 }
+
+#[tokio::test]
+async fn appends_after_a_snapshot_past_the_log_survive_a_later_purge_and_restart() {
+    let dir = MemLogDir::new();
+    let mut log = LogStore::open_on(Arc::new(dir.clone()), plain()).expect("open");
+    append(&log, (1..=4).map(|i| ent(1, i)));
+    // openraft installs a snapshot up to 39, purges, and the log goes on from 40 in the
+    // same segment; a later snapshot purges up to 60.
+    log.purge(log_id(1, 1, 39)).await.expect("purge");
+    append(&log, (40..=70).map(|i| ent(2, i)));
+    log.purge(log_id(2, 1, 60)).await.expect("purge");
+    let log = LogStore::open_on(Arc::new(dir.after_crash()), plain()).expect("after crash");
+    assert_eq!(state(&log).await, (Some(60), Some(70)));
+    assert_eq!(ids(&log, 0..=100).await, expect(2, 61..=70));
+}

@@ -70,13 +70,14 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 /// Whether an entry at `index` may follow the previous record `prev` on disk, given the
-/// last purged index: the next index, or, when everything so far is purged, the first
-/// index after the purged point (a follower that installed a snapshot past its log).
+/// last purged index: the next index, or a jump forward that skips only purged indexes (a
+/// follower that installed a snapshot past its log appends after the snapshot, and later
+/// purges may move the purged point further).
 pub fn continues(prev: Option<u64>, purged: Option<u64>, index: u64) -> bool {
     let after_purged = purged.map(|p| p.saturating_add(1));
     match (prev, after_purged) {
         (Some(p), _) if p.checked_add(1) == Some(index) => true,
-        (Some(p), Some(f)) => index == f && p.saturating_add(1) < f,
+        (Some(p), Some(f)) => p < index && index <= f,
         (None, Some(f)) => index <= f,
         (None, None) => true,
         (Some(_), None) => false,
@@ -120,5 +121,7 @@ mod tests {
         assert!(!continues(None, Some(5), 7), "a gap after the purged point");
         assert!(continues(Some(3), Some(9), 10), "all purged, then appends after the snapshot");
         assert!(!continues(Some(3), Some(9), 11));
+        assert!(continues(Some(3), Some(60), 40), "a later purge covers the jump");
+        assert!(!continues(Some(30), Some(60), 20), "never backwards");
     }
 }
