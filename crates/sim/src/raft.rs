@@ -332,8 +332,8 @@ async fn start_node(world: &Shared, id: u64) -> Result<(), SimError> {
         n.incarnation += 1;
         (n.log_disk.clone(), n.state_disk.clone(), n.config.clone(), n.incarnation)
     };
-    let log = LogStore::open_on(Arc::new(log_disk), SIM_LOG)
-        .map_err(|e| SimError::Meta(format!("node {id} log: {e}")))?;
+    let log =
+        LogStore::open_on(Arc::new(log_disk), SIM_LOG).map_err(|e| SimError::Meta(format!("node {id} log: {e}")))?;
     let store = StateStore::with_backend(state_disk).map_err(|e| SimError::Meta(format!("node {id} state: {e}")))?;
     let net = SimNet { world: world.clone(), from: id, incarnation };
     let raft = openraft::Raft::new(id, config, net, log, StateMachine::new(store.clone()))

@@ -1,8 +1,9 @@
 //! The Raft log as an append-only segmented log (format in `wal`) in a `LogDir`.
 //!
 //! `append` writes the whole batch with one write and makes it durable with one
-//! fdatasync before reporting the flush; openraft hands concurrent proposals over as one
-//! batch, so this is the group commit. Memory holds only where each live entry is (segment,
+//! fdatasync before reporting the flush (a follower's AppendEntries batch is one flush;
+//! openraft 0.9 hands a leader's client writes over one at a time). Memory holds only
+//! where each live entry is (segment,
 //! offset, length). Vote, committed and last-purged ids live in the small file `state`,
 //! replaced atomically (write `state.tmp`, fsync, rename, fsync the directory).
 
@@ -27,7 +28,7 @@ const STATE_TMP: &str = "state.tmp";
 const STATE_MAGIC: &[u8; 8] = b"DFSLOGS1";
 /// The state file is a few dozen bytes; anything larger is not one.
 const STATE_MAX: u64 = 4096;
-const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
 /// Deliberately wrong behaviour the simulator must catch, compiled only with the
 /// `sim-bugs` feature and off unless a test switches it on at run time.
@@ -281,14 +282,35 @@ impl LogStore {
         self.lock().segs.len()
     }
 
+    /// Appends `entries` (contiguous, following the log) with one write and one
+    /// fdatasync. Encoding and the flush happen outside the lock.
+    fn append_batch(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<(), MetaError> {
+        let mut buf = Vec::new();
+        let mut ids = Vec::new();
+        for e in entries {
+            let payload =
+                postcard::to_stdvec(&e).map_err(|err| MetaError::Raft { reason: format!("encode entry: {err}") })?;
+            wal::encode_record(&mut buf, &payload).map_err(|reason| MetaError::Raft { reason })?;
+            // encode_record refused anything over MAX_RECORD, so the length fits.
+            ids.push((e.log_id, payload.len() as u32));
+        }
+        let (dir, seg) = {
+            let mut g = self.lock();
+            (g.dir.clone(), g.write_batch(&buf, &ids)?)
+        };
+        match seg {
+            Some(name) if !skips_fsync() => dir.sync(&name).map_err(io_err(&*dir, &name)),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes `entries` (contiguous, following the log) and `meta` into this log, durably:
     /// the import of a log from another store.
     pub fn import(&self, entries: Vec<Entry<TypeConfig>>, meta: LogMeta) -> Result<(), MetaError> {
-        let mut g = self.lock();
-        g.meta = meta;
-        g.append_batch(entries)?;
-        let dir = g.dir.clone();
-        write_meta(&*dir, &g.meta)
+        self.lock().meta = meta;
+        self.append_batch(entries)?;
+        let g = self.lock();
+        write_meta(&*g.dir, &g.meta)
     }
 }
 
@@ -401,56 +423,44 @@ impl Inner {
         Ok(())
     }
 
-    /// One write and one fdatasync for the whole batch.
-    fn append_batch(&mut self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<(), MetaError> {
+    /// Writes an encoded batch (`ids`: each entry's id and payload length) with one write
+    /// and indexes it; returns the segment to sync (the caller syncs outside the lock, so
+    /// that readers are not held up by the flush).
+    fn write_batch(&mut self, buf: &[u8], ids: &[(LogId<u64>, u32)]) -> Result<Option<String>, MetaError> {
         let purged = self.meta.purged.map(|l| l.index);
-        let mut buf = Vec::new();
-        let mut sizes = Vec::new();
         let mut last = self.last_index;
-        let mut last_id = None;
-        let mut first = None;
-        for e in entries {
-            if !wal::continues(last, purged, e.log_id.index) {
+        for (id, _) in ids {
+            if !wal::continues(last, purged, id.index) {
                 return Err(MetaError::Raft {
-                    reason: format!("log append of entry {} does not follow entry {last:?}", e.log_id.index),
+                    reason: format!("log append of entry {} does not follow entry {last:?}", id.index),
                 });
             }
-            let payload =
-                postcard::to_stdvec(&e).map_err(|err| MetaError::Raft { reason: format!("encode entry: {err}") })?;
-            wal::encode_record(&mut buf, &payload).map_err(|reason| MetaError::Raft { reason })?;
-            sizes.push(payload.len() as u32);
-            first.get_or_insert(e.log_id.index);
-            last = Some(e.log_id.index);
-            last_id = Some(e.log_id);
+            last = Some(id.index);
         }
-        let (Some(first), Some(last_id)) = (first, last_id) else { return Ok(()) };
+        let (Some((first, _)), Some((last_id, _))) = (ids.first(), ids.last()) else { return Ok(None) };
         if self.segs.last().is_none_or(|s| s.end >= self.opts.segment_size) {
-            self.roll(first)?;
+            self.roll(first.index)?;
         }
         let d = &*self.dir;
         let seg = self.segs.last_mut().ok_or_else(|| MetaError::Raft { reason: "no active log segment".into() })?;
-        d.write_at(&seg.name, seg.end, &buf).map_err(io_err(d, &seg.name))?;
-        if !skips_fsync() {
-            d.sync(&seg.name).map_err(io_err(d, &seg.name))?;
-        }
+        d.write_at(&seg.name, seg.end, buf).map_err(io_err(d, &seg.name))?;
         let mut offset = seg.end;
-        for len in sizes {
+        for (_, len) in ids {
             if self.locs.is_empty() {
-                self.first_live = first;
+                self.first_live = first.index;
             }
-            self.locs.push_back(Loc { seg: seg.first, offset, len });
-            offset += HEADER + u64::from(len);
+            self.locs.push_back(Loc { seg: seg.first, offset, len: *len });
+            offset += HEADER + u64::from(*len);
         }
         seg.end = offset;
         self.last_index = last;
-        self.last_live = Some(last_id);
-        Ok(())
+        self.last_live = Some(*last_id);
+        Ok(Some(seg.name.clone()))
     }
 
     fn segment(&self, first: u64) -> Result<&Segment, MetaError> {
         let i = self.segs.binary_search_by_key(&first, |s| s.first);
-        i.map(|i| &self.segs[i])
-            .map_err(|_| MetaError::Raft { reason: format!("log segment {first} is not open") })
+        i.map(|i| &self.segs[i]).map_err(|_| MetaError::Raft { reason: format!("log segment {first} is not open") })
     }
 
     /// Reads and checks the records of live entries `[start, end)`.
@@ -620,7 +630,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let res = self.lock().append_batch(entries);
+        let res = self.append_batch(entries);
         match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

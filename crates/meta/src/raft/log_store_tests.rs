@@ -27,7 +27,7 @@ fn open_fs(dir: &Path, opts: LogOptions) -> Result<LogStore, MetaError> {
 }
 
 fn append(log: &LogStore, entries: impl IntoIterator<Item = Entry<TypeConfig>>) {
-    log.lock().append_batch(entries).expect("append");
+    log.append_batch(entries).expect("append");
 }
 
 /// (term, index) of every entry the log returns for `range`.
@@ -157,25 +157,31 @@ async fn purge_deletes_whole_segments_and_survives_a_restart() {
 async fn an_append_that_leaves_a_gap_is_refused() {
     let log = LogStore::in_memory().expect("open");
     append(&log, (1..=3).map(|i| ent(1, i)));
-    let err = log.lock().append_batch([ent(1, 5)]).expect_err("gap");
+    let err = log.append_batch([ent(1, 5)]).expect_err("gap");
     assert!(err.to_string().contains("does not follow"), "{err}");
     assert_eq!(state(&log).await, (None, Some(3)));
 }
 
-#[tokio::test]
-async fn a_torn_tail_is_cut_and_the_log_goes_on() {
+/// A log of entries 1..=n on real files whose only segment then gets `tail` appended
+/// behind the last record (what a crash mid-write leaves); returns the dir and segment.
+fn log_with_tail(n: u64, tail: &[u8]) -> (tempfile::TempDir, std::path::PathBuf, u64) {
     let tmp = tempfile::tempdir().expect("tmp");
     let log = open_fs(tmp.path(), plain()).expect("open");
-    append(&log, (1..=10).map(|i| ent(1, i)));
+    append(&log, (1..=n).map(|i| ent(1, i)));
     drop(log);
     let seg = tmp.path().join("00000000000000000001.seg");
     let good = std::fs::metadata(&seg).expect("stat").len();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).expect("open seg");
+    std::io::Write::write_all(&mut f, tail).expect("write");
+    (tmp, seg, good)
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_the_log_goes_on() {
     // A crash in the middle of writing entry 11: its header and part of its payload.
     let mut rec = Vec::new();
     wal::encode_record(&mut rec, &postcard::to_stdvec(&ent(1, 11)).expect("enc")).expect("record");
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).expect("open seg");
-    std::io::Write::write_all(&mut f, &rec[..rec.len() / 2]).expect("write");
-    drop(f);
+    let (tmp, seg, good) = log_with_tail(10, &rec[..rec.len() / 2]);
     let log = open_fs(tmp.path(), plain()).expect("a torn tail is not an error");
     assert_eq!(state(&log).await, (None, Some(10)));
     assert_eq!(std::fs::metadata(&seg).expect("stat").len(), good, "the torn bytes are cut off");
@@ -187,16 +193,10 @@ async fn a_torn_tail_is_cut_and_the_log_goes_on() {
 
 #[tokio::test]
 async fn a_header_claiming_4_gib_is_a_torn_tail_not_an_allocation() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let log = open_fs(tmp.path(), plain()).expect("open");
-    append(&log, (1..=2).map(|i| ent(1, i)));
-    drop(log);
-    let seg = tmp.path().join("00000000000000000001.seg");
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).expect("open seg");
-    std::io::Write::write_all(&mut f, &[0xff; 8]).expect("write");
-    drop(f);
+    let (tmp, seg, good) = log_with_tail(2, &[0xff; 8]);
     let log = open_fs(tmp.path(), plain()).expect("open");
     assert_eq!(state(&log).await, (None, Some(2)));
+    assert_eq!(std::fs::metadata(&seg).expect("stat").len(), good);
 }
 
 /// The byte offset of entry `index` in a segment that starts at `first`.

@@ -54,7 +54,8 @@ pub(crate) fn read_redb_log(path: &Path) -> Result<(Vec<Entry<TypeConfig>>, LogM
     let db = Database::open(path).map_err(|e| MetaError::storage("open old raft log", e))?;
     let txn = db.begin_read().map_err(|e| MetaError::storage("read old raft log", e))?;
     let store = txn.open_table(OLD_STORE).map_err(|e| MetaError::storage("read old raft log", e))?;
-    let bad = |what: &str, e: postcard::Error| MetaError::Corrupt { table: "raft_store", reason: format!("{what}: {e}") };
+    let bad =
+        |what: &str, e: postcard::Error| MetaError::Corrupt { table: "raft_store", reason: format!("{what}: {e}") };
     let get = |key: &str| -> Result<Option<Vec<u8>>, MetaError> {
         let v = store.get(key).map_err(|e| MetaError::storage("read old raft log", e))?;
         Ok(v.map(|g| g.value().to_vec()))

@@ -10,9 +10,9 @@ mod runtime;
 mod state_machine;
 mod wal;
 
+pub use log_dir::{FsLogDir, LogDir, MemLogDir};
 #[cfg(feature = "sim-bugs")]
 pub use log_store::sim_bugs;
-pub use log_dir::{FsLogDir, LogDir, MemLogDir};
 pub use log_store::{LogMeta, LogOptions, LogStore};
 pub use migrate::open_log;
 pub use network::{handle_raft_rpc, Network, RaftReply, RaftRpc};

@@ -31,7 +31,10 @@ pub enum Header {
     End,
     /// A length the format cannot hold.
     BadLength(u32),
-    Record { len: u32, crc: u32 },
+    Record {
+        len: u32,
+        crc: u32,
+    },
 }
 
 pub fn parse_header(h: [u8; HEADER as usize]) -> Header {
