@@ -347,30 +347,24 @@ impl Inner {
             self.last_index = Some(index);
             pos += HEADER + u64::from(len);
         };
-        if let Some(reason) = &bad {
-            // A bad record is a torn tail only at the end of the last segment, with no
-            // valid record where the bad one says the next begins.
-            let mut h = [0u8; HEADER as usize];
-            let next = match d.read_at(name, pos, &mut h) {
-                Ok(()) => match wal::parse_header(h) {
-                    Header::Record { len, .. } => Some(pos + HEADER + u64::from(len)),
-                    _ => None,
-                },
-                Err(_) => None,
-            };
-            let followed = match next {
-                Some(n) => matches!(probe(d, name, n, file_len), Ok(Probe::Valid { .. })),
-                None => false,
-            };
-            if !last || followed {
-                return Err(corrupt(d, name, pos, format!("{reason}, followed by more records")));
-            }
-            warn!(file = %d.describe(name), offset = pos, %reason, "cutting a torn tail off the Raft log (a crash mid-write)");
+        if let (Some(reason), false) = (&bad, last) {
+            return Err(corrupt(d, name, pos, format!("{reason}, in a segment followed by others")));
         }
         if last && pos < file_len && (bad.is_some() || !self.is_zero(name, pos, file_len)?) {
-            // Whatever follows the last record is either zeros or an unacknowledged torn
-            // write (pages of it may have reached the disk out of order): cut it, so that
-            // stale records can never line up behind later appends.
+            // Bytes after the last good record: a torn write is cut off, but a valid record
+            // anywhere behind them means a damaged record inside the log: refuse rather
+            // than drop what may have been acknowledged.
+            let reason = bad.unwrap_or_else(|| "non-zero bytes after the last record".into());
+            if let Some((at, index)) = self.valid_record_in(name, pos, file_len)? {
+                return Err(corrupt(
+                    d,
+                    name,
+                    pos,
+                    format!("{reason}, but a valid record of entry {index} follows at byte {at}"),
+                ));
+            }
+            warn!(file = %d.describe(name), offset = pos, %reason, "cutting a torn tail off the Raft log (a crash mid-write)");
+            // Cut, so that stale bytes can never line up behind later appends.
             d.set_len(name, pos).map_err(io_err(d, name))?;
             if self.opts.preallocate {
                 self.zero_fill(name, pos)?;
@@ -379,6 +373,29 @@ impl Inner {
         }
         seg.end = pos;
         Ok(())
+    }
+
+    /// The first record in `(from, to)` of the file with a valid checksum and an index
+    /// after the last one scanned, searching every byte offset (only after a bad record).
+    fn valid_record_in(&self, name: &str, from: u64, to: u64) -> Result<Option<(u64, u64)>, MetaError> {
+        let d = &*self.dir;
+        // The real size of a file of the log, not a length read from it.
+        let tail = read_vec(d, name, from, to - from)?;
+        let after = self.last_index;
+        for o in 1..tail.len().saturating_sub(HEADER as usize) {
+            let h: [u8; HEADER as usize] = tail[o..o + HEADER as usize].try_into().unwrap_or_default();
+            let Header::Record { len, crc } = wal::parse_header(h) else { continue };
+            let Some(payload) = tail.get(o + HEADER as usize..o + HEADER as usize + len as usize) else { continue };
+            if !wal::crc_matches(len, crc, payload) {
+                continue;
+            }
+            if let Ok(id) = wal::peek_log_id(payload) {
+                if after.is_none_or(|a| id.index > a) {
+                    return Ok(Some((from + o as u64, id.index)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn is_zero(&self, name: &str, from: u64, to: u64) -> Result<bool, MetaError> {

@@ -218,11 +218,7 @@ fn flip(path: &Path, at: u64) {
 
 #[tokio::test]
 async fn a_damaged_record_before_valid_ones_refuses_to_start_naming_file_and_offset() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let log = open_fs(tmp.path(), plain()).expect("open");
-    append(&log, (1..=10).map(|i| ent(1, i)));
-    drop(log);
-    let seg = tmp.path().join("00000000000000000001.seg");
+    let (tmp, seg, _) = log_with_tail(10, &[]);
     let at = offset_of(&seg, 1, 4);
     flip(&seg, at + 12);
     let err = open_fs(tmp.path(), plain()).err().expect("refused");
@@ -236,6 +232,18 @@ async fn a_damaged_record_before_valid_ones_refuses_to_start_naming_file_and_off
     assert!(err.to_string().contains("remove it and add the node back"), "says what to do: {err}");
     // Nothing was cut: the acknowledged entries are still in the file for a repair.
     assert!(std::fs::metadata(&seg).expect("stat").len() > at + 100);
+}
+
+#[tokio::test]
+async fn a_damaged_length_inside_the_last_segment_is_refused_not_cut() {
+    let (tmp, seg, len) = log_with_tail(10, &[]);
+    // The length of entry 4 now points nowhere: the records behind it are still valid.
+    let at = offset_of(&seg, 1, 4);
+    flip(&seg, at + 2);
+    let err = open_fs(tmp.path(), plain()).err().expect("refused");
+    assert!(matches!(&err, MetaError::LogCorrupt { offset, .. } if *offset == at), "{err}");
+    assert!(err.to_string().contains("a valid record of entry 5 follows"), "{err}");
+    assert_eq!(std::fs::metadata(&seg).expect("stat").len(), len, "nothing cut");
 }
 
 #[tokio::test]
