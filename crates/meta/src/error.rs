@@ -17,6 +17,8 @@ pub enum MetaError {
     Corrupt { table: &'static str, reason: String },
     #[error("raft: {reason}")]
     Raft { reason: String },
+    #[error("Raft log file {file} is damaged at byte {offset}: {reason}; refusing to start without acknowledged entries: restore this node's data directory from a backup, or remove it and add the node back to the cluster as a new member")]
+    LogCorrupt { file: String, offset: u64, reason: String },
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: String,
@@ -49,7 +51,7 @@ impl From<MetaError> for FsError {
             MetaError::Storage { .. } | MetaError::Io { .. } | MetaError::Bind { .. } | MetaError::Ops(_) => {
                 FsError::io(e)
             }
-            MetaError::Corrupt { .. } => FsError::internal(e),
+            MetaError::Corrupt { .. } | MetaError::LogCorrupt { .. } => FsError::internal(e),
         }
     }
 }

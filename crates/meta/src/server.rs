@@ -5,7 +5,7 @@
 use crate::config::MetaConfig;
 use crate::error::MetaError;
 use crate::liveness::{Clock, TokioClock};
-use crate::raft::{LogStore, MetaRaft, Network, StateMachine};
+use crate::raft::{open_log, MetaRaft, Network, StateMachine};
 use crate::service::{MetaHandler, Service};
 use crate::state::{Command, Format, Reader, StateStore};
 use distfs_proto::{Limits, PeerKind, RpcClient, RpcConfig};
@@ -62,7 +62,7 @@ impl MetaServer {
         let raft_config = Arc::new(config.openraft_config()?);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| MetaError::Io { path: config.data_dir.display().to_string(), source })?;
-        let mut log = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
+        let mut log = open_log(&config.data_dir)?;
         let cache = usize::try_from(config.cache_size.0).unwrap_or(usize::MAX);
         let store = StateStore::open_with_cache(&config.data_dir.join("state.redb"), cache)?;
         let listener = distfs_proto::transport::bind_listener(&config.listen)

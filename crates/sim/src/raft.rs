@@ -1,6 +1,6 @@
 //! The metadata Raft group under simulation: the production openraft `Raft<TypeConfig>`
-//! (3 or 5 voters), the production `LogStore` and `StateMachine` over redb on `MemDisk`
-//! (crash keeps only what was fsynced), inside a current-thread tokio runtime on paused
+//! (3 or 5 voters), the production segmented `LogStore` on `MemLogDir` and the
+//! `StateMachine` over redb on `MemDisk` (a crash keeps only what was fsynced), inside a current-thread tokio runtime on paused
 //! (virtual) time, with openraft's election-timeout rng seeded through
 //! `distfs_meta::raft::seed_raft_rng`. The simulated network between the nodes drops,
 //! delays (hence reorders) and partitions RPCs; nodes crash and restart, pause (messages
@@ -13,7 +13,7 @@
 
 use crate::raft_disk::MemDisk;
 use crate::SimError;
-use distfs_meta::raft::{seed_raft_rng, LogStore, MetaRaft, StateMachine, TypeConfig};
+use distfs_meta::raft::{seed_raft_rng, LogOptions, LogStore, MemLogDir, MetaRaft, StateMachine, TypeConfig};
 use distfs_meta::state::{Command, CommandResponse, CommandResult, Format, Reader, StateStore};
 use distfs_proto::{SliceWrite, WrittenBlock};
 use distfs_types::{BlockId, BlockRef, InodeId, NodeId, Timestamp};
@@ -104,7 +104,7 @@ struct Node {
     incarnation: u64,
     up: bool,
     raft: Option<MetaRaft>,
-    log_disk: MemDisk,
+    log_disk: MemLogDir,
     state_disk: MemDisk,
     store: Option<StateStore>,
     clock: Clock,
@@ -321,6 +321,9 @@ fn node_config(rate: f64) -> Result<Config, SimError> {
     c.validate().map_err(|e| SimError::Setup(format!("raft config: {e}")))
 }
 
+/// Small segments, so that roll-over and the deletion of purged segments happen in a run.
+const SIM_LOG: LogOptions = LogOptions { segment_size: 2048, preallocate: false };
+
 /// Starts (or restarts) node `id` on its disks.
 async fn start_node(world: &Shared, id: u64) -> Result<(), SimError> {
     let (log_disk, state_disk, config, incarnation) = {
@@ -329,7 +332,8 @@ async fn start_node(world: &Shared, id: u64) -> Result<(), SimError> {
         n.incarnation += 1;
         (n.log_disk.clone(), n.state_disk.clone(), n.config.clone(), n.incarnation)
     };
-    let log = LogStore::with_backend(log_disk).map_err(|e| SimError::Meta(format!("node {id} log: {e}")))?;
+    let log =
+        LogStore::open_on(Arc::new(log_disk), SIM_LOG).map_err(|e| SimError::Meta(format!("node {id} log: {e}")))?;
     let store = StateStore::with_backend(state_disk).map_err(|e| SimError::Meta(format!("node {id} state: {e}")))?;
     let net = SimNet { world: world.clone(), from: id, incarnation };
     let raft = openraft::Raft::new(id, config, net, log, StateMachine::new(store.clone()))
@@ -715,7 +719,7 @@ async fn run_inner(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<RaftR
                 incarnation: 0,
                 up: false,
                 raft: None,
-                log_disk: MemDisk::new(),
+                log_disk: MemLogDir::new(),
                 state_disk: MemDisk::new(),
                 store: None,
                 clock,

@@ -1,15 +1,20 @@
-//! Raft wiring (openraft 0.9, storage v2): the type configuration, the redb log store,
+//! Raft wiring (openraft 0.9, storage v2): the type configuration, the segmented log store,
 //! the state machine adapter over `StateStore`, and the network that carries Raft RPCs
 //! as `Kind::Raft` frames.
 
+pub mod log_dir;
 mod log_store;
+mod migrate;
 pub(crate) mod network;
 mod runtime;
 mod state_machine;
+mod wal;
 
+pub use log_dir::{FsLogDir, LogDir, MemLogDir};
 #[cfg(feature = "sim-bugs")]
 pub use log_store::sim_bugs;
-pub use log_store::LogStore;
+pub use log_store::{LogMeta, LogOptions, LogStore};
+pub use migrate::open_log;
 pub use network::{handle_raft_rpc, Network, RaftReply, RaftRpc};
 pub use runtime::{seed_raft_rng, MetaRuntime, RaftRng};
 pub use state_machine::StateMachine;
