@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Two builds of DistFS through the FUSE mount, alternating on the same machine: for each
+# round and each build, a fresh `distfs local up` (1 metadata server + 3 storage nodes,
+# R=3, sync=always) and `distfs mount`, then ../shared/bench/fsbench.sh on the mount.
+# Prints one table per metric (A and B per round, and B/A of the medians). For a change's
+# before/after; bench/compare.sh is the run against MooseFS.
+#
+#   bench/ab-mount.sh A_DISTFS B_DISTFS [ROUNDS=2] [WORKDIR=/tmp/distfs-ab]
+#   env: fsbench.sh's knobs; defaults here keep the large-file phases short
+#        (SEQ_SIZE=128m, PAR_SIZE=32m, RAND_RUNTIME=3) since the small-file and meta rows
+#        are what such a comparison is usually about. Run as root.
+set -euo pipefail
+a=$1 b=$2 rounds=${3:-2} work=${4:-/tmp/distfs-ab}
+here=$(cd "$(dirname "$0")/.." && pwd)
+shared=${SHARED:-$(cd "$here/../shared/bench" 2>/dev/null && pwd || echo /work/shared/bench)}
+export SEQ_SIZE=${SEQ_SIZE:-128m} PAR_SIZE=${PAR_SIZE:-32m} RAND_RUNTIME=${RAND_RUNTIME:-3}
+rm -rf "$work" && mkdir -p "$work"
+tsv="$work/results.tsv"
+up=""
+mnt="$work/mnt"
+cleanup() {
+  mountpoint -q "$mnt" && { fusermount3 -u "$mnt" || umount -l "$mnt" || true; }
+  [ -n "$up" ] && { kill -INT "$up" 2>/dev/null; wait "$up" 2>/dev/null || true; }
+  up=""
+}
+trap cleanup EXIT
+
+one() { # BIN LABEL
+  local bin=$1 label=$2 port=$((20000 + RANDOM % 10000))
+  export DISTFS_META="127.0.0.1:$port"
+  rm -rf "$work/data" && mkdir -p "$mnt"
+  "$bin" local up --dir "$work/data" --listen "$DISTFS_META" --sync always >"$work/up-$label.log" 2>&1 &
+  up=$!
+  for _ in $(seq 1 150); do
+    [ "$("$bin" cluster status --json 2>/dev/null | grep -o '"Up"' | wc -l)" -ge 3 ] && break
+    sleep 0.2
+  done
+  "$bin" mount --background "$mnt" 2>"$work/mount-$label.log"
+  "$shared/fsbench.sh" "$mnt" "$label" "$tsv" >/dev/null
+  cleanup
+}
+
+for r in $(seq 1 "$rounds"); do
+  echo "== round $r: A ($a)" >&2
+  one "$a" "A$r"
+  echo "== round $r: B ($b)" >&2
+  one "$b" "B$r"
+done
+
+python3 - "$tsv" "$rounds" <<'PY'
+import sys, statistics
+rows, order = {}, []
+for line in open(sys.argv[1]).read().splitlines()[1:]:
+    label, metric, value, unit = line.split("\t")
+    if metric not in rows:
+        rows[metric] = {"unit": unit}
+        order.append(metric)
+    rows[metric][label] = value
+n = int(sys.argv[2])
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+head = " | ".join([f"A{r}" for r in range(1, n + 1)] + [f"B{r}" for r in range(1, n + 1)])
+print(f"| metric | unit | {head} | B/A (medians) |")
+print("|---|---|" + "---:|" * (2 * n + 1))
+for m in order:
+    r = rows[m]
+    av = [num(r.get(f"A{i}")) for i in range(1, n + 1)]
+    bv = [num(r.get(f"B{i}")) for i in range(1, n + 1)]
+    cells = " | ".join(r.get(f"{s}{i}", "-") for s in "AB" for i in range(1, n + 1))
+    ok = all(x is not None for x in av + bv)
+    ratio = "-"
+    if ok and statistics.median(av):
+        ratio = f"{statistics.median(bv) / statistics.median(av):.2f}"
+    print(f"| {m} | {r['unit']} | {cells} | {ratio} |")
+PY
+echo "raw results: $tsv" >&2
