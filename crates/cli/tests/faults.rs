@@ -168,3 +168,26 @@ async fn a_node_whose_registration_answers_are_lost_ends_with_one_id() {
     assert_eq!(nodes.len(), 4, "one id per node, got {listed:?}");
     assert!(nodes.iter().any(|n| n.id == id && n.state == NodeState::Up), "{id} up in {listed:?}");
 }
+
+/// Every storage node is full (a 12 MiB capacity each, R=3): a write that cannot reach
+/// its quorum for lack of space fails with `NoSpace` (ENOSPC on a mount, not EIO), and
+/// what was written before stays readable, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_cluster_refuses_a_write_with_no_space_and_keeps_what_it_holds() {
+    let opts = distfs_testkit::ClusterOpts { storage_extra: "capacity = \"12MiB\"\n".into(), ..Default::default() };
+    let c = distfs_testkit::ProcessCluster::start(bins(), opts).await;
+    let client = c.client();
+    let kept = random_bytes(6 << 20, 7);
+    let f = client.create(InodeId::ROOT, "kept", 0o644, true).await.unwrap();
+    client.write_at(f.ino, 0, &kept).await.unwrap();
+
+    let big = client.create(InodeId::ROOT, "big", 0o644, true).await.unwrap();
+    match client.write_at(big.ino, 0, &random_bytes(32 << 20, 8)).await {
+        Err(distfs_client::ClientError::Fs(distfs_types::FsError::NoSpace { reason })) => {
+            eprintln!("refused as expected: {reason}")
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    let got = client.read_at(f.ino, 0, u64::MAX).await.unwrap();
+    assert!(got[..] == kept[..], "the file written before the cluster filled up changed");
+}
