@@ -82,6 +82,39 @@ struct Inner {
     next_id: AtomicU64,
     rr: AtomicUsize,
     pool: Mutex<HashMap<String, Vec<Arc<Conn>>>>,
+    /// Peers to which an extra connection is being opened in the background.
+    growing: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Requests in flight on the least busy connection from which a call makes the pool open
+/// one more connection (in the background) while it holds fewer than `conns_per_peer`.
+const GROW_WHEN_BUSY: usize = 2;
+
+/// What a call does with the pool of one peer.
+#[derive(Debug, PartialEq, Eq)]
+enum Pick {
+    /// Use this connection.
+    Use(usize),
+    /// Use this one, and open one more in the background.
+    UseAndGrow(usize),
+    /// No live connection: open one and wait for it.
+    Open,
+}
+
+/// Picks a connection from the in-flight counts of the live ones: the least busy (ties
+/// go round-robin from `rr`); one more is opened only when even that one is busy, so a
+/// client that calls one at a time keeps one connection (10,000 clients, 10,000 sockets).
+fn pick(in_flight: &[usize], max: usize, rr: usize, growing: bool) -> Pick {
+    if in_flight.is_empty() {
+        return Pick::Open;
+    }
+    let n = in_flight.len();
+    let i = (0..n).map(|k| (rr + k) % n).min_by_key(|&i| in_flight[i]).unwrap_or(0);
+    if in_flight[i] >= GROW_WHEN_BUSY && n < max && !growing {
+        Pick::UseAndGrow(i)
+    } else {
+        Pick::Use(i)
+    }
 }
 
 /// A cheap-to-clone handle to the connection pool.
@@ -109,6 +142,7 @@ impl RpcClient {
                 next_id: AtomicU64::new(1),
                 rr: AtomicUsize::new(0),
                 pool: Mutex::new(HashMap::new()),
+                growing: Mutex::default(),
             }),
         }
     }
@@ -199,18 +233,50 @@ impl RpcClient {
             let mut pool = self.inner.pool.lock().expect("pool lock");
             let conns = pool.entry(addr.to_string()).or_default();
             conns.retain(|c| !c.is_dead());
-            if conns.len() >= n {
-                let i = self.inner.rr.fetch_add(1, Ordering::Relaxed) % conns.len();
-                return Ok(conns[i].clone());
+            let busy: Vec<usize> = conns.iter().map(|c| c.pending.lock().expect("pending lock").len()).collect();
+            let growing = self.inner.growing.lock().expect("growing lock").contains(addr);
+            let rr = self.inner.rr.fetch_add(1, Ordering::Relaxed);
+            match pick(&busy, n, rr, growing) {
+                Pick::Use(i) => return Ok(conns[i].clone()),
+                Pick::UseAndGrow(i) => {
+                    let conn = conns[i].clone();
+                    drop(pool);
+                    self.grow(addr);
+                    return Ok(conn);
+                }
+                Pick::Open => {}
             }
         }
         let conn = Arc::new(self.connect(addr).await?);
+        Ok(self.add(addr, conn))
+    }
+
+    /// Keeps `conn` in the pool of `addr` if there is room; answers the one to use.
+    fn add(&self, addr: &str, conn: Arc<Conn>) -> Arc<Conn> {
+        let n = self.inner.config.conns_per_peer.max(1);
         let mut pool = self.inner.pool.lock().expect("pool lock");
         let conns = pool.entry(addr.to_string()).or_default();
         if conns.len() < n {
             conns.push(conn.clone());
         }
-        Ok(conn)
+        conn
+    }
+
+    /// Opens one more connection to `addr` off the call's path (one at a time per peer).
+    fn grow(&self, addr: &str) {
+        if !self.inner.growing.lock().expect("growing lock").insert(addr.to_string()) {
+            return;
+        }
+        let (me, addr) = (self.clone(), addr.to_string());
+        tokio::spawn(async move {
+            match me.connect(&addr).await {
+                Ok(c) => {
+                    me.add(&addr, Arc::new(c));
+                }
+                Err(e) => tracing::debug!(%addr, error = %e, "could not open an extra connection"),
+            }
+            me.inner.growing.lock().expect("growing lock").remove(&addr);
+        });
     }
 
     async fn connect(&self, addr: &str) -> Result<Conn, RpcError> {
@@ -324,4 +390,30 @@ fn connect_error(addr: &str, e: std::io::Error) -> RpcError {
 fn lost(addr: &str, conn: &Conn) -> RpcError {
     let reason = conn.failure.lock().expect("failure lock").clone().unwrap_or_else(|| "connection closed".into());
     RpcError::ConnectionLost { addr: addr.to_string(), reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pick, Pick};
+
+    #[test]
+    fn one_call_at_a_time_keeps_one_connection() {
+        assert_eq!(pick(&[], 2, 0, false), Pick::Open);
+        assert_eq!(pick(&[0], 2, 0, false), Pick::Use(0));
+        assert_eq!(pick(&[1], 2, 7, false), Pick::Use(0));
+    }
+
+    #[test]
+    fn a_busy_pool_grows_in_the_background_up_to_its_size() {
+        assert_eq!(pick(&[2], 2, 0, false), Pick::UseAndGrow(0));
+        assert_eq!(pick(&[2], 2, 0, true), Pick::Use(0), "one extra connection opening at a time");
+        assert_eq!(pick(&[5, 3], 2, 0, false), Pick::Use(1), "full: the least busy");
+        assert_eq!(pick(&[3], 1, 0, false), Pick::Use(0), "a pool of one never grows");
+    }
+
+    #[test]
+    fn ties_rotate() {
+        assert_eq!(pick(&[1, 1], 2, 0, false), Pick::Use(0));
+        assert_eq!(pick(&[1, 1], 2, 1, false), Pick::Use(1));
+    }
 }
