@@ -47,21 +47,12 @@ for r in $(seq 1 "$rounds"); do
   one "$b" "B$r"
 done
 
-python3 - "$tsv" "$rounds" <<'PY'
+python3 - "$tsv" "$rounds" "$here/bench" <<'PY'
 import sys, statistics
-rows, order = {}, []
-for line in open(sys.argv[1]).read().splitlines()[1:]:
-    label, metric, value, unit = line.split("\t")
-    if metric not in rows:
-        rows[metric] = {"unit": unit}
-        order.append(metric)
-    rows[metric][label] = value
+sys.path.insert(0, sys.argv[3])
+from fsbench_tsv import load, num
+rows, order = load(sys.argv[1])
 n = int(sys.argv[2])
-def num(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 head = " | ".join([f"A{r}" for r in range(1, n + 1)] + [f"B{r}" for r in range(1, n + 1)])
 print(f"| metric | unit | {head} | B/A (medians) |")
 print("|---|---|" + "---:|" * (2 * n + 1))

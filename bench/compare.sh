@@ -57,21 +57,11 @@ fi
 echo "== local disk ($work/local)" >&2
 "$shared/fsbench.sh" "$work/local" local "$tsv"
 
-python3 - "$tsv" <<'PY'
+python3 - "$tsv" "$here/bench" <<'PY'
 import sys
-rows = {}
-order = []
-for line in open(sys.argv[1]).read().splitlines()[1:]:
-    label, metric, value, unit = line.split("\t")
-    if metric not in rows:
-        rows[metric] = {"unit": unit}
-        order.append(metric)
-    rows[metric][label] = value
-def num(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
+sys.path.insert(0, sys.argv[2])
+from fsbench_tsv import load, num
+rows, order = load(sys.argv[1])
 def ratio(a, b):
     a, b = num(a), num(b)
     return f"{a / b:.2f}" if a is not None and b not in (None, 0.0) else "-"
