@@ -74,7 +74,7 @@ impl MetaProbe {
     }
 
     fn is_leader(&self) -> bool {
-        self.0.raft.metrics().borrow().current_leader == Some(self.0.id)
+        self.0.is_leader()
     }
 
     /// The leader's cluster status, at most `STATUS_TTL` old.

@@ -239,6 +239,11 @@ impl Service {
         t
     }
 
+    /// Whether this server believes it leads (no quorum round).
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
     /// `NotLeader` unless this server believes it leads (no quorum round: for requests
     /// whose effect is leader soft state only).
     pub(crate) fn leader_here(&self) -> FsResult<()> {

@@ -123,9 +123,7 @@ impl Service {
             other => Err(FsError::internal(format!("{other:?} is not a session or xattr request"))),
         }
     }
-}
 
-impl Service {
     /// Starts the session's lease if this leader's state does not know it yet (its first
     /// open, or its first after it expired): one log write per session, not per open.
     async fn ensure_session(&self, session: u64, now: Timestamp) -> FsResult<()> {
@@ -175,7 +173,7 @@ pub(crate) async fn expire_sessions_when_leader(service: Arc<Service>, shutdown:
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EXPIRY_CHECK) => {}
         }
-        if service.raft.metrics().borrow().current_leader != Some(service.id) {
+        if !service.is_leader() {
             continue;
         }
         let now = Timestamp::now();
@@ -211,7 +209,7 @@ pub(crate) async fn sweep_orphans_when_leader(service: Arc<Service>, shutdown: C
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
-        if service.leader_here().is_err() {
+        if !service.is_leader() {
             continue;
         }
         let read = service.store.read().and_then(|r| Ok((r.orphans(SWEEP_BATCH)?, r.sessions()?)));

@@ -193,7 +193,7 @@ impl Worker {
     }
 
     fn is_leader(&self) -> bool {
-        self.service.raft.metrics().borrow().current_leader == Some(self.service.id)
+        self.service.is_leader()
     }
 
     async fn round(&mut self) {
