@@ -3,6 +3,7 @@
 //! and the `Kind::Meta` / `Kind::Raft` request handlers behind `MetaServer`.
 
 mod authz;
+mod batch;
 pub mod config;
 pub mod error;
 pub mod placement;

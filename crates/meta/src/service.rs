@@ -57,12 +57,41 @@ pub(crate) struct Service {
     pub(crate) transport: distfs_proto::ClientTransport,
     /// Which session holds which inode open: leader soft state (`opens.rs`).
     opens: Mutex<crate::opens::OpenTable>,
+    /// Writes waiting to be proposed together (`batch.rs`).
+    batch: Arc<crate::batch::Batcher>,
 }
 
 tokio::task_local! {
     /// The request id of the write being handled (`MetaRequest::Once`); the first
     /// command it proposes takes it (`Service::write`).
     static ONCE: std::cell::Cell<Option<crate::state::once::OnceKey>>;
+}
+
+/// Proposes what the batcher has queued, batch after batch, until the queue is empty: a
+/// task of its own, so that no caller's going away leaves the queue without a driver.
+fn drive(raft: MetaRaft, batch: Arc<crate::batch::Batcher>) {
+    tokio::spawn(async move {
+        while let Some((cmd, txs)) = batch.next() {
+            let answers = crate::batch::split(txs.len(), Service::propose(&raft, cmd).await);
+            for (tx, r) in txs.into_iter().zip(answers) {
+                let _ = tx.send(r);
+            }
+        }
+    });
+}
+
+/// `Batcher::hand_off` when a caller's own proposal ends, however it ends.
+struct HandOff {
+    raft: MetaRaft,
+    batch: Arc<crate::batch::Batcher>,
+}
+
+impl Drop for HandOff {
+    fn drop(&mut self) {
+        if self.batch.hand_off() {
+            drive(self.raft.clone(), self.batch.clone());
+        }
+    }
 }
 
 pub(crate) fn not_leader<N: Into<Option<openraft::BasicNode>>>(node: N) -> FsError {
@@ -94,6 +123,7 @@ impl Service {
             ops: Default::default(),
             tunables: std::sync::RwLock::new(config.clone()),
             opens: Mutex::new(crate::opens::OpenTable::new(crate::opens::ORPHAN_GRACE, started)),
+            batch: Arc::default(),
             config,
             transport,
         }
@@ -209,9 +239,24 @@ impl Service {
     }
 
     /// Proposes an idempotent command a write needs before its own (a session's lease):
-    /// it does not take the write's request id.
+    /// it does not take the write's request id. Writes that overlap share one log entry
+    /// (`batch.rs`).
     pub(crate) async fn write_unkeyed(&self, cmd: Command) -> FsResult<CommandResult> {
-        match self.raft.client_write(cmd).await {
+        if self.batch.try_lead() {
+            // Hands what queued meanwhile to a driver when done, also if this caller
+            // goes away mid-proposal (its client hung up).
+            let _hand_off = HandOff { raft: self.raft.clone(), batch: self.batch.clone() };
+            return Self::propose(&self.raft, cmd).await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.batch.push(cmd, tx) {
+            drive(self.raft.clone(), self.batch.clone());
+        }
+        rx.await.unwrap_or_else(|_| Err(FsError::Unavailable { reason: "the metadata write queue stopped".into() }))
+    }
+
+    async fn propose(raft: &MetaRaft, cmd: Command) -> FsResult<CommandResult> {
+        match raft.client_write(cmd).await {
             Ok(resp) => resp.data.0,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f.leader_node)),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(FsError::internal(e)),
@@ -481,6 +526,8 @@ impl Service {
             (_, Ok(CommandResult::Attr(a))) => Ok(MetaResponse::Attr(a)),
             (_, Ok(CommandResult::Done)) => Ok(MetaResponse::Done),
             (_, Ok(CommandResult::Registered(node))) => Ok(MetaResponse::Registered { node }),
+            // Never stored: a request id is inside a batch's command, not around a batch.
+            (_, Ok(CommandResult::Batch(_))) => return Ok(None),
         };
         Ok(Some(answer))
     }

@@ -312,3 +312,48 @@ async fn silent_nodes_become_suspect_then_dead() {
     }
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// Group commit (`batch.rs`): writes that overlap share log entries, and each still gets
+/// its own answer: of two clients racing for a name exactly one creates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, c) = start(config(dir.path())).await;
+    let d = attr(&c, MetaRequest::Mkdir { parent: InodeId::ROOT, name: "d".into(), perm: 0o755, uid: 0, gid: 0 }).await;
+    let before = server.metrics().last_log_index.expect("a log");
+    // 48 names asked once, 16 asked twice (by two clients with their own request ids).
+    let mut names: Vec<String> = (0..48).map(|i| format!("one{i}")).collect();
+    for i in 0..16 {
+        names.push(format!("race{i}"));
+        names.push(format!("race{i}"));
+    }
+    let calls: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let c = MetaClient::new(RpcClient::default(), vec![server.local_addr().to_string()])
+                .with_deadline(Duration::from_secs(20));
+            let req = MetaRequest::Mkdir { parent: d.ino, name: name.clone(), perm: 0o755, uid: 0, gid: 0 };
+            tokio::spawn(async move { (i, c.call(&req).await) })
+        })
+        .collect();
+    let mut created = std::collections::BTreeMap::<String, usize>::new();
+    for h in calls {
+        let (i, r) = h.await.expect("task");
+        match r {
+            Ok(MetaResponse::Attr(a)) => {
+                assert_eq!(a.kind, FileKind::Dir);
+                *created.entry(names[i].clone()).or_default() += 1;
+            }
+            Err(e) if names[i].starts_with("race") && e.to_string().contains("already exists") => {}
+            other => panic!("mkdir {} answered {other:?}", names[i]),
+        }
+    }
+    assert_eq!(created.len(), 64, "every name created");
+    assert!(created.values().all(|n| *n == 1), "each name created by exactly one caller: {created:?}");
+    let listed: BTreeSet<String> = list(&c, d.ino).await.into_iter().map(|e| e.name).collect();
+    assert_eq!(listed, created.keys().cloned().collect::<BTreeSet<_>>());
+    let entries = server.metrics().last_log_index.expect("a log") - before;
+    assert!(entries <= 40, "80 overlapping writes took {entries} log entries: they were not batched");
+    server.shutdown().await.expect("shutdown");
+}

@@ -324,6 +324,10 @@ pub enum Command {
         zone: String,
         capacity: u64,
     },
+    /// Commands of concurrent clients proposed as one log entry, so that they share its
+    /// fdatasync (group commit, `batch.rs`). Each is applied as if it were an entry of
+    /// its own, in order: one that fails leaves no trace and does not undo the others.
+    Batch(Vec<Command>),
 }
 
 /// What a successfully applied command returns.
@@ -332,6 +336,8 @@ pub enum CommandResult {
     Done,
     Attr(Attr),
     Registered(NodeId),
+    /// A `Batch`'s results, one per command in its order.
+    Batch(Vec<FsResult<CommandResult>>),
 }
 
 /// The Raft response type: the outcome of applying one entry.
@@ -404,6 +410,7 @@ pub fn apply(txn: &WriteTransaction, cmd: &Command) -> FsResult<CommandResult> {
         }
         // `StateStore::apply_entry` unwraps the outer one.
         Command::Once { .. } => Err(FsError::invalid("a request id inside another (nested `Once`)")),
+        Command::Batch(_) => Err(FsError::invalid("a batch inside a command")),
     }
 }
 
@@ -586,6 +593,32 @@ impl StateStore {
         membership: Option<&Membership>,
         cmd: Option<&Command>,
     ) -> Result<Option<FsResult<CommandResult>>, FsError> {
+        let Some(Command::Batch(cmds)) = cmd else { return self.apply_one(log_id, true, membership, cmd) };
+        // Each command in its own transaction, as separate entries would be; only the
+        // last records the applied id, so a crash mid-batch (these commits are not
+        // durable) re-applies the whole entry.
+        let mut out = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            let r = if matches!(c, Command::Batch(_)) {
+                Err(FsError::invalid("a batch inside a batch"))
+            } else {
+                self.apply_one(log_id, false, None, Some(c))?.unwrap_or(Ok(CommandResult::Done))
+            };
+            out.push(r);
+        }
+        self.apply_one(log_id, true, membership, None)?;
+        Ok(Some(Ok(CommandResult::Batch(out))))
+    }
+
+    /// `apply_entry` of one command; `record` says whether this transaction also
+    /// records `log_id` as applied.
+    fn apply_one(
+        &self,
+        log_id: Option<LogId<u64>>,
+        record: bool,
+        membership: Option<&Membership>,
+        cmd: Option<&Command>,
+    ) -> Result<Option<FsResult<CommandResult>>, FsError> {
         let begin = || -> FsResult<WriteTransaction> {
             let mut txn = self.db.begin_write().map_err(db_err)?;
             txn.set_durability(APPLY_DURABILITY).map_err(db_err)?;
@@ -618,7 +651,7 @@ impl StateStore {
             }
             None => None,
         };
-        if log_id.is_some() {
+        if log_id.is_some() && record {
             meta_put(&txn, K_LAST_APPLIED, &log_id)?;
         }
         if let Some(m) = membership {

@@ -648,3 +648,41 @@ fn a_database_of_another_schema_is_refused() {
     let err = StateStore::open(&path).err().expect("schema 1 is refused");
     assert!(err.to_string().contains("schema 1"), "{err}");
 }
+
+#[test]
+fn a_batch_applies_each_command_as_its_own_entry_and_a_failing_one_undoes_nothing_else() {
+    let t = T::new();
+    let d = t.mkdir(ROOT, "d");
+    let mk = |name: &str| Command::Mkdir { parent: d.ino, name: name.into(), perm: 0o755, uid: 0, gid: 0, now: ts(3) };
+    let once = |seq: u64, cmd: Command| Command::Once { client: 7, slot: 0, seq, now: ts(3), cmd: Box::new(cmd) };
+    let batch = Command::Batch(vec![
+        mk("a"),
+        // Fails half-way through nothing: its own transaction is aborted, not the batch.
+        Command::Rename {
+            parent: d.ino,
+            name: "missing".into(),
+            new_parent: d.ino,
+            new_name: "x".into(),
+            mode: RenameMode::Replace,
+            now: ts(3),
+        },
+        mk("a"),
+        once(1, mk("b")),
+        Command::Batch(vec![mk("nested")]),
+    ]);
+    let at = LogId::new(openraft::CommittedLeaderId::new(1, 1), 40);
+    let r = t.s.apply_entry(Some(at), None, Some(&batch)).expect("store works").expect("a result");
+    let Ok(CommandResult::Batch(rs)) = r else { panic!("a batch answers per command: {r:?}") };
+    assert_eq!(rs.len(), 5);
+    assert!(matches!(&rs[0], Ok(CommandResult::Attr(a)) if a.kind == FileKind::Dir));
+    assert!(matches!(rs[1], Err(FsError::NotFound { .. })), "{:?}", rs[1]);
+    assert!(matches!(rs[2], Err(FsError::AlreadyExists { .. })), "the second mkdir of a sees the first: {:?}", rs[2]);
+    assert!(matches!(&rs[3], Ok(CommandResult::Attr(_))));
+    assert!(matches!(rs[4], Err(FsError::InvalidArgument { .. })), "{:?}", rs[4]);
+    assert!(t.lookup(d.ino, "a").is_some() && t.lookup(d.ino, "b").is_some());
+    assert_eq!(t.lookup(d.ino, "nested"), None);
+    assert_eq!(t.s.applied_state().expect("state").0, Some(at), "the entry is applied once, as a whole");
+    // The request id inside the batch is remembered: its retry, alone, answers the same.
+    let again = t.run(once(1, mk("b")));
+    assert_eq!(again, rs[3]);
+}
