@@ -15,6 +15,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED:-$(cd "$here/../shared/bench" 2>/dev/null && pwd || echo /work/shared/bench)}
 export SEQ_SIZE=${SEQ_SIZE:-128m} PAR_SIZE=${PAR_SIZE:-32m} RAND_RUNTIME=${RAND_RUNTIME:-3}
 rm -rf "$work" && mkdir -p "$work"
+"$here/scripts/setup-test-deps" >&2
 tsv="$work/results.tsv"
 up=""
 mnt="$work/mnt"

@@ -17,6 +17,8 @@ work=${1:-/tmp/distfs-compare}
 here=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED:-$(cd "$here/../shared/bench" 2>/dev/null && pwd || echo /work/shared/bench)}
 bin="${CARGO_TARGET_DIR:-$here/target}/release"
+# A fresh machine lacks fuse3 (the mount) and the other packages the project installs.
+"$here/scripts/setup-test-deps" >&2
 [ -x "$bin/distfs" ] || (cd "$here" && cargo build --release --bins)
 [ -x "$shared/fsbench.sh" ] || { echo "fsbench.sh not found under $shared" >&2; exit 2; }
 
