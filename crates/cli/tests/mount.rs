@@ -8,7 +8,7 @@ mod mount_common;
 
 use common::*;
 use mount_common::*;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +134,39 @@ async fn two_mounts_close_to_open_and_rename_over_a_file_under_readers() {
         let data2 = random_bytes(data.len(), round + 200);
         std::fs::write(b.path("shared"), &data2).expect("write on b");
         assert!(std::fs::read(a.path("shared")).expect("read on a") == data2, "round {round}: a read stale bytes");
+    }
+
+    eprintln!("phase: a directory's attributes follow each change made in it on this mount");
+    let d = a.path("dirattrs");
+    std::fs::create_dir(&d).expect("mkdir dirattrs");
+    let mut last = std::fs::metadata(&d).expect("stat dirattrs");
+    for i in 0..4u64 {
+        std::fs::create_dir(d.join(format!("sub{i}"))).expect("mkdir sub");
+        std::fs::write(d.join(format!("f{i}")), b"x").expect("create file");
+        let now = std::fs::metadata(&d).expect("stat dirattrs");
+        assert_eq!(now.nlink(), 3 + i, "nlink after {} subdirectories", i + 1);
+        assert!((now.mtime(), now.mtime_nsec()) > (last.mtime(), last.mtime_nsec()), "mtime moves on");
+        last = now;
+    }
+    std::fs::remove_dir(d.join("sub0")).expect("rmdir sub0");
+    std::fs::rename(d.join("sub1"), a.path("sub1-moved")).expect("move sub1 out");
+    assert_eq!(std::fs::metadata(&d).expect("stat dirattrs").nlink(), 4, "two subdirectories left");
+    std::fs::remove_file(d.join("f0")).expect("unlink f0");
+    let names = std::fs::read_dir(&d).expect("list").count();
+    assert_eq!(names, 5, "sub2, sub3, f1, f2, f3");
+
+    eprintln!("phase: a size the kernel cached from a stat does not cut a later open short");
+    for round in 0..3u64 {
+        let short = random_bytes(10_000 + round as usize, round + 300);
+        std::fs::write(a.path("statted"), &short).expect("write short on a");
+        // b's kernel caches a size (the short one, or an older one: a stat may lag
+        // another mount by the attribute TTL); only the open can tell it the new size.
+        std::fs::metadata(b.path("statted")).expect("stat on b");
+        let long = random_bytes(300_000 + round as usize, round + 400);
+        std::fs::write(a.path("statted"), &long).expect("write long on a");
+        let got = std::fs::read(b.path("statted")).expect("read on b");
+        assert!(got == long, "round {round}: b read {} bytes after a's rewrite to {}", got.len(), long.len());
+        assert_eq!(std::fs::metadata(b.path("statted")).expect("stat on b").len(), long.len() as u64);
     }
 
     eprintln!("phase: rename over a file while readers on both mounts read it whole");

@@ -82,7 +82,12 @@ pub struct Client {
     pub(crate) latency: Arc<Mutex<HashMap<NodeId, u64>>>,
     /// Chunk size, block size and replication: fixed at format time, fetched once.
     pub(crate) geometry: Arc<tokio::sync::OnceCell<write::Geometry>>,
+    /// Told the directories each namespace change touched, as they are after it.
+    pub(crate) dirs_seen: Option<DirsSeen>,
 }
+
+/// What `Client::on_dirs_changed` calls.
+pub type DirsSeen = Arc<dyn Fn(&[distfs_types::Attr]) + Send + Sync>;
 
 impl Client {
     pub fn new(config: ClientConfig) -> Client {
@@ -94,7 +99,23 @@ impl Client {
         });
         let mut meta = MetaClient::new(rpc.clone(), config.meta.clone()).with_deadline(config.meta_deadline);
         meta.attempt_timeout = config.meta_attempt_timeout;
-        Client { meta, rpc, config: Arc::new(config), latency: Arc::default(), geometry: Arc::default() }
+        Client {
+            meta,
+            rpc,
+            config: Arc::new(config),
+            latency: Arc::default(),
+            geometry: Arc::default(),
+            dirs_seen: None,
+        }
+    }
+
+    /// Calls `f` with the attributes of the directories every namespace change made
+    /// through this client touched (mkdir, create, symlink, link, unlink, rmdir,
+    /// rename), as the metadata service had them just after the change: a cache of
+    /// attributes (the mount's) can answer for them without asking again.
+    pub fn on_dirs_changed(mut self, f: impl Fn(&[distfs_types::Attr]) + Send + Sync + 'static) -> Client {
+        self.dirs_seen = Some(Arc::new(f));
+        self
     }
 
     pub fn config(&self) -> &ClientConfig {

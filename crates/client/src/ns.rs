@@ -47,6 +47,34 @@ macro_rules! expect_resp {
 }
 
 impl Client {
+    /// The inode a namespace change made (or linked); its directories go to `dirs_seen`.
+    fn made(&self, r: MetaResponse, request: &'static str) -> Result<Attr> {
+        match r {
+            MetaResponse::Changed { attr: Some(a), dirs } => {
+                self.saw_dirs(&dirs);
+                Ok(a)
+            }
+            _ => Err(ClientError::Unexpected { request }),
+        }
+    }
+
+    /// A namespace change that made nothing (a removal, a rename).
+    fn removed(&self, r: MetaResponse, request: &'static str) -> Result<()> {
+        match r {
+            MetaResponse::Changed { attr: None, dirs } => {
+                self.saw_dirs(&dirs);
+                Ok(())
+            }
+            _ => Err(ClientError::Unexpected { request }),
+        }
+    }
+
+    fn saw_dirs(&self, dirs: &[Attr]) {
+        if let Some(f) = &self.dirs_seen {
+            f(dirs);
+        }
+    }
+
     /// Attributes of the inode at `path` (a final symlink is not followed).
     pub async fn resolve(&self, path: &str) -> Result<Attr> {
         let path = normalize(path)?;
@@ -86,7 +114,7 @@ impl Client {
     pub async fn mkdir(&self, parent: InodeId, name: &str, perm: u32) -> Result<Attr> {
         let (uid, gid) = ids();
         let r = self.meta_call(MetaRequest::Mkdir { parent, name: name.to_string(), perm, uid, gid }).await?;
-        expect_resp!(r, MetaResponse::Attr(a) => a, "Mkdir")
+        self.made(r, "Mkdir")
     }
 
     /// Creates every missing directory on `path`; an existing directory is fine.
@@ -131,14 +159,14 @@ impl Client {
         let req =
             MetaRequest::Create { parent, name: name.to_string(), perm, uid, gid, exclusive, open_session: session };
         let r = self.meta_call(req).await?;
-        expect_resp!(r, MetaResponse::Attr(a) => a, "Create")
+        self.made(r, "Create")
     }
 
     pub async fn symlink(&self, parent: InodeId, name: &str, target: &str) -> Result<Attr> {
         let (uid, gid) = ids();
         let req = MetaRequest::Symlink { parent, name: name.to_string(), target: target.to_string(), uid, gid };
         let r = self.meta_call(req).await?;
-        expect_resp!(r, MetaResponse::Attr(a) => a, "Symlink")
+        self.made(r, "Symlink")
     }
 
     pub async fn readlink(&self, ino: InodeId) -> Result<String> {
@@ -148,17 +176,17 @@ impl Client {
 
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> Result<Attr> {
         let r = self.meta_call(MetaRequest::Link { ino, new_parent, new_name: new_name.to_string() }).await?;
-        expect_resp!(r, MetaResponse::Attr(a) => a, "Link")
+        self.made(r, "Link")
     }
 
     pub async fn unlink(&self, parent: InodeId, name: &str) -> Result<()> {
         let r = self.meta_call(MetaRequest::Unlink { parent, name: name.to_string() }).await?;
-        expect_resp!(r, MetaResponse::Done => (), "Unlink")
+        self.removed(r, "Unlink")
     }
 
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<()> {
         let r = self.meta_call(MetaRequest::Rmdir { parent, name: name.to_string() }).await?;
-        expect_resp!(r, MetaResponse::Done => (), "Rmdir")
+        self.removed(r, "Rmdir")
     }
 
     pub async fn rename(
@@ -172,7 +200,7 @@ impl Client {
         let req =
             MetaRequest::Rename { parent, name: name.to_string(), new_parent, new_name: new_name.to_string(), mode };
         let r = self.meta_call(req).await?;
-        expect_resp!(r, MetaResponse::Done => (), "Rename")
+        self.removed(r, "Rename")
     }
 
     /// One page of a directory listing: entries after `after`, and whether more follow.

@@ -75,7 +75,7 @@ impl DistFs {
 
     fn entry(inner: &Inner, reply: ReplyEntry, r: Result<Attr>) {
         match r {
-            Ok(a) => reply.entry_with_ttls(&inner.attr_ttl, &inner.entry_ttl, &file_attr(&a), GEN),
+            Ok(a) => inner.tell(&a, || reply.entry_with_ttls(&inner.attr_ttl, &inner.entry_ttl, &file_attr(&a), GEN)),
             Err(e) => reply.error(errno_of_client(&e)),
         }
     }
@@ -102,6 +102,9 @@ impl Inner {
     /// Attributes with this mount's buffered bytes counted. An inode removed while this
     /// handle keeps it open (unlinked, renamed over) answers with what the handle saw.
     async fn getattr_local(&self, ino: InodeId, fh: Option<u64>) -> Result<Attr> {
+        if let Some(a) = self.fresh_dirs.take(ino) {
+            return Ok(a);
+        }
         match self.client.getattr(ino).await {
             Ok(a) => Ok(self.with_pending(a)),
             Err(e) => {
@@ -271,7 +274,7 @@ impl Filesystem for DistFs {
         let inner = self.inner.clone();
         self.spawn(debug_span!("getattr", ino = i.0), async move {
             match inner.getattr_local(ino(i), fh.map(|f| f.0)).await {
-                Ok(a) => reply.attr(&inner.attr_ttl, &file_attr(&a)),
+                Ok(a) => inner.tell(&a, || reply.attr(&inner.attr_ttl, &file_attr(&a))),
                 Err(e) => reply.error(errno_of_client(&e)),
             }
         });
@@ -301,7 +304,7 @@ impl Filesystem for DistFs {
         let inner = self.inner.clone();
         self.spawn(debug_span!("setattr", ino = i.0, ?size), async move {
             match inner.setattr(ino(i), mode, uid, gid, size, atime, mtime).await {
-                Ok(a) => reply.attr(&inner.attr_ttl, &file_attr(&a)),
+                Ok(a) => inner.tell(&a, || reply.attr(&inner.attr_ttl, &file_attr(&a))),
                 Err(e) => reply.error(errno_of_client(&e)),
             }
         });
@@ -739,9 +742,9 @@ impl Filesystem for DistFs {
         let (inner, who) = (self.inner.clone(), Caller::of(req));
         self.spawn(debug_span!("create", parent = parent.0, %name, flags), async move {
             match inner.create_file(ino(parent), &name, mode, flags, who).await {
-                Ok((a, fh)) => {
+                Ok((a, fh)) => inner.tell(&a, || {
                     reply.created(&inner.entry_ttl, &file_attr(&a), GEN, FileHandle(fh), FopenFlags::empty())
-                }
+                }),
                 Err(e) => reply.error(errno_of_client(&e)),
             }
         });

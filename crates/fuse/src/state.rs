@@ -7,11 +7,87 @@ use distfs_types::{Attr, DirEntry, FsError, InodeId, Timestamp};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Remembered page-cache versions beyond this are forgotten (the next open of those
 /// files simply drops their cached pages).
 const MAX_CACHED_VERSIONS: usize = 100_000;
+
+/// Directories remembered by `FreshDirs` beyond this: the expired ones are dropped first,
+/// then all.
+const MAX_FRESH_DIRS: usize = 10_000;
+
+/// Directory attributes that this mount's namespace changes brought back, kept until the
+/// kernel asks for them or the attribute TTL passes. The kernel drops a directory's
+/// cached attributes after every change in it and asks again (GETATTR) before its next
+/// permission check there; this answers that without a round trip, with what the
+/// metadata service had just after the change (no staler than the kernel's own cache).
+pub(crate) struct FreshDirs {
+    ttl: Duration,
+    map: Mutex<HashMap<InodeId, Fresh>>,
+}
+
+/// What `FreshDirs` holds of one directory.
+struct Fresh {
+    /// Its attributes, until the kernel takes them.
+    attr: Option<Attr>,
+    /// The newest version answered (an older answer arriving later is ignored).
+    seen: u64,
+    until: Instant,
+}
+
+impl FreshDirs {
+    pub fn new(ttl: Duration) -> FreshDirs {
+        FreshDirs { ttl, map: Mutex::default() }
+    }
+
+    /// Remembers `dirs`; an answer that arrives after a newer one (two changes in one
+    /// directory racing) is ignored.
+    pub fn put(&self, dirs: &[Attr]) {
+        let now = Instant::now();
+        let mut map = self.map.lock().expect("fresh dirs lock");
+        if map.len() >= MAX_FRESH_DIRS {
+            map.retain(|_, f| f.until > now);
+            if map.len() >= MAX_FRESH_DIRS {
+                map.clear();
+            }
+        }
+        for a in dirs {
+            match map.get(&a.ino) {
+                Some(f) if f.seen >= a.version && f.until > now => {}
+                _ => {
+                    map.insert(a.ino, Fresh { attr: Some(a.clone()), seen: a.version, until: now + self.ttl });
+                }
+            }
+        }
+    }
+
+    /// The remembered attributes of `ino`, once, if still within the TTL.
+    pub fn take(&self, ino: InodeId) -> Option<Attr> {
+        let mut map = self.map.lock().expect("fresh dirs lock");
+        let f = map.get_mut(&ino)?;
+        if f.until <= Instant::now() {
+            map.remove(&ino);
+            return None;
+        }
+        f.attr.take()
+    }
+
+    /// Forgets `ino`'s attributes (changed in a way no answer reported: an xattr).
+    pub fn forget(&self, ino: InodeId) {
+        self.map.lock().expect("fresh dirs lock").remove(&ino);
+    }
+
+    /// The kernel was just given `attr`: remembered attributes no newer are moot.
+    fn told(&self, attr: &Attr) {
+        let mut map = self.map.lock().expect("fresh dirs lock");
+        if let Some(f) = map.get_mut(&attr.ino) {
+            if f.attr.as_ref().is_some_and(|h| h.version <= attr.version) {
+                f.attr = None;
+            }
+        }
+    }
+}
 
 /// One open file (a kernel file handle).
 pub(crate) struct OpenFile {
@@ -90,6 +166,12 @@ pub(crate) struct Inner {
     inodes: Mutex<HashMap<InodeId, InodeLocal>>,
     /// (mtime, size) of each file as the kernel's page cache holds it.
     cached: Mutex<HashMap<InodeId, (Timestamp, u64)>>,
+    /// (mtime, size) of each inode in the last attributes this mount handed the kernel
+    /// (`told`): what the kernel's attribute cache can hold, besides its own writes.
+    told: Mutex<HashMap<InodeId, (Timestamp, u64)>>,
+    /// Directory attributes from this mount's namespace changes, for the kernel's next
+    /// GETATTR (shared with the client's `on_dirs_changed`).
+    pub fresh_dirs: Arc<FreshDirs>,
     /// Tells the kernel to drop cached attributes; set once the session exists.
     pub notifier: std::sync::OnceLock<fuser::Notifier>,
     /// This mount's client session and the inodes it holds open.
@@ -101,7 +183,11 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub fn new(client: Client, attr_ttl: Duration, entry_ttl: Duration) -> Inner {
+        let fresh_dirs = Arc::new(FreshDirs::new(attr_ttl));
+        let sink = fresh_dirs.clone();
+        let client = client.on_dirs_changed(move |dirs| sink.put(dirs));
         Inner {
+            fresh_dirs,
             client,
             attr_ttl,
             entry_ttl,
@@ -110,6 +196,7 @@ impl Inner {
             dirs: Mutex::default(),
             inodes: Mutex::default(),
             cached: Mutex::default(),
+            told: Mutex::default(),
             notifier: std::sync::OnceLock::new(),
             session: crate::opens::Session::new(),
             no_caps: Mutex::default(),
@@ -193,6 +280,26 @@ impl Inner {
         cached.insert(attr.ino, now) == Some(now)
     }
 
+    /// Hands the kernel attributes through `send` (a `reply.attr`/`entry`/`created`
+    /// call) and records their (mtime, size). Both happen under one lock: the kernel
+    /// applies replies in the order they are written, so the record is the kernel's
+    /// latest even when two replies for one inode race.
+    pub fn tell<R>(&self, attr: &Attr, send: impl FnOnce() -> R) -> R {
+        let mut told = self.told.lock().expect("told lock");
+        if told.len() >= MAX_CACHED_VERSIONS && !told.contains_key(&attr.ino) {
+            told.clear();
+        }
+        told.insert(attr.ino, (attr.mtime, attr.size));
+        self.fresh_dirs.told(attr);
+        send()
+    }
+
+    /// Whether the kernel may cache attributes of `attr.ino` other than `attr`'s (mtime,
+    /// size): it never had any from this mount, or had others.
+    pub fn kernel_may_differ(&self, attr: &Attr) -> bool {
+        self.told.lock().expect("told lock").get(&attr.ino) != Some(&(attr.mtime, attr.size))
+    }
+
     /// Drops the kernel's cached attributes of `ino` (not its pages): an open that found
     /// the file changed must not keep reading up to a stale size.
     pub fn forget_attrs(&self, ino: InodeId) {
@@ -223,5 +330,50 @@ mod tests {
         assert!(io.note_written(50, 60));
         assert_eq!(io.written, vec![(0, 40), (50, 60), (100, 110)]);
         assert!(!io.note_written(45, 55));
+    }
+
+    fn dir(ino: u64, version: u64) -> Attr {
+        let t = Timestamp::default();
+        Attr {
+            ino: InodeId(ino),
+            kind: distfs_types::FileKind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink: 2 + version as u32,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            version,
+        }
+    }
+
+    #[test]
+    fn fresh_directory_attributes_are_answered_once_and_the_newest_wins() {
+        let f = FreshDirs::new(Duration::from_secs(60));
+        assert_eq!(f.take(InodeId(5)), None, "nothing remembered");
+        f.put(&[dir(5, 3)]);
+        assert_eq!(f.take(InodeId(5)), Some(dir(5, 3)));
+        assert_eq!(f.take(InodeId(5)), None, "answered once: the next GETATTR asks the service");
+        // Two changes in one directory whose answers arrive out of order.
+        f.put(&[dir(5, 7)]);
+        f.put(&[dir(5, 6)]);
+        assert_eq!(f.take(InodeId(5)), Some(dir(5, 7)));
+        f.put(&[dir(5, 6)]);
+        assert_eq!(f.take(InodeId(5)), None, "an older answer after the newest was used");
+        // The kernel was handed something at least as new (a lookup, a setattr).
+        f.put(&[dir(5, 8), dir(9, 1)]);
+        f.told(&dir(5, 8));
+        assert_eq!(f.take(InodeId(5)), None);
+        f.forget(InodeId(9));
+        assert_eq!(f.take(InodeId(9)), None, "forgotten (an xattr changed its ctime)");
+    }
+
+    #[test]
+    fn fresh_directory_attributes_expire_with_the_ttl() {
+        let f = FreshDirs::new(Duration::ZERO);
+        f.put(&[dir(5, 1)]);
+        assert_eq!(f.take(InodeId(5)), None);
     }
 }

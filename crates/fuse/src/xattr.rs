@@ -78,11 +78,13 @@ impl Inner {
 
     pub async fn setxattr(&self, ino: InodeId, name: &str, value: &[u8], mode: XattrMode) -> Result<()> {
         self.no_caps.lock().expect("no_caps lock").remove(&ino);
+        self.fresh_dirs.forget(ino);
         self.client.setxattr(ino, name, value, mode).await
     }
 
     pub async fn removexattr(&self, ino: InodeId, name: &str) -> Result<()> {
         self.no_caps.lock().expect("no_caps lock").remove(&ino);
+        self.fresh_dirs.forget(ino);
         self.client.removexattr(ino, name).await
     }
 }

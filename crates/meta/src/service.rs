@@ -327,9 +327,40 @@ impl Service {
     }
 
     pub(crate) fn attr_of(res: CommandResult) -> FsResult<MetaResponse> {
+        Self::attr_in(res).map(MetaResponse::Attr)
+    }
+
+    fn attr_in(res: CommandResult) -> FsResult<Attr> {
         match res {
-            CommandResult::Attr(a) => Ok(MetaResponse::Attr(a)),
+            CommandResult::Attr(a) => Ok(a),
             other => Err(FsError::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    /// The answer to a namespace change: `attr` and the directories `dirs` as they are
+    /// now, just after it was applied here (a directory removed since is left out).
+    fn changed(&self, attr: Option<Attr>, dirs: &[InodeId]) -> FsResult<MetaResponse> {
+        let r = self.store.read()?;
+        let mut out: Vec<Attr> = Vec::with_capacity(dirs.len());
+        for &d in dirs {
+            if out.iter().all(|a| a.ino != d) {
+                out.extend(r.inode(d)?.map(|i| i.attr));
+            }
+        }
+        Ok(MetaResponse::Changed { attr, dirs: out })
+    }
+
+    /// The directories a namespace change touches (`None`: not a namespace change).
+    fn dirs_changed_by(req: &MetaRequest) -> Option<Vec<InodeId>> {
+        match req {
+            MetaRequest::Mkdir { parent, .. }
+            | MetaRequest::Create { parent, .. }
+            | MetaRequest::Symlink { parent, .. }
+            | MetaRequest::Unlink { parent, .. }
+            | MetaRequest::Rmdir { parent, .. } => Some(vec![*parent]),
+            MetaRequest::Link { new_parent, .. } => Some(vec![*new_parent]),
+            MetaRequest::Rename { parent, new_parent, .. } => Some(vec![*parent, *new_parent]),
+            _ => None,
         }
     }
 
@@ -359,17 +390,20 @@ impl Service {
             }
             MetaRequest::SetAttr { ino, set } => Self::attr_of(self.write(Command::SetAttr { ino, set, now }).await?),
             MetaRequest::Mkdir { parent, name, perm, uid, gid } => {
-                Self::attr_of(self.write(Command::Mkdir { parent, name, perm, uid, gid, now }).await?)
+                let made = self.write(Command::Mkdir { parent, name, perm, uid, gid, now }).await?;
+                self.changed(Some(Self::attr_in(made)?), &[parent])
             }
             MetaRequest::Create { parent, name, perm, uid, gid, exclusive, open_session } => {
                 let create = Command::Create { parent, name, perm, uid, gid, exclusive, now, open: None };
-                match open_session {
-                    None => Self::attr_of(self.write(create).await?),
-                    Some(session) => self.create_open(create, session, now).await.map(MetaResponse::Attr),
-                }
+                let made = match open_session {
+                    None => Self::attr_in(self.write(create).await?)?,
+                    Some(session) => self.create_open(create, session, now).await?,
+                };
+                self.changed(Some(made), &[parent])
             }
             MetaRequest::Symlink { parent, name, target, uid, gid } => {
-                Self::attr_of(self.write(Command::Symlink { parent, name, target, uid, gid, now }).await?)
+                let made = self.write(Command::Symlink { parent, name, target, uid, gid, now }).await?;
+                self.changed(Some(Self::attr_in(made)?), &[parent])
             }
             MetaRequest::Readlink { ino } => {
                 self.read_barrier().await?;
@@ -380,19 +414,20 @@ impl Service {
                     .ok_or_else(|| FsError::invalid(format!("inode {ino} is not a symlink")))
             }
             MetaRequest::Link { ino, new_parent, new_name } => {
-                Self::attr_of(self.write(Command::Link { ino, new_parent, new_name, now }).await?)
+                let linked = self.write(Command::Link { ino, new_parent, new_name, now }).await?;
+                self.changed(Some(Self::attr_in(linked)?), &[new_parent])
             }
             MetaRequest::Unlink { parent, name } => {
                 self.write(Command::Unlink { parent, name, now }).await?;
-                Ok(MetaResponse::Done)
+                self.changed(None, &[parent])
             }
             MetaRequest::Rmdir { parent, name } => {
                 self.write(Command::Rmdir { parent, name, now }).await?;
-                Ok(MetaResponse::Done)
+                self.changed(None, &[parent])
             }
             MetaRequest::Rename { parent, name, new_parent, new_name, mode } => {
                 self.write(Command::Rename { parent, name, new_parent, new_name, mode, now }).await?;
-                Ok(MetaResponse::Done)
+                self.changed(None, &[parent, new_parent])
             }
             MetaRequest::ReadDir { ino, after, limit } => {
                 self.read_barrier().await?;
@@ -523,8 +558,14 @@ impl Service {
                 | MetaRequest::Create { open_session: Some(_), .. },
                 _,
             ) => return Ok(None),
-            (_, Ok(CommandResult::Attr(a))) => Ok(MetaResponse::Attr(a)),
-            (_, Ok(CommandResult::Done)) => Ok(MetaResponse::Done),
+            (req, Ok(CommandResult::Attr(a))) => match Self::dirs_changed_by(req) {
+                Some(dirs) => self.changed(Some(a), &dirs),
+                None => Ok(MetaResponse::Attr(a)),
+            },
+            (req, Ok(CommandResult::Done)) => match Self::dirs_changed_by(req) {
+                Some(dirs) => self.changed(None, &dirs),
+                None => Ok(MetaResponse::Done),
+            },
             (_, Ok(CommandResult::Registered(node))) => Ok(MetaResponse::Registered { node }),
             // Never stored: a request id is inside a batch's command, not around a batch.
             (_, Ok(CommandResult::Batch(_))) => return Ok(None),

@@ -40,9 +40,22 @@ async fn call(c: &MetaClient, req: MetaRequest) -> MetaResponse {
 
 async fn attr(c: &MetaClient, req: MetaRequest) -> distfs_types::Attr {
     match call(c, req).await {
-        MetaResponse::Attr(a) => a,
+        MetaResponse::Attr(a) | MetaResponse::Changed { attr: Some(a), .. } => a,
         other => panic!("expected Attr, got {other:?}"),
     }
+}
+
+/// The directories a namespace change answered with, checked against what `GetAttr`
+/// says of each right after: the answer is the state after the change.
+async fn changed_dirs(c: &MetaClient, req: MetaRequest) -> Vec<distfs_types::Attr> {
+    let dirs = match call(c, req).await {
+        MetaResponse::Changed { dirs, .. } => dirs,
+        other => panic!("expected Changed, got {other:?}"),
+    };
+    for d in &dirs {
+        assert_eq!(&attr(c, MetaRequest::GetAttr { ino: d.ino }).await, d, "directory {} as answered", d.ino);
+    }
+    dirs
 }
 
 async fn heartbeat(c: &MetaClient, node: NodeId, deleted: Vec<BlockId>) -> Vec<BlockId> {
@@ -124,20 +137,24 @@ async fn namespace_write_gc_and_restart_over_the_protocol() {
     // Phase 2: namespace.
     const ROOT: InodeId = InodeId::ROOT;
     let a = attr(&c, MetaRequest::Mkdir { parent: ROOT, name: "a".into(), perm: 0o755, uid: 1, gid: 1 }).await;
-    let f = attr(
-        &c,
-        MetaRequest::Create {
-            parent: a.ino,
-            name: "f".into(),
-            perm: 0o644,
-            uid: 1,
-            gid: 1,
-            exclusive: true,
-            open_session: None,
-        },
-    )
-    .await;
+    let create = |name: &str| MetaRequest::Create {
+        parent: a.ino,
+        name: name.into(),
+        perm: 0o644,
+        uid: 1,
+        gid: 1,
+        exclusive: true,
+        open_session: None,
+    };
+    let f = attr(&c, create("f")).await;
     assert_eq!(f.kind, FileKind::File);
+    // Each namespace change answers with the directories it touched, as they are after
+    // it: `a` gained an entry (a newer version than when it was made).
+    let dirs = changed_dirs(&c, create("g0")).await;
+    assert_eq!(dirs.iter().map(|d| d.ino).collect::<Vec<_>>(), vec![a.ino]);
+    assert!(dirs[0].version > a.version, "{:?} after {:?}", dirs[0], a);
+    let dirs = changed_dirs(&c, MetaRequest::Unlink { parent: a.ino, name: "g0".into() }).await;
+    assert_eq!(dirs.iter().map(|d| d.ino).collect::<Vec<_>>(), vec![a.ino]);
 
     // Phase 3: allocate, commit a write, read the layout.
     let targets = match call(&c, MetaRequest::AllocateBlocks { ino: f.ino, count: 2 }).await {
@@ -175,17 +192,15 @@ async fn namespace_write_gc_and_restart_over_the_protocol() {
     assert!(layout.nodes.iter().all(|n| n.healthy));
 
     // Phase 4: rename, then unlink: the blocks go to the GC queue of their replicas.
-    call(
-        &c,
-        MetaRequest::Rename {
-            parent: a.ino,
-            name: "f".into(),
-            new_parent: ROOT,
-            new_name: "g".into(),
-            mode: RenameMode::Replace,
-        },
-    )
-    .await;
+    let rename = MetaRequest::Rename {
+        parent: a.ino,
+        name: "f".into(),
+        new_parent: ROOT,
+        new_name: "g".into(),
+        mode: RenameMode::Replace,
+    };
+    let dirs = changed_dirs(&c, rename).await;
+    assert_eq!(dirs.iter().map(|d| d.ino).collect::<Vec<_>>(), vec![a.ino, ROOT], "both directories of a rename");
     let g = attr(&c, MetaRequest::Lookup { parent: ROOT, name: "g".into() }).await;
     assert_eq!(g.ino, f.ino);
     call(&c, MetaRequest::Unlink { parent: ROOT, name: "g".into() }).await;
@@ -341,8 +356,9 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
     for h in calls {
         let (i, r) = h.await.expect("task");
         match r {
-            Ok(MetaResponse::Attr(a)) => {
+            Ok(MetaResponse::Changed { attr: Some(a), dirs }) => {
                 assert_eq!(a.kind, FileKind::Dir);
+                assert_eq!(dirs.iter().map(|x| x.ino).collect::<Vec<_>>(), vec![d.ino]);
                 *created.entry(names[i].clone()).or_default() += 1;
             }
             Err(e) if names[i].starts_with("race") && e.to_string().contains("already exists") => {}

@@ -604,6 +604,14 @@ pub enum MetaResponse {
     Held {
         gone: Vec<InodeId>,
     },
+    /// Answer to a namespace change (`Mkdir`, `Create`, `Symlink`, `Link`, `Unlink`,
+    /// `Rmdir`, `Rename`): the inode made or linked (`None` for a removal or a rename)
+    /// and each directory the change touched, as it is after the change, so a client
+    /// that caches attributes (the mount) need not ask for them again.
+    Changed {
+        attr: Option<Attr>,
+        dirs: Vec<Attr>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------
