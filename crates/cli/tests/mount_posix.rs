@@ -166,6 +166,21 @@ async fn xattrs_and_locks_work_on_the_mount() {
     assert_eq!(errno_of(xattr_set(&f, &format!("user.{}", "n".repeat(251)), b"x", 0)), Some(libc::ERANGE));
     let list = run_ok(&format!("getfattr -d -m - '{}'", f.display()), T).await;
     assert!(list.contains("user.color=\"red\"") && list.contains("user.big="), "getfattr -d: {list}");
+    // security.capability of a file made with O_EXCL (the mount starts out knowing it
+    // has none): writes work, and a capability set later is read back on both mounts.
+    let capped = m.path("capped");
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&capped).expect("create_new");
+    std::io::Write::write_all(&mut file, b"#!/bin/true\n").expect("write a new file");
+    drop(file);
+    assert_eq!(errno_of(xattr_get(&capped, "security.capability", 64)), Some(libc::ENODATA));
+    // VFS_CAP_REVISION_2: magic, then permitted and inheritable (low, high) words.
+    let mut cap = 0x0200_0000u32.to_le_bytes().to_vec();
+    for w in [1u32 << 10, 0, 0, 0] {
+        cap.extend(w.to_le_bytes());
+    }
+    xattr_set(&capped, "security.capability", &cap, 0).expect("set a file capability");
+    assert_eq!(xattr_get(&capped, "security.capability", 64).expect("capability on this mount"), cap);
+    assert_eq!(xattr_get(&other.path("capped"), "security.capability", 64).expect("capability on the other"), cap);
     run_ok(&format!("setfattr -x user.big '{}'", f.display()), T).await;
     assert_eq!(errno_of(xattr_get(&f, "user.big", 64)), Some(libc::ENODATA));
     // A minimal POSIX ACL (version 2; user::rw-, group::r--, other::r--) is refused: ACLs

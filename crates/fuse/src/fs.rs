@@ -189,6 +189,11 @@ impl Inner {
         match rest.await {
             Ok(attr) => {
                 let fh = self.open_created(&attr, flags & libc::O_APPEND != 0);
+                if exclusive {
+                    // Made by this call (O_EXCL): a new inode has no extended attributes,
+                    // so the kernel's question before the first write needs no round trip.
+                    self.has_no_caps(attr.ino);
+                }
                 Ok((attr, fh))
             }
             Err(e) => {

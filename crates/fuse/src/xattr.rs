@@ -2,7 +2,8 @@
 //! asks for the length; a buffer too small is `ERANGE`), set with `XATTR_CREATE` /
 //! `XATTR_REPLACE`, remove. The kernel asks for `security.capability` before every write
 //! to a file; a miss is remembered per inode for the attribute TTL so writes do not each
-//! cost a metadata round trip (this mount's own set/remove forgets it at once).
+//! cost a metadata round trip (this mount's own set/remove forgets it at once); a file
+//! this mount creates with `O_EXCL` starts out known to have none.
 
 use crate::errno::{errno_of_client, local};
 use crate::state::Inner;
@@ -56,13 +57,19 @@ impl Inner {
         }
         let r = self.client.getxattr(ino, name).await;
         if caps && matches!(&r, Err(e) if errno_of_client(e) == Errno::ENODATA) {
-            let mut no_caps = self.no_caps.lock().expect("no_caps lock");
-            if no_caps.len() > 100_000 {
-                no_caps.clear();
-            }
-            no_caps.insert(ino, Instant::now() + self.attr_ttl);
+            self.has_no_caps(ino);
         }
         r
+    }
+
+    /// Remembers for the attribute TTL that `ino` has no `security.capability` (a miss,
+    /// or a file this mount just created with `O_EXCL`: a new inode has none).
+    pub fn has_no_caps(&self, ino: InodeId) {
+        let mut no_caps = self.no_caps.lock().expect("no_caps lock");
+        if no_caps.len() > 100_000 {
+            no_caps.clear();
+        }
+        no_caps.insert(ino, Instant::now() + self.attr_ttl);
     }
 
     /// The names as `listxattr(2)` returns them: each followed by a NUL.
