@@ -303,7 +303,7 @@ async fn local_up_with_tls() {
     let listen = format!("127.0.0.1:{}", distfs_testkit::free_port());
     let data = tmp.path().join("data");
     let log = std::fs::File::create(tmp.path().join("up.log")).unwrap();
-    let _up = Kill(
+    let mut up = Kill(
         std::process::Command::new(env!("CARGO_BIN_EXE_distfs"))
             .args([
                 "local",
@@ -334,11 +334,21 @@ async fn local_up_with_tls() {
         }
         cmd
     };
-    distfs_testkit::wait_for("local up --tls ready", Duration::from_secs(30), || async {
+    // Ready when both storage nodes are up; a `local up` that exits (its port taken by
+    // another test between `free_port` and its bind) fails at once, with its log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
         let out = run(cli(true, &["cluster", "status", "--json"])).await;
-        (out.status.success() && String::from_utf8_lossy(&out.stdout).matches("\"Up\"").count() == 2).then_some(())
-    })
-    .await;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).matches("\"Up\"").count() == 2 {
+            break;
+        }
+        let log = || std::fs::read_to_string(tmp.path().join("up.log")).unwrap_or_default();
+        if let Some(status) = up.0.try_wait().expect("poll local up") {
+            panic!("local up --tls exited ({status}) before it was ready:\n{}", log());
+        }
+        assert!(std::time::Instant::now() < deadline, "local up --tls not ready after 30 s:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let src = tmp.path().join("src.bin");
     std::fs::write(&src, random_bytes(3 << 20, 5)).unwrap();
     let out = run(cli(true, &["put", src.to_str().unwrap(), "/f"])).await;
