@@ -155,6 +155,36 @@ async fn two_mounts_close_to_open_and_rename_over_a_file_under_readers() {
     let names = std::fs::read_dir(&d).expect("list").count();
     assert_eq!(names, 5, "sub2, sub3, f1, f2, f3");
 
+    eprintln!("phase: a listing with attributes (READDIRPLUS) shows each entry as it is");
+    let l = a.path("listed");
+    std::fs::create_dir(&l).expect("mkdir listed");
+    for i in 0..40u64 {
+        std::fs::write(l.join(format!("f{i:02}")), vec![7u8; (i * 1000) as usize]).expect("write listed file");
+        std::fs::set_permissions(
+            l.join(format!("f{i:02}")),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600 | (i as u32 % 2) << 2),
+        )
+        .expect("chmod");
+    }
+    for round in 0..2 {
+        let mut seen: Vec<(String, u64, u32)> = std::fs::read_dir(b.path("listed"))
+            .expect("list on b")
+            .map(|e| {
+                let e = e.expect("entry");
+                let m = e.metadata().expect("stat of a listed entry");
+                (e.file_name().into_string().unwrap(), m.len(), m.mode() & 0o777)
+            })
+            .collect();
+        seen.sort();
+        let want: Vec<(String, u64, u32)> =
+            (0..40u64).map(|i| (format!("f{i:02}"), i * 1000, 0o600 | (i as u32 % 2) << 2)).collect();
+        assert_eq!(seen, want, "round {round}: sizes and modes as listed on b");
+    }
+    // b's kernel got f05's size from the listing; a grows it: b's open sees the growth.
+    let grown = random_bytes(123_456, 9);
+    std::fs::write(a.path("listed/f05"), &grown).expect("grow f05 on a");
+    assert!(std::fs::read(b.path("listed/f05")).expect("read f05 on b") == grown, "b read f05 short");
+
     eprintln!("phase: a size the kernel cached from a stat does not cut a later open short");
     for round in 0..3u64 {
         let short = random_bytes(10_000 + round as usize, round + 300);

@@ -205,8 +205,24 @@ impl Client {
 
     /// One page of a directory listing: entries after `after`, and whether more follow.
     pub async fn readdir_page(&self, ino: InodeId, after: Option<String>, limit: u32) -> Result<(Vec<DirEntry>, bool)> {
-        let r = self.meta_call(MetaRequest::ReadDir { ino, after, limit }).await?;
-        expect_resp!(r, MetaResponse::Entries { entries, more } => (entries, more), "ReadDir")
+        let r = self.meta_call(MetaRequest::ReadDir { ino, after, limit, attrs: false }).await?;
+        expect_resp!(r, MetaResponse::Entries { entries, more, .. } => (entries, more), "ReadDir")
+    }
+
+    /// `readdir_page` with each entry's attributes.
+    pub async fn readdir_plus_page(
+        &self,
+        ino: InodeId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<(Vec<(DirEntry, Attr)>, bool)> {
+        let r = self.meta_call(MetaRequest::ReadDir { ino, after, limit, attrs: true }).await?;
+        match r {
+            MetaResponse::Entries { entries, more, attrs } if attrs.len() == entries.len() => {
+                Ok((entries.into_iter().zip(attrs).collect(), more))
+            }
+            _ => Err(ClientError::Unexpected { request: "ReadDir" }),
+        }
     }
 
     /// A whole directory listing, fetched page by page.

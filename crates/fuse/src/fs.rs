@@ -13,14 +13,14 @@ use distfs_proto::RenameMode;
 use distfs_types::{Attr, DirEntry, FileKind, FsError, InodeId, SetAttr};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tracing::{debug_span, warn, Instrument, Span};
 
 /// Longest name of a directory entry, in bytes (`NAME_MAX`).
@@ -203,7 +203,16 @@ impl Inner {
         }
     }
 
-    async fn readdir(&self, fh: u64, offset: u64, reply: &mut ReplyDirectory) -> Result<()> {
+    /// One READDIR (`plus` false) or READDIRPLUS reply from `offset` on: `add` takes
+    /// each entry with its offset and, for `plus`, its attributes (`.` and `..` have
+    /// none: the kernel links no dentry for them); true from `add` means full.
+    async fn list(
+        &self,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        mut add: impl FnMut(&DirEntry, Option<&Attr>, u64) -> bool,
+    ) -> Result<()> {
         let Some(d) = self.dir(fh) else {
             return Err(FsError::invalid("unknown directory handle").into());
         };
@@ -212,8 +221,8 @@ impl Inner {
             // First call or rewinddir: start a fresh listing.
             let me = d.ino;
             d.entries = vec![
-                DirEntry { name: ".".into(), ino: me, kind: FileKind::Dir },
-                DirEntry { name: "..".into(), ino: me, kind: FileKind::Dir },
+                (DirEntry { name: ".".into(), ino: me, kind: FileKind::Dir }, None),
+                (DirEntry { name: "..".into(), ino: me, kind: FileKind::Dir }, None),
             ];
             d.after = None;
             d.done = false;
@@ -221,17 +230,32 @@ impl Inner {
         let mut i = offset as usize;
         loop {
             while i >= d.entries.len() && !d.done {
-                let (page, more) = self.client.readdir_page(d.ino, d.after.clone(), 1000).await?;
-                d.after = page.last().map(|e| e.name.clone());
+                let (page, more): (Vec<(DirEntry, Option<Attr>)>, bool) = if plus {
+                    let (page, more) = self.client.readdir_plus_page(d.ino, d.after.clone(), 1000).await?;
+                    (page.into_iter().map(|(e, a)| (e, Some(self.with_pending(a)))).collect(), more)
+                } else {
+                    let (page, more) = self.client.readdir_page(d.ino, d.after.clone(), 1000).await?;
+                    (page.into_iter().map(|e| (e, None)).collect(), more)
+                };
+                d.after = page.last().map(|(e, _)| e.name.clone());
                 d.done = !more || d.after.is_none();
                 d.entries.extend(page);
             }
-            let Some(e) = d.entries.get(i) else { return Ok(()) };
-            if reply.add(INodeNo(e.ino.0), i as u64 + 1, kind_of(e.kind), &e.name) {
+            let Some((e, a)) = d.entries.get(i).cloned() else { return Ok(()) };
+            let a = match (plus, a, i < 2) {
+                // Fetched by a plain READDIR of this stream earlier (the kernel mixes them).
+                (true, None, false) => Some(self.getattr_local(e.ino, None).await?),
+                (_, a, _) => a,
+            };
+            if add(&e, a.as_ref(), i as u64 + 1) {
                 return Ok(());
             }
             i += 1;
         }
+    }
+
+    async fn readdir(&self, fh: u64, offset: u64, reply: &mut ReplyDirectory) -> Result<()> {
+        self.list(fh, offset, false, |e, _, off| reply.add(INodeNo(e.ino.0), off, kind_of(e.kind), &e.name)).await
     }
 }
 
@@ -247,6 +271,11 @@ impl Filesystem for DistFs {
         // fcntl locks must not conflict with each other.
         if config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS).is_err() {
             warn!("the kernel does not route fcntl locks to the file system: they are local to this machine");
+        }
+        // READDIRPLUS when the kernel sees lookups follow a listing (`ls -l`, `find`,
+        // `rm -rf`): the attributes come with the names, one request per page.
+        if config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO).is_err() {
+            warn!("the kernel cannot list directories with attributes (READDIRPLUS)");
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
@@ -624,6 +653,33 @@ impl Filesystem for DistFs {
         });
     }
 
+    fn readdirplus(&self, _req: &Request, i: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let inner = self.inner.clone();
+        self.spawn(debug_span!("readdirplus", ino = i.0, fh = fh.0, offset), async move {
+            let mut told = Vec::new();
+            let r = inner
+                .list(fh.0, offset, true, |e, a, off| match a {
+                    Some(a) => {
+                        let full = reply.add(INodeNo(e.ino.0), off, &e.name, &inner.entry_ttl, &file_attr(a), GEN);
+                        if !full {
+                            told.push(a.clone());
+                        }
+                        full
+                    }
+                    // `.` and `..`: the kernel takes only the name and inode from these.
+                    None => {
+                        let dot = dot_attr(e.ino);
+                        reply.add(INodeNo(e.ino.0), off, &e.name, &Duration::ZERO, &file_attr(&dot), GEN)
+                    }
+                })
+                .await;
+            match r {
+                Ok(()) => inner.tell_all(&told, || reply.ok()),
+                Err(e) => reply.error(errno_of_client(&e)),
+            }
+        });
+    }
+
     fn releasedir(&self, _req: &Request, _i: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         self.inner.remove_dir(fh.0);
         reply.ok();
@@ -753,6 +809,25 @@ impl Filesystem for DistFs {
                 Err(e) => reply.error(errno_of_client(&e)),
             }
         });
+    }
+}
+
+/// Attributes to go with `.` and `..` in a READDIRPLUS answer, which the kernel does not
+/// keep (it links no dentry for either).
+fn dot_attr(ino: InodeId) -> Attr {
+    let t = distfs_types::Timestamp::default();
+    Attr {
+        ino,
+        kind: FileKind::Dir,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        nlink: 2,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        version: 0,
     }
 }
 

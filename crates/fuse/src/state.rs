@@ -142,8 +142,9 @@ impl FileIo {
 /// offsets stay valid while entries are added or removed.
 pub(crate) struct DirStream {
     pub ino: InodeId,
-    /// `.`, `..`, then the entries fetched so far.
-    pub entries: Vec<DirEntry>,
+    /// `.`, `..`, then the entries fetched so far, with their attributes when a
+    /// READDIRPLUS fetched them.
+    pub entries: Vec<(DirEntry, Option<Attr>)>,
     /// Name to continue the listing after; `None` with `done` when complete.
     pub after: Option<String>,
     pub done: bool,
@@ -285,12 +286,19 @@ impl Inner {
     /// applies replies in the order they are written, so the record is the kernel's
     /// latest even when two replies for one inode race.
     pub fn tell<R>(&self, attr: &Attr, send: impl FnOnce() -> R) -> R {
+        self.tell_all(std::slice::from_ref(attr), send)
+    }
+
+    /// `tell` for a reply that hands over several inodes' attributes (READDIRPLUS).
+    pub fn tell_all<R>(&self, attrs: &[Attr], send: impl FnOnce() -> R) -> R {
         let mut told = self.told.lock().expect("told lock");
-        if told.len() >= MAX_CACHED_VERSIONS && !told.contains_key(&attr.ino) {
+        if told.len() + attrs.len() > MAX_CACHED_VERSIONS {
             told.clear();
         }
-        told.insert(attr.ino, (attr.mtime, attr.size));
-        self.fresh_dirs.told(attr);
+        for attr in attrs {
+            told.insert(attr.ino, (attr.mtime, attr.size));
+            self.fresh_dirs.told(attr);
+        }
         send()
     }
 

@@ -199,7 +199,11 @@ impl Service {
                 removable(*parent, name, "move entries out of this directory")?;
                 removable(*new_parent, new_name, "move entries into this directory")
             }
-            M::ReadDir { ino, .. } => require(&attr(*ino)?, who, R, "list this directory"),
+            M::ReadDir { ino, attrs: false, .. } => require(&attr(*ino)?, who, R, "list this directory"),
+            // The entries' attributes are what a lookup in the directory answers.
+            M::ReadDir { ino, attrs: true, .. } => {
+                require(&attr(*ino)?, who, R | X, "list this directory with attributes")
+            }
             M::AllocateBlocks { ino, .. } | M::CommitWrite { ino, .. } => {
                 require(&attr(*ino)?, who, W, "write this file")
             }

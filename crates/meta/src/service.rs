@@ -429,7 +429,7 @@ impl Service {
                 self.write(Command::Rename { parent, name, new_parent, new_name, mode, now }).await?;
                 self.changed(None, &[parent, new_parent])
             }
-            MetaRequest::ReadDir { ino, after, limit } => {
+            MetaRequest::ReadDir { ino, after, limit, attrs } => {
                 self.read_barrier().await?;
                 let r = self.store.read()?;
                 let d = Self::attr(&r, ino)?;
@@ -438,7 +438,11 @@ impl Service {
                 }
                 let limit = limit.clamp(1, MAX_READDIR) as usize;
                 let (entries, more) = r.readdir(ino, after.as_deref(), limit)?;
-                Ok(MetaResponse::Entries { entries, more })
+                let attrs = match attrs {
+                    true => entries.iter().map(|e| Self::attr(&r, e.ino)).collect::<FsResult<Vec<_>>>()?,
+                    false => Vec::new(),
+                };
+                Ok(MetaResponse::Entries { entries, more, attrs })
             }
             MetaRequest::StatFs => {
                 self.read_barrier().await?;

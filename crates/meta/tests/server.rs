@@ -70,8 +70,8 @@ async fn list(c: &MetaClient, ino: InodeId) -> Vec<DirEntry> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        match call(c, MetaRequest::ReadDir { ino, after: after.clone(), limit: 2 }).await {
-            MetaResponse::Entries { entries, more } => {
+        match call(c, MetaRequest::ReadDir { ino, after: after.clone(), limit: 2, attrs: false }).await {
+            MetaResponse::Entries { entries, more, .. } => {
                 after = entries.last().map(|e| e.name.clone());
                 out.extend(entries);
                 if !more {

@@ -264,11 +264,14 @@ pub enum MetaRequest {
         new_name: String,
         mode: RenameMode,
     },
-    /// Lists entries with names strictly after `after`, at most `limit` of them.
+    /// Lists entries with names strictly after `after`, at most `limit` of them; with
+    /// `attrs`, also each entry's attributes (the mount's READDIRPLUS: `ls -l` and
+    /// `find` then cost no lookup per name).
     ReadDir {
         ino: InodeId,
         after: Option<String>,
         limit: u32,
+        attrs: bool,
     },
     StatFs,
     // --- data -------------------------------------------------------------------------
@@ -554,6 +557,8 @@ pub enum MetaResponse {
     Entries {
         entries: Vec<DirEntry>,
         more: bool,
+        /// With `ReadDir::attrs`: the attributes of each entry, in the same order.
+        attrs: Vec<Attr>,
     },
     Target(String),
     Done,
