@@ -47,31 +47,30 @@ macro_rules! expect_resp {
 }
 
 impl Client {
-    /// The inode a namespace change made (or linked); its directories go to `dirs_seen`.
+    /// The answer to a namespace change: the inode it made (or linked), if any; the
+    /// directories it touched go to `dirs_seen`.
+    fn changed(&self, r: MetaResponse, request: &'static str) -> Result<Option<Attr>> {
+        match r {
+            MetaResponse::Changed { attr, dirs } => {
+                if let Some(f) = &self.dirs_seen {
+                    f(&dirs);
+                }
+                Ok(attr)
+            }
+            _ => Err(ClientError::Unexpected { request }),
+        }
+    }
+
+    /// `changed` for a change that makes an inode.
     fn made(&self, r: MetaResponse, request: &'static str) -> Result<Attr> {
-        match r {
-            MetaResponse::Changed { attr: Some(a), dirs } => {
-                self.saw_dirs(&dirs);
-                Ok(a)
-            }
-            _ => Err(ClientError::Unexpected { request }),
-        }
+        self.changed(r, request)?.ok_or(ClientError::Unexpected { request })
     }
 
-    /// A namespace change that made nothing (a removal, a rename).
+    /// `changed` for a change that makes nothing (a removal, a rename).
     fn removed(&self, r: MetaResponse, request: &'static str) -> Result<()> {
-        match r {
-            MetaResponse::Changed { attr: None, dirs } => {
-                self.saw_dirs(&dirs);
-                Ok(())
-            }
-            _ => Err(ClientError::Unexpected { request }),
-        }
-    }
-
-    fn saw_dirs(&self, dirs: &[Attr]) {
-        if let Some(f) = &self.dirs_seen {
-            f(dirs);
+        match self.changed(r, request)? {
+            None => Ok(()),
+            Some(_) => Err(ClientError::Unexpected { request }),
         }
     }
 

@@ -68,12 +68,13 @@ impl Inner {
             reader = None;
         }
         // Handles of this mount that are still dirty make the file differ from `attr`.
-        let keep_cache = self.keep_cache(&attr) && self.pending_end(ino) == 0;
+        let dirty = self.pending_end(ino) != 0;
+        let keep_cache = self.keep_cache(&attr) && !dirty;
         // The kernel's attributes are the ones this mount last gave it (plus its own
         // writes, which make `pending_end` non-zero): only when those differ from what
         // the open found must they go. A first open after a lookup keeps them, so its
         // fstat costs no GETATTR.
-        if !keep_cache && (self.pending_end(ino) != 0 || self.kernel_may_differ(&attr)) {
+        if !keep_cache && (dirty || self.kernel_may_differ(&attr)) {
             self.forget_attrs(ino);
         }
         let fh = self.add_file(ino, append, reader.map(|r| (changes, r)));

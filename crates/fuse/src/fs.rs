@@ -241,13 +241,17 @@ impl Inner {
                 d.done = !more || d.after.is_none();
                 d.entries.extend(page);
             }
-            let Some((e, a)) = d.entries.get(i).cloned() else { return Ok(()) };
+            let Some((e, a)) = d.entries.get(i) else { return Ok(()) };
+            let fetched;
             let a = match (plus, a, i < 2) {
                 // Fetched by a plain READDIR of this stream earlier (the kernel mixes them).
-                (true, None, false) => Some(self.getattr_local(e.ino, None).await?),
-                (_, a, _) => a,
+                (true, None, false) => {
+                    fetched = self.getattr_local(e.ino, None).await?;
+                    Some(&fetched)
+                }
+                (_, a, _) => a.as_ref(),
             };
-            if add(&e, a.as_ref(), i as u64 + 1) {
+            if add(e, a, i as u64 + 1) {
                 return Ok(());
             }
             i += 1;

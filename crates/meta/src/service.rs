@@ -366,6 +366,8 @@ impl Service {
 
     pub async fn handle_meta(&self, req: MetaRequest, peer: Option<SocketAddr>) -> FsResult<MetaResponse> {
         let now = Timestamp::now();
+        // Empty (no allocation) unless `req` is a namespace change.
+        let touched = Self::dirs_changed_by(&req).unwrap_or_default();
         match req {
             MetaRequest::Lookup { parent, name } => {
                 self.read_barrier().await?;
@@ -391,7 +393,7 @@ impl Service {
             MetaRequest::SetAttr { ino, set } => Self::attr_of(self.write(Command::SetAttr { ino, set, now }).await?),
             MetaRequest::Mkdir { parent, name, perm, uid, gid } => {
                 let made = self.write(Command::Mkdir { parent, name, perm, uid, gid, now }).await?;
-                self.changed(Some(Self::attr_in(made)?), &[parent])
+                self.changed(Some(Self::attr_in(made)?), &touched)
             }
             MetaRequest::Create { parent, name, perm, uid, gid, exclusive, open_session } => {
                 let create = Command::Create { parent, name, perm, uid, gid, exclusive, now, open: None };
@@ -399,11 +401,11 @@ impl Service {
                     None => Self::attr_in(self.write(create).await?)?,
                     Some(session) => self.create_open(create, session, now).await?,
                 };
-                self.changed(Some(made), &[parent])
+                self.changed(Some(made), &touched)
             }
             MetaRequest::Symlink { parent, name, target, uid, gid } => {
                 let made = self.write(Command::Symlink { parent, name, target, uid, gid, now }).await?;
-                self.changed(Some(Self::attr_in(made)?), &[parent])
+                self.changed(Some(Self::attr_in(made)?), &touched)
             }
             MetaRequest::Readlink { ino } => {
                 self.read_barrier().await?;
@@ -415,19 +417,19 @@ impl Service {
             }
             MetaRequest::Link { ino, new_parent, new_name } => {
                 let linked = self.write(Command::Link { ino, new_parent, new_name, now }).await?;
-                self.changed(Some(Self::attr_in(linked)?), &[new_parent])
+                self.changed(Some(Self::attr_in(linked)?), &touched)
             }
             MetaRequest::Unlink { parent, name } => {
                 self.write(Command::Unlink { parent, name, now }).await?;
-                self.changed(None, &[parent])
+                self.changed(None, &touched)
             }
             MetaRequest::Rmdir { parent, name } => {
                 self.write(Command::Rmdir { parent, name, now }).await?;
-                self.changed(None, &[parent])
+                self.changed(None, &touched)
             }
             MetaRequest::Rename { parent, name, new_parent, new_name, mode } => {
                 self.write(Command::Rename { parent, name, new_parent, new_name, mode, now }).await?;
-                self.changed(None, &[parent, new_parent])
+                self.changed(None, &touched)
             }
             MetaRequest::ReadDir { ino, after, limit, attrs } => {
                 self.read_barrier().await?;
