@@ -273,9 +273,16 @@ async fn drain_survives_a_metadata_restart_never_drops_below_r_and_gates_removal
     }
     eprintln!("phase: remove node {victim} ({} polls while draining)", polls.load(Ordering::Relaxed));
     distfs_ok(&c, &["node", "remove", &id]).await;
+    // The removed node is still running: its next heartbeat is refused, and so is the
+    // registration it tries then. It stays out of the cluster.
+    wait_for("the removed node's registration refused", Duration::from_secs(20), || async {
+        c.log("storage-0").contains("was removed from the cluster").then_some(())
+    })
+    .await;
     let list = distfs_ok(&c, &["node", "list", "--json"]).await;
     let list: Vec<serde_json::Value> = serde_json::from_str(&list).expect("json");
     assert_eq!(list.len(), 3, "the removed node is gone: {list:?}");
+    assert!(list.iter().all(|n| n["id"].as_u64() != Some(victim.0)), "{list:?}");
     c.kill_storage(0);
     check_all(&c.client(), &files).await;
 }

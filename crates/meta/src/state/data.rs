@@ -293,6 +293,7 @@ pub(super) fn register_node(
     }
     let id = match node {
         Some(id) => {
+            super::heal::refuse_removed(txn, id)?;
             let next: u64 = txn.meta_get(K_NEXT_NODE)?.unwrap_or(1);
             if id.0 >= next {
                 meta_put(txn, K_NEXT_NODE, &(id.0 + 1))?;

@@ -6,7 +6,7 @@ use super::data::{gc_add, gc_pending, put_block};
 use super::*;
 use distfs_types::{AdminState, BlockId, FileKind, Slice};
 use redb::{ReadTransaction, ReadableTable};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub(super) fn update_replicas(
     txn: &WriteTransaction,
@@ -91,7 +91,25 @@ pub(super) fn remove_node(txn: &WriteTransaction, node: NodeId) -> FsResult<Comm
     let mut map: BTreeMap<u64, AdminState> = txn.meta_get(K_NODE_ADMIN)?.unwrap_or_default();
     map.remove(&node.0);
     meta_put(txn, K_NODE_ADMIN, &map)?;
+    let mut removed: BTreeSet<u64> = txn.meta_get(K_REMOVED_NODES)?.unwrap_or_default();
+    removed.insert(node.0);
+    meta_put(txn, K_REMOVED_NODES, &removed)?;
     Ok(CommandResult::Done)
+}
+
+/// Refuses a registration as `node` once an operator removed that id: the process may
+/// still be running with the blocks the cluster dropped, and must not rejoin with them.
+pub(super) fn refuse_removed(txn: &WriteTransaction, node: NodeId) -> FsResult<()> {
+    let removed: BTreeSet<u64> = txn.meta_get(K_REMOVED_NODES)?.unwrap_or_default();
+    if removed.contains(&node.0) {
+        return Err(FsError::PermissionDenied {
+            what: format!(
+                "storage node {node} was removed from the cluster and cannot register again; \
+                 stop it, empty its data directory and start it to join as a new node"
+            ),
+        });
+    }
+    Ok(())
 }
 
 pub(super) fn gc_queue(txn: &WriteTransaction, node: NodeId, blocks: &[BlockId]) -> FsResult<CommandResult> {

@@ -74,6 +74,10 @@ pub(crate) const K_LAST_APPLIED: &str = "last_applied";
 pub(crate) const K_MEMBERSHIP: &str = "membership";
 /// Operator state of storage nodes: `BTreeMap<u64, AdminState>` (absent = Normal).
 pub(crate) const K_NODE_ADMIN: &str = "node_admin";
+/// Ids of storage nodes an operator removed: `BTreeSet<u64>`. Such an id (or the token
+/// that registered it) never registers again, so a removed node that is still running
+/// cannot come back on its own with the blocks the cluster dropped.
+pub(crate) const K_REMOVED_NODES: &str = "removed_nodes";
 
 /// Most bad-replica records kept (oldest dropped first).
 pub const BAD_REPLICAS_KEPT: u64 = 128;

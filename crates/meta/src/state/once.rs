@@ -142,8 +142,9 @@ pub(super) fn record(
     Ok(())
 }
 
-/// Registration with a token: the node the token was given before (while it is still
-/// registered), else `node`, else a new id; the token maps to the id from now on.
+/// Registration with a token: the node the token was given before, else `node`, else a
+/// new id; the token maps to the id from now on. A token (or id) of a node an operator
+/// removed is refused (`heal::refuse_removed`).
 pub(super) fn register_node(
     txn: &WriteTransaction,
     token: u128,
@@ -153,6 +154,9 @@ pub(super) fn register_node(
     capacity: u64,
 ) -> FsResult<CommandResult> {
     let known = txn.open_table(NODE_TOKENS).map_err(db_err)?.get(token).map_err(db_err)?.map(|g| NodeId(g.value()));
+    if let Some(id) = known {
+        super::heal::refuse_removed(txn, id)?;
+    }
     let known = match known {
         Some(id) if txn.node(id)?.is_some() => Some(id),
         _ => None,

@@ -213,8 +213,17 @@ fn the_same_token_registers_as_the_same_node() {
     let nodes = s.read().unwrap().nodes().unwrap();
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     assert_eq!(s.read().unwrap().node(first).unwrap().unwrap().addr, "a:2");
-    // A node that was removed gets a new id for its token.
+    // A node that was removed cannot come back, neither by its token nor by its id: it
+    // may still hold the blocks the cluster dropped from its map.
     run(&s, &Command::RemoveNode { node: first }).unwrap();
-    let again = id(run(&s, &reg(1, None, "a:1")));
-    assert!(again != first && again != other, "{again}");
+    for r in [reg(1, None, "a:1"), reg(1, Some(first), "a:1"), reg(3, Some(first), "a:1")] {
+        match run(&s, &r) {
+            Err(FsError::PermissionDenied { what }) => assert!(what.contains("was removed"), "{what}"),
+            other => panic!("a removed node registered again: {other:?}"),
+        }
+    }
+    assert_eq!(s.read().unwrap().nodes().unwrap().len(), 1);
+    // With its data directory emptied it has a new token and no id: a new node.
+    let fresh = id(run(&s, &reg(4, None, "a:1")));
+    assert!(fresh != first && fresh != other, "{fresh}");
 }
