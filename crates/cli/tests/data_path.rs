@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use distfs_testkit::wait_for;
 use distfs_types::InodeId;
 use std::time::Duration;
 
@@ -197,4 +198,55 @@ async fn small_files_are_inline_in_the_metadata_and_survive_a_restart() {
     let over = random_bytes(300 << 10, 14);
     client.write_at(g.ino, 0, &over).await.unwrap();
     assert!(client.read_at(g.ino, 0, 1 << 20).await.unwrap()[..] == over[..], "after overwrite");
+}
+
+/// A reader opened with `OpenRead` (what the mount does at a first open for reading:
+/// register the open and fetch attributes and layout in one round trip) holds the file:
+/// unlinked, it keeps its bytes while an unheld file unlinked with it is freed, until the
+/// open is released. A directory answers EISDIR, a freed inode ESTALE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_opened_in_one_round_trip_holds_the_file_until_released() {
+    use distfs_client::ClientError;
+    use distfs_types::FsError;
+    let c = cluster().await;
+    let client = c.client();
+    let session = distfs_client::session::new_session_id();
+    assert!(client.hold_files(session, &[]).await.unwrap().is_empty());
+    let bytes = random_bytes((3 << 20) + 12_345, 21);
+    let held = client.create(InodeId::ROOT, "held", 0o644, true).await.unwrap();
+    client.write_at(held.ino, 0, &bytes).await.unwrap();
+    let loose = client.create(InodeId::ROOT, "loose", 0o644, true).await.unwrap();
+    client.write_at(loose.ino, 0, &random_bytes(1 << 20, 22)).await.unwrap();
+
+    let mut reader = client.open_read(held.ino, session).await.unwrap();
+    assert_eq!(reader.attr().ino, held.ino);
+    assert_eq!(reader.size(), bytes.len() as u64, "the layout's attributes are the file's");
+    client.unlink(InodeId::ROOT, "held").await.unwrap();
+    client.unlink(InodeId::ROOT, "loose").await.unwrap();
+    let gone = |ino: InodeId| {
+        let client = &client;
+        async move {
+            match client.read_at(ino, 0, 1).await {
+                Err(ClientError::Fs(FsError::StaleInode { .. } | FsError::NotFound { .. })) => Some(()),
+                _ => None,
+            }
+        }
+    };
+    wait_for("the unheld file is freed", Duration::from_secs(30), || gone(loose.ino)).await;
+    let got = reader.read_at(0, u64::MAX).await.expect("the held file reads");
+    assert!(got[..] == bytes[..], "the held file kept its bytes");
+    let again = client.read_at(held.ino, 1 << 20, 4096).await.expect("a new reader of the held inode");
+    assert!(again[..] == bytes[1 << 20..(1 << 20) + 4096]);
+
+    match client.open_read(InodeId::ROOT, session).await {
+        Err(ClientError::Fs(FsError::IsADirectory { .. })) => {}
+        other => panic!("opening a directory as a file: {:?}", other.map(|r| r.attr().clone())),
+    }
+    client.release_file(held.ino, session).await.unwrap();
+    wait_for("the released file is freed", Duration::from_secs(30), || gone(held.ino)).await;
+    match client.open_read(held.ino, session).await {
+        Err(ClientError::Fs(FsError::StaleInode { ino })) => assert_eq!(ino, held.ino),
+        other => panic!("opening a freed inode: {:?}", other.map(|r| r.attr().clone())),
+    }
+    client.close_session(session).await.unwrap();
 }

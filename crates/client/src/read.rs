@@ -32,18 +32,20 @@ pub struct FileReader {
 }
 
 impl Client {
-    /// Opens `ino` for reading: its size and layout are fixed at this point.
+    /// Opens `ino` for reading: its size and layout are fixed at this point. One round
+    /// trip: the layout of the first chunks carries the attributes.
     pub async fn reader(&self, ino: InodeId) -> Result<FileReader> {
-        let mut r = FileReader {
-            client: self.clone(),
-            attr: self.getattr(ino).await?,
-            chunk_size: 0,
-            chunks: HashMap::new(),
-            replicas: HashMap::new(),
-            nodes: HashMap::new(),
-        };
-        r.fetch_layout(0, LAYOUT_WINDOW - 1).await?;
-        Ok(r)
+        let layout = self.layout(ino, 0, LAYOUT_WINDOW - 1).await?;
+        FileReader::new(self.clone(), 0, LAYOUT_WINDOW - 1, layout)
+    }
+
+    /// Registers that `session` holds `ino` open (as `open_file` does) and opens a reader
+    /// of it, in one round trip (`MetaRequest::OpenRead`).
+    pub async fn open_read(&self, ino: InodeId, session: u64) -> Result<FileReader> {
+        let (first_chunk, last_chunk) = (0, LAYOUT_WINDOW - 1);
+        let r = self.meta_call(MetaRequest::OpenRead { ino, session, first_chunk, last_chunk }).await?;
+        let layout = expect_resp!(r, MetaResponse::Layout(l) => l, "OpenRead")?;
+        FileReader::new(self.clone(), first_chunk, last_chunk, layout)
     }
 
     /// Slices of chunks `[first_chunk, last_chunk]` of `ino`, with block replicas and
@@ -68,8 +70,26 @@ impl FileReader {
         self.attr.size
     }
 
+    /// A reader of the file `layout` (of chunks `[first_chunk, last_chunk]`) describes.
+    fn new(client: Client, first_chunk: u64, last_chunk: u64, layout: Layout) -> Result<FileReader> {
+        let mut r = FileReader {
+            client,
+            attr: layout.attr.clone(),
+            chunk_size: 0,
+            chunks: HashMap::new(),
+            replicas: HashMap::new(),
+            nodes: HashMap::new(),
+        };
+        r.add_layout(first_chunk, last_chunk, layout)?;
+        Ok(r)
+    }
+
     async fn fetch_layout(&mut self, first_chunk: u64, last_chunk: u64) -> Result<()> {
         let layout = self.client.layout(self.attr.ino, first_chunk, last_chunk).await?;
+        self.add_layout(first_chunk, last_chunk, layout)
+    }
+
+    fn add_layout(&mut self, first_chunk: u64, last_chunk: u64, layout: Layout) -> Result<()> {
         if layout.chunk_size == 0 {
             return Err(FsError::Protocol { reason: "metadata reports a zero chunk size".into() }.into());
         }

@@ -3,6 +3,7 @@
 //! file's attributes), reads through one `FileReader` per handle, and the page-cache
 //! decision at open (close-to-open consistency).
 
+use crate::opens::Held;
 use crate::state::{FileIo, Inner, OpenFile};
 use distfs_client::{ClientError, Result};
 use distfs_types::{Attr, FileKind, FsError, InodeId};
@@ -36,7 +37,7 @@ impl Inner {
     pub async fn open(&self, ino: InodeId, truncate: bool, append: bool, read: bool) -> Result<Opened> {
         let changes = self.changes(ino);
         // Registered first: from now on an unlink anywhere leaves the data in place.
-        let held = self.hold(ino).await?;
+        let held = self.hold(ino, read && !truncate).await?;
         let r = self.open_held(ino, truncate, read, held).await;
         if r.is_err() {
             self.unhold(ino).await;
@@ -88,15 +89,16 @@ impl Inner {
         ino: InodeId,
         truncate: bool,
         read: bool,
-        held: Option<Attr>,
+        held: Option<Held>,
     ) -> Result<(Attr, Option<distfs_client::FileReader>)> {
-        if read && !truncate {
-            let r = self.client.reader(ino).await.map_err(|e| gone_is_stale(ino, e))?;
-            return Ok((r.attr().clone(), Some(r)));
-        }
         match held {
-            Some(a) => Ok((a, None)),
-            None => Ok((self.client.getattr(ino).await.map_err(|e| gone_is_stale(ino, e))?, None)),
+            Some(Held::Reader(r)) => Ok((r.attr().clone(), Some(*r))),
+            Some(Held::Attr(a)) if !read || truncate => Ok((a, None)),
+            _ if read && !truncate => {
+                let r = self.client.reader(ino).await.map_err(|e| gone_is_stale(ino, e))?;
+                Ok((r.attr().clone(), Some(r)))
+            }
+            _ => Ok((self.client.getattr(ino).await.map_err(|e| gone_is_stale(ino, e))?, None)),
         }
     }
 

@@ -43,18 +43,30 @@ impl Session {
     }
 }
 
+/// What the first open of an inode learnt from the metadata as it registered the open.
+pub(crate) enum Held {
+    Attr(Attr),
+    Reader(Box<distfs_client::FileReader>),
+}
+
 impl Inner {
     /// Notes one more handle of `ino`; the first registers the open with the metadata
     /// and answers the inode's attributes as of then.
-    pub async fn hold(&self, ino: InodeId) -> Result<Option<Attr>> {
+    /// With `read`, the first also opens a reader in the same round trip.
+    pub async fn hold(&self, ino: InodeId, read: bool) -> Result<Option<Held>> {
         let mut held = self.session.held.lock().await;
         if let Some(n) = held.get_mut(&ino) {
             *n += 1;
             return Ok(None);
         }
-        let attr = self.client.open_file(ino, self.session.id).await.map_err(|e| gone_is_stale(ino, e))?;
+        let (client, session) = (&self.client, self.session.id);
+        let now = match read {
+            true => client.open_read(ino, session).await.map(|r| Held::Reader(Box::new(r))),
+            false => client.open_file(ino, session).await.map(Held::Attr),
+        };
+        let now = now.map_err(|e| gone_is_stale(ino, e))?;
         held.insert(ino, 1);
-        Ok(Some(attr))
+        Ok(Some(now))
     }
 
     /// Creates (or, without `O_EXCL`, opens an existing) file and holds it: one metadata

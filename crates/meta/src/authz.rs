@@ -207,7 +207,7 @@ impl Service {
             M::AllocateBlocks { ino, .. } | M::CommitWrite { ino, .. } => {
                 require(&attr(*ino)?, who, W, "write this file")
             }
-            M::GetLayout { ino, .. } => require(&attr(*ino)?, who, R, "read this file"),
+            M::GetLayout { ino, .. } | M::OpenRead { ino, .. } => require(&attr(*ino)?, who, R, "read this file"),
             M::GetXattr { ino, .. } | M::ListXattr { ino } => {
                 require(&attr(*ino)?, who, R, "read extended attributes of this inode")
             }

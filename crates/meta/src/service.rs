@@ -528,6 +528,7 @@ impl Service {
                 Ok(MetaResponse::Done)
             }
             req @ (MetaRequest::OpenFile { .. }
+            | MetaRequest::OpenRead { .. }
             | MetaRequest::HoldFiles { .. }
             | MetaRequest::ReleaseFile { .. }
             | MetaRequest::RenewSession { .. }
@@ -703,16 +704,22 @@ impl Service {
     }
 
     fn layout(&self, ino: InodeId, first: u64, last: u64) -> FsResult<Layout> {
+        self.layout_in(&self.store.read()?, ino, first, last)
+    }
+
+    /// The layout of chunks `[first, last]` of file `ino` as `r` sees it.
+    pub(crate) fn layout_in(&self, r: &impl Reader, ino: InodeId, first: u64, last: u64) -> FsResult<Layout> {
         if last < first || last - first >= MAX_LAYOUT_CHUNKS {
             return Err(FsError::invalid(format!(
                 "layout range [{first}, {last}] must be non-empty and span at most {MAX_LAYOUT_CHUNKS} chunks"
             )));
         }
-        let r = self.store.read()?;
         let fmt = r.format_or_unavailable()?;
-        let attr = Self::attr(&r, ino)?;
-        if attr.kind != FileKind::File {
-            return Err(FsError::invalid(format!("inode {ino} is not a regular file")));
+        let attr = Self::attr(r, ino)?;
+        match attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(FsError::IsADirectory { what: format!("inode {ino}") }),
+            _ => return Err(FsError::invalid(format!("inode {ino} is not a regular file"))),
         }
         let chunks: Vec<ChunkLayout> =
             r.chunks(ino, first, last)?.into_iter().map(|(index, slices)| ChunkLayout { index, slices }).collect();
@@ -793,6 +800,7 @@ fn describe(req: &MetaRequest) -> tracing::Span {
         | R::CommitWrite { ino, .. }
         | R::GetLayout { ino, .. }
         | R::OpenFile { ino, .. }
+        | R::OpenRead { ino, .. }
         | R::ReleaseFile { ino, .. }
         | R::GetXattr { ino, .. }
         | R::ListXattr { ino }
@@ -863,6 +871,7 @@ fn op_name(req: &MetaRequest) -> &'static str {
         R::NodeMaintenance { .. } => "node_maintenance",
         R::Fsck { .. } => "fsck",
         R::OpenFile { .. } => "open_file",
+        R::OpenRead { .. } => "open_read",
         R::ReleaseFile { .. } => "release_file",
         R::RenewSession { .. } => "renew_session",
         R::HoldFiles { .. } => "hold_files",

@@ -23,25 +23,45 @@ pub(crate) fn plus(t: Timestamp, d: Duration) -> Timestamp {
 }
 
 impl Service {
+    /// Registers that `session` holds `ino` open, then reads what the open answers from
+    /// the state after a read barrier (`None`: the inode is gone, `StaleInode`). Registered
+    /// first, then checked: an inode freed meanwhile is seen gone. A failed open is
+    /// released again.
+    async fn hold_then_read<T>(
+        &self,
+        ino: InodeId,
+        session: u64,
+        now: Timestamp,
+        read: impl FnOnce(&redb::ReadTransaction) -> FsResult<Option<T>>,
+    ) -> FsResult<T> {
+        self.ensure_session(session, now).await?;
+        self.opens().hold(ino, session)?;
+        let found = async {
+            self.read_barrier().await?;
+            read(&self.store.read()?)?.ok_or(FsError::StaleInode { ino })
+        }
+        .await;
+        if found.is_err() {
+            self.opens().release(ino, session);
+        }
+        found
+    }
+
     pub(crate) async fn handle_sessions_xattrs(&self, req: MetaRequest, now: Timestamp) -> FsResult<MetaResponse> {
         let expires = plus(now, SESSION_LEASE);
         match req {
             MetaRequest::OpenFile { ino, session } => {
-                self.ensure_session(session, now).await?;
-                self.opens().hold(ino, session)?;
-                // Registered first, then checked: an inode freed meanwhile is seen gone.
-                let found = async {
-                    self.read_barrier().await?;
-                    self.store.read()?.inode(ino)?.ok_or(FsError::StaleInode { ino })
-                }
-                .await;
-                match found {
-                    Ok(i) => Ok(MetaResponse::Attr(i.attr)),
-                    Err(e) => {
-                        self.opens().release(ino, session);
-                        Err(e)
-                    }
-                }
+                let i = self.hold_then_read(ino, session, now, |r| r.inode(ino)).await?;
+                Ok(MetaResponse::Attr(i.attr))
+            }
+            MetaRequest::OpenRead { ino, session, first_chunk, last_chunk } => {
+                let l = self
+                    .hold_then_read(ino, session, now, |r| match r.inode(ino)? {
+                        Some(_) => self.layout_in(r, ino, first_chunk, last_chunk).map(Some),
+                        None => Ok(None),
+                    })
+                    .await?;
+                Ok(MetaResponse::Layout(l))
             }
             MetaRequest::HoldFiles { session, inos, last } => {
                 if inos.len() > MAX_HOLD_FILES {

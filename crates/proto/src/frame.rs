@@ -22,14 +22,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DFS1");
 /// The newest protocol version this build speaks (sent in every frame and in `Hello`).
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The oldest protocol version this build still speaks. Version 2 added inline slices
 /// (`SliceWrite::inline`, `Slice::inline`); version 3 the request ids of writes
 /// (`MetaRequest::Once`) and the storage node's registration token
 /// (`RegisterNode::token`); version 4 answers namespace changes with the directories
-/// they touched (`MetaResponse::Changed`). Older messages do not decode as the newer
-/// ones, and a version 3 client would not understand the answers.
-pub const MIN_PROTOCOL_VERSION: u16 = 4;
+/// they touched (`MetaResponse::Changed`); version 5 opens a reader in one round trip
+/// (`MetaRequest::OpenRead`). Older messages do not decode as the newer ones, and an
+/// older server would not understand the new requests.
+pub const MIN_PROTOCOL_VERSION: u16 = 5;
 pub const FIXED_LEN: usize = 32;
 
 /// The frame answers a request with the same id.
@@ -303,7 +304,7 @@ mod tests {
         b[4] = 9;
         match read_all(&b).await {
             Err(ReadError::Proto(e @ ProtoError::UnsupportedVersion { peer: 9, .. })) => {
-                assert_eq!(e.to_string(), "peer speaks protocol v9, this side speaks v4..v4");
+                assert_eq!(e.to_string(), "peer speaks protocol v9, this side speaks v5..v5");
             }
             other => panic!("{other:?}"),
         }

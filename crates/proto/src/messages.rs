@@ -456,6 +456,17 @@ pub enum MetaRequest {
         seq: u64,
         req: Box<MetaRequest>,
     },
+    /// `OpenFile` for reading (protocol v5): registers the open as `OpenFile` does and
+    /// answers the file's `Layout` of chunks `[first_chunk, last_chunk]`, attributes
+    /// included, read from one state after the registration. A reader opens in one round
+    /// trip instead of three (open, attributes, layout), and its size and layout are of
+    /// the same version.
+    OpenRead {
+        ino: InodeId,
+        session: u64,
+        first_chunk: u64,
+        last_chunk: u64,
+    },
 }
 
 /// Calls one `MetaClient` has in flight at most, each in its own slot; the metadata
