@@ -329,3 +329,46 @@ async fn sparse_files_a_5_gib_file_and_shared_mmap() {
     b.unmount().await;
     a.unmount().await;
 }
+
+/// Opens and closes of shared files from many threads on one mount run side by side
+/// (a first open or a last release waits only for those of its own inode), and none
+/// leaks a hold: once every handle is closed and the files are deleted, their blocks go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_opens_and_closes_of_shared_files_leak_no_hold() {
+    let c = cluster().await;
+    let m = MountProc::start(&c, "a").await;
+    let empty = block_count(&c);
+    let dir = m.path("shared");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let files: Vec<(std::path::PathBuf, Vec<u8>)> = (0..6u64)
+        .map(|i| {
+            let p = dir.join(format!("f{i}"));
+            let b = random_bytes(100_000 + i as usize * 4_000, 300 + i);
+            std::fs::write(&p, &b).expect("write");
+            (p, b)
+        })
+        .collect();
+    let files = std::sync::Arc::new(files);
+    let readers: Vec<_> = (0..8usize)
+        .map(|t| {
+            let files = files.clone();
+            std::thread::spawn(move || {
+                for k in 0..40usize {
+                    let (p, want) = &files[(t * 5 + k * 3) % files.len()];
+                    let f = std::fs::File::open(p).expect("open");
+                    drop_pages(&f);
+                    assert!(read_all_at(&f, want.len()) == *want, "reader {t} read wrong bytes of {p:?}");
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().expect("reader thread");
+    }
+    for (p, _) in files.iter() {
+        std::fs::remove_file(p).expect("unlink");
+    }
+    // A hold left behind keeps its file's blocks: this waits for every one to go.
+    gc_cycle(&c, &dir, empty).await;
+    m.unmount().await;
+}

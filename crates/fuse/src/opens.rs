@@ -16,9 +16,15 @@ use tracing::{debug, info, warn};
 /// The session of one mount and the inodes it holds open (with their handle counts).
 pub(crate) struct Session {
     pub id: u64,
-    /// Held across the metadata call of a first open or a last release, so an open and
-    /// a release of the same inode never overtake each other.
-    held: tokio::sync::Mutex<HashMap<InodeId, u32>>,
+    /// Opens and releases take it shared and then lock their own inode's count, so those
+    /// of different inodes run side by side (a first open or a last release is a metadata
+    /// round trip). A resync of every held inode with a new leader, the close of the
+    /// session, and a create that may open an existing file take it alone.
+    gate: tokio::sync::RwLock<()>,
+    /// Handles per held inode. An inode's count stays locked across the metadata call of
+    /// a first open or a last release, so those never overtake each other on one inode;
+    /// a count back at 0 leaves the map.
+    held: std::sync::Mutex<HashMap<InodeId, Arc<tokio::sync::Mutex<u32>>>>,
     renewer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Inodes this mount has taken locks on (unlocks elsewhere need no metadata call).
     locked: std::sync::Mutex<std::collections::HashSet<InodeId>>,
@@ -28,7 +34,8 @@ impl Session {
     pub fn new() -> Session {
         Session {
             id: distfs_client::session::new_session_id(),
-            held: tokio::sync::Mutex::default(),
+            gate: tokio::sync::RwLock::default(),
+            held: std::sync::Mutex::default(),
             renewer: std::sync::Mutex::new(None),
             locked: std::sync::Mutex::default(),
         }
@@ -40,6 +47,43 @@ impl Session {
 
     pub fn note_locks(&self, ino: InodeId) {
         self.locked.lock().expect("locked set").insert(ino);
+    }
+
+    /// Locks the handle count of `ino` (a new one at 0 when the mount holds none).
+    async fn lock_count(&self, ino: InodeId) -> Count<'_> {
+        loop {
+            let entry = self.held.lock().expect("held map").entry(ino).or_default().clone();
+            let n = entry.clone().lock_owned().await;
+            // The count went to 0 and left the map while this waited: take the new one.
+            if self.held.lock().expect("held map").get(&ino).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                return Count { session: self, ino, entry, n };
+            }
+        }
+    }
+
+    /// The inodes held open now; call with the gate taken alone (no count is locked).
+    fn held_inodes(&self) -> Vec<InodeId> {
+        self.held.lock().expect("held map").keys().copied().collect()
+    }
+}
+
+/// The locked handle count of one inode; a count left at 0 leaves the map when dropped
+/// (before its lock is released).
+struct Count<'a> {
+    session: &'a Session,
+    ino: InodeId,
+    entry: Arc<tokio::sync::Mutex<u32>>,
+    n: tokio::sync::OwnedMutexGuard<u32>,
+}
+
+impl Drop for Count<'_> {
+    fn drop(&mut self) {
+        if *self.n == 0 {
+            let mut held = self.session.held.lock().expect("held map");
+            if held.get(&self.ino).is_some_and(|e| Arc::ptr_eq(e, &self.entry)) {
+                held.remove(&self.ino);
+            }
+        }
     }
 }
 
@@ -54,9 +98,10 @@ impl Inner {
     /// and answers the inode's attributes as of then.
     /// With `read`, the first also opens a reader in the same round trip.
     pub async fn hold(&self, ino: InodeId, read: bool) -> Result<Option<Held>> {
-        let mut held = self.session.held.lock().await;
-        if let Some(n) = held.get_mut(&ino) {
-            *n += 1;
+        let _shared = self.session.gate.read().await;
+        let mut count = self.session.lock_count(ino).await;
+        if *count.n > 0 {
+            *count.n += 1;
             return Ok(None);
         }
         let (client, session) = (&self.client, self.session.id);
@@ -65,30 +110,42 @@ impl Inner {
             false => client.open_file(ino, session).await.map(Held::Attr),
         };
         let now = now.map_err(|e| gone_is_stale(ino, e))?;
-        held.insert(ino, 1);
+        *count.n = 1;
         Ok(Some(now))
     }
 
     /// Creates (or, without `O_EXCL`, opens an existing) file and holds it: one metadata
-    /// write registers the open together with the create. The held map stays locked
-    /// across the call, as in `hold`, so a release of the same inode cannot overtake it.
+    /// write registers the open together with the create. An exclusive create makes a
+    /// new inode, which no handle of this mount can hold yet, so it runs beside opens
+    /// and releases. One that may open an existing file runs alone: a release of that
+    /// file in flight could reach the metadata after it and undo its registration.
     pub async fn create_held(&self, parent: InodeId, name: &str, perm: u32, exclusive: bool) -> Result<Attr> {
-        let mut held = self.session.held.lock().await;
+        let shared = match exclusive {
+            true => Some(self.session.gate.read().await),
+            false => None,
+        };
+        let alone = match shared {
+            Some(_) => None,
+            None => Some(self.session.gate.write().await),
+        };
         let attr = self.client.create_open(parent, name, perm, exclusive, Some(self.session.id)).await?;
-        *held.entry(attr.ino).or_insert(0) += 1;
+        *self.session.lock_count(attr.ino).await.n += 1;
+        drop((shared, alone));
         Ok(attr)
     }
 
     /// One handle of `ino` fewer; the last releases the open at the metadata (which then
     /// frees the inode if it has no name left). A failure is logged: the lease covers it.
     pub async fn unhold(&self, ino: InodeId) {
-        let mut held = self.session.held.lock().await;
-        let Some(n) = held.get_mut(&ino) else { return };
-        *n -= 1;
-        if *n > 0 {
+        let _shared = self.session.gate.read().await;
+        let mut count = self.session.lock_count(ino).await;
+        if *count.n == 0 {
             return;
         }
-        held.remove(&ino);
+        *count.n -= 1;
+        if *count.n > 0 {
+            return;
+        }
         // The metadata drops this session's locks on the inode with the release.
         self.session.locked.lock().expect("locked set").remove(&ino);
         if let Err(e) = self.client.release_file(ino, self.session.id).await {
@@ -108,7 +165,8 @@ impl Inner {
         if let Some(t) = self.session.renewer.lock().expect("renewer lock").take() {
             t.abort();
         }
-        self.session.held.lock().await.clear();
+        let _alone = self.session.gate.write().await;
+        self.session.held.lock().expect("held map").clear();
         match self.client.close_session(self.session.id).await {
             Ok(()) => info!(session = format_args!("{:016x}", self.session.id), "client session closed"),
             Err(e) => warn!(error = %e, "could not close the client session; its lease will expire"),
@@ -139,8 +197,8 @@ impl Inner {
     /// Registers every inode this mount holds open with the leader (all of them, in
     /// pages); at mount start this also starts the session.
     async fn register_held(&self) {
-        let held = self.session.held.lock().await;
-        let inos: Vec<InodeId> = held.keys().copied().collect();
+        let _alone = self.session.gate.write().await;
+        let inos = self.session.held_inodes();
         match self.client.hold_files(self.session.id, &inos).await {
             Ok(gone) if gone.is_empty() => debug!(files = inos.len(), "open files registered with the leader"),
             Ok(gone) => {
