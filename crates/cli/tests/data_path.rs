@@ -218,7 +218,7 @@ async fn a_reader_opened_in_one_round_trip_holds_the_file_until_released() {
     let loose = client.create(InodeId::ROOT, "loose", 0o644, true).await.unwrap();
     client.write_at(loose.ino, 0, &random_bytes(1 << 20, 22)).await.unwrap();
 
-    let mut reader = client.open_read(held.ino, session).await.unwrap();
+    let reader = client.open_read(held.ino, session).await.unwrap();
     assert_eq!(reader.attr().ino, held.ino);
     assert_eq!(reader.size(), bytes.len() as u64, "the layout's attributes are the file's");
     client.unlink(InodeId::ROOT, "held").await.unwrap();

@@ -295,6 +295,12 @@ async fn bad_input_errnos_background_mode_and_clean_unmounts() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no pid in: {}", stderr(&out)));
     let _guard = DaemonGuard { dir: mp.clone(), pid: daemon };
+    // As root the mount widens the kernel's readahead window to 8 MiB (`--readahead`), so
+    // sequential reads arrive as large READs, several at a time.
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&mp).expect("stat the mount"));
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let ra = std::fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb")).expect("bdi");
+    assert_eq!(ra.trim(), "8192", "readahead window of the mount's device");
 
     eprintln!("phase: errno of bad input");
     let p = |s: &str| mp.join(s);

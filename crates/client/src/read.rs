@@ -22,9 +22,17 @@ use tracing::warn;
 const LAYOUT_WINDOW: u64 = 16;
 
 /// Reads one file as it was when the reader was opened (close-to-open consistency).
+/// Reads may run concurrently (`&self`): the mount serves the kernel's readahead requests
+/// of one handle side by side.
 pub struct FileReader {
     client: Client,
     attr: Attr,
+    known: std::sync::RwLock<Known>,
+}
+
+/// The layout learnt so far: chunks by index, block replicas, node addresses.
+#[derive(Default)]
+struct Known {
     chunk_size: u64,
     chunks: HashMap<u64, ChunkLayout>,
     replicas: HashMap<BlockId, Vec<NodeId>>,
@@ -72,63 +80,63 @@ impl FileReader {
 
     /// A reader of the file `layout` (of chunks `[first_chunk, last_chunk]`) describes.
     fn new(client: Client, first_chunk: u64, last_chunk: u64, layout: Layout) -> Result<FileReader> {
-        let mut r = FileReader {
-            client,
-            attr: layout.attr.clone(),
-            chunk_size: 0,
-            chunks: HashMap::new(),
-            replicas: HashMap::new(),
-            nodes: HashMap::new(),
-        };
+        let r = FileReader { client, attr: layout.attr.clone(), known: Default::default() };
         r.add_layout(first_chunk, last_chunk, layout)?;
         Ok(r)
     }
 
-    async fn fetch_layout(&mut self, first_chunk: u64, last_chunk: u64) -> Result<()> {
-        let layout = self.client.layout(self.attr.ino, first_chunk, last_chunk).await?;
-        self.add_layout(first_chunk, last_chunk, layout)
+    fn known(&self) -> std::sync::RwLockReadGuard<'_, Known> {
+        self.known.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn add_layout(&mut self, first_chunk: u64, last_chunk: u64, layout: Layout) -> Result<()> {
+    fn add_layout(&self, first_chunk: u64, last_chunk: u64, layout: Layout) -> Result<()> {
         if layout.chunk_size == 0 {
             return Err(FsError::Protocol { reason: "metadata reports a zero chunk size".into() }.into());
         }
-        self.chunk_size = layout.chunk_size;
+        let mut k = self.known.write().unwrap_or_else(|e| e.into_inner());
+        k.chunk_size = layout.chunk_size;
         // Mark every requested chunk known, also those without slices (holes).
         for i in first_chunk..=last_chunk {
-            self.chunks.entry(i).or_insert(ChunkLayout { index: i, slices: Vec::new() });
+            k.chunks.entry(i).or_insert(ChunkLayout { index: i, slices: Vec::new() });
         }
         for c in layout.chunks {
-            self.chunks.insert(c.index, c);
+            k.chunks.insert(c.index, c);
         }
         for b in layout.blocks {
-            self.replicas.insert(b.id, b.replicas);
+            k.replicas.insert(b.id, b.replicas);
         }
         for n in layout.nodes {
-            self.nodes.insert(n.id, n);
+            k.nodes.insert(n.id, n);
         }
         Ok(())
     }
 
     /// Reads up to `len` bytes at `offset`, clipped to the size at open.
-    pub async fn read_at(&mut self, offset: u64, len: u64) -> Result<Bytes> {
+    pub async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes> {
         if offset >= self.attr.size || len == 0 {
             return Ok(Bytes::new());
         }
         let len = len.min(self.attr.size - offset);
-        let (first, last) = (offset / self.chunk_size, (offset + len - 1) / self.chunk_size);
-        if (first..=last).any(|c| !self.chunks.contains_key(&c)) {
-            self.fetch_layout(first, last.max(first + LAYOUT_WINDOW - 1)).await?;
+        let chunk_size = self.known().chunk_size;
+        let (first, last) = (offset / chunk_size, (offset + len - 1) / chunk_size);
+        if (first..=last).any(|c| !self.known().chunks.contains_key(&c)) {
+            let last = last.max(first + LAYOUT_WINDOW - 1);
+            let layout = self.client.layout(self.attr.ino, first, last).await?;
+            self.add_layout(first, last, layout)?;
         }
-        let chunks: Vec<ChunkLayout> = (first..=last).filter_map(|c| self.chunks.get(&c).cloned()).collect();
-        let segments = read_segments(&chunks, self.chunk_size, offset, len);
-        let this = &*self;
+        let chunks: Vec<ChunkLayout> = {
+            let k = self.known();
+            (first..=last).filter_map(|c| k.chunks.get(&c).cloned()).collect()
+        };
+        let segments = read_segments(&chunks, chunk_size, offset, len);
+        let this = self;
+        let chunks = &chunks;
         let pieces: Vec<Result<(Segment, Bytes)>> = stream::iter(segments)
             .map(|seg| async move {
                 match seg.source {
                     Source::Hole => Ok((seg, Bytes::new())),
                     Source::Inline { chunk, slice, data_offset } => {
-                        this.inline_bytes(chunk, slice, data_offset, seg.len).map(|b| (seg, b))
+                        this.inline_bytes(chunks, chunk, slice, data_offset, seg.len).map(|b| (seg, b))
                     }
                     Source::Block { id, block_offset } => {
                         this.read_block(id, block_offset, seg.len as u32).await.map(|b| (seg, b))
@@ -150,8 +158,9 @@ impl FileReader {
     }
 
     /// `len` bytes at `offset` of the inline data of a slice, checked against its CRC32C.
-    fn inline_bytes(&self, chunk: u64, slice: usize, offset: u64, len: u64) -> Result<Bytes> {
-        let inline = self.chunks.get(&chunk).and_then(|c| c.slices.get(slice)).and_then(|s| s.inline.as_ref());
+    fn inline_bytes(&self, chunks: &[ChunkLayout], chunk: u64, slice: usize, offset: u64, len: u64) -> Result<Bytes> {
+        let inline =
+            chunks.iter().find(|c| c.index == chunk).and_then(|c| c.slices.get(slice)).and_then(|s| s.inline.as_ref());
         let Some(inline) = inline else {
             return Err(
                 FsError::Protocol { reason: format!("no inline data in slice {slice} of chunk {chunk}") }.into()
@@ -175,16 +184,21 @@ impl FileReader {
     /// Reads `[offset, offset+len)` of a block from the best replica that answers with
     /// bytes that verify.
     async fn read_block(&self, id: BlockId, offset: u32, len: u32) -> Result<Bytes> {
-        let replicas = self.replicas.get(&id).cloned().unwrap_or_default();
-        let order = order_replicas(
-            &replicas,
-            |n| self.nodes.get(&n).is_some_and(|a| a.healthy),
-            |n| self.client.latency_of(n),
-            offset as u64 ^ id.0 as u64,
-        );
+        // Where to ask, in order, with each node's address (taken out of the lock).
+        let order: Vec<(NodeId, Option<String>)> = {
+            let k = self.known();
+            let replicas = k.replicas.get(&id).cloned().unwrap_or_default();
+            let order = order_replicas(
+                &replicas,
+                |n| k.nodes.get(&n).is_some_and(|a| a.healthy),
+                |n| self.client.latency_of(n),
+                offset as u64 ^ id.0 as u64,
+            );
+            order.into_iter().map(|n| (n, k.nodes.get(&n).map(|a| a.addr.clone()))).collect()
+        };
         let mut attempts: Vec<(NodeId, String)> = Vec::new();
-        for node in order {
-            let Some(addr) = self.nodes.get(&node).map(|a| a.addr.clone()) else {
+        for (node, addr) in order {
+            let Some(addr) = addr else {
                 attempts.push((node, "address unknown".into()));
                 continue;
             };

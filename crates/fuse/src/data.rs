@@ -78,7 +78,7 @@ impl Inner {
         if !keep_cache && (dirty || self.kernel_may_differ(&attr)) {
             self.forget_attrs(ino);
         }
-        let fh = self.add_file(ino, append, reader.map(|r| (changes, r)));
+        let fh = self.add_file(ino, append, reader.map(|r| (changes, std::sync::Arc::new(r))));
         debug!(%ino, fh, keep_cache, "opened");
         Ok(Opened { fh, keep_cache })
     }
@@ -205,12 +205,17 @@ impl Inner {
             io = f.io.lock().await;
         }
         let changes = self.changes(f.ino);
-        let stale = io.reader.as_ref().is_none_or(|(c, _)| *c != changes);
-        if stale {
-            let r = self.client.reader(f.ino).await.map_err(|e| gone_is_stale(f.ino, e))?;
-            io.reader = Some((changes, r));
-        }
-        let (_, reader) = io.reader.as_mut().expect("reader was just opened");
+        let reader = match &io.reader {
+            Some((c, r)) if *c == changes => r.clone(),
+            _ => {
+                let r = std::sync::Arc::new(self.client.reader(f.ino).await.map_err(|e| gone_is_stale(f.ino, e))?);
+                io.reader = Some((changes, r.clone()));
+                r
+            }
+        };
+        // The handle is free for other requests while this one waits on the network: the
+        // kernel's readahead sends several READs of one handle at a time.
+        drop(io);
         let bytes = reader.read_at(offset, size as u64).await?;
         Ok(bytes.to_vec())
     }

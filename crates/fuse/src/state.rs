@@ -111,7 +111,7 @@ pub(crate) struct FileIo {
     pub written: Vec<(u64, u64)>,
     /// The reader of this handle and the local change counter of the inode when it was
     /// opened; a newer counter means this mount changed the file since.
-    pub reader: Option<(u64, FileReader)>,
+    pub reader: Option<(u64, Arc<FileReader>)>,
     /// A write that failed after `write` had returned success for earlier bytes: reported
     /// by the next `flush`/`fsync`.
     pub failed: Option<FsError>,
@@ -204,7 +204,7 @@ impl Inner {
         }
     }
 
-    pub fn add_file(&self, ino: InodeId, append: bool, reader: Option<(u64, FileReader)>) -> u64 {
+    pub fn add_file(&self, ino: InodeId, append: bool, reader: Option<(u64, Arc<FileReader>)>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let io = FileIo { reader, ..FileIo::default() };
         let f = OpenFile { ino, append, pending_end: AtomicU64::new(0), io: tokio::sync::Mutex::new(io) };

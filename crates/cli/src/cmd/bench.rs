@@ -263,7 +263,7 @@ async fn seq_read(client: &Client, files: &[Attr], opts: &BenchOptions) -> anyho
             let (client, ino, io) = (client.clone(), a.ino, opts.io_size as u64);
             async move {
                 let mut t = Tally::new();
-                let mut r = client.reader(ino).await?;
+                let r = client.reader(ino).await?;
                 let size = r.size();
                 let mut off = 0;
                 while off < size {

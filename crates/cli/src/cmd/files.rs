@@ -137,7 +137,7 @@ async fn copy_out<W: AsyncWrite + Unpin>(
     out: &mut W,
     pb: &ProgressBar,
 ) -> anyhow::Result<()> {
-    let mut reader = client.reader(attr.ino).await?;
+    let reader = client.reader(attr.ino).await?;
     let mut off = 0;
     while off < reader.size() {
         let bytes = reader.read_at(off, IO_UNIT as u64 * 4).await?;

@@ -130,6 +130,10 @@ pub enum Command {
         /// Let users other than the mounting one use the mount.
         #[arg(long)]
         allow_other: bool,
+        /// The kernel's readahead window for files on the mount (set when mounting as
+        /// root); 0 leaves the kernel's default of 128 KiB.
+        #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+        readahead: u64,
     },
     /// Cluster administration.
     Cluster {
@@ -421,8 +425,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm { ref paths, recursive, force } => ns::rm(&client(), paths, recursive, force).await,
         Command::Mv { ref src, ref dst } => ns::mv(&client(), src, dst).await,
         Command::Stat { ref path, json } => ns::stat(&client(), path, json).await,
-        Command::Mount { ref mountpoint, background, allow_other } => {
-            mount::run(client(), mountpoint.clone(), background, allow_other).await
+        Command::Mount { ref mountpoint, background, allow_other, readahead } => {
+            mount::run(client(), mountpoint.clone(), background, allow_other, readahead).await
         }
         Command::Df { json } => cluster::df(&client(), json).await,
         Command::Compression { ref dir, codec } => codec::run(&client(), dir, codec).await,

@@ -16,12 +16,19 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// How long `--background` waits for the detached mount to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn run(client: Client, mountpoint: PathBuf, background: bool, allow_other: bool) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    mountpoint: PathBuf,
+    background: bool,
+    allow_other: bool,
+    readahead: u64,
+) -> anyhow::Result<()> {
     check_mountpoint(&mountpoint)?;
     if background {
         return detach(&mountpoint).await;
     }
-    let opts = MountOptions { allow_other, ..MountOptions::new(mountpoint.clone()) };
+    let readahead = (readahead > 0).then_some(readahead);
+    let opts = MountOptions { allow_other, readahead, ..MountOptions::new(mountpoint.clone()) };
     let mut mounted = tokio::task::spawn_blocking(move || Mounted::new(client, opts)).await??;
     let mut unmounter = mounted.unmounter();
     eprintln!("distfs: mounted at {} (Ctrl-C or `fusermount3 -u` to unmount)", mountpoint.display());
