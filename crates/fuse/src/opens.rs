@@ -18,8 +18,8 @@ pub(crate) struct Session {
     pub id: u64,
     /// Opens and releases take it shared and then lock their own inode's count, so those
     /// of different inodes run side by side (a first open or a last release is a metadata
-    /// round trip). A resync of every held inode with a new leader, the close of the
-    /// session, and a create that may open an existing file take it alone.
+    /// round trip). A resync of every held inode with a new leader and a create that may
+    /// open an existing file take it alone.
     gate: tokio::sync::RwLock<()>,
     /// Handles per held inode. An inode's count stays locked across the metadata call of
     /// a first open or a last release, so those never overtake each other on one inode;
@@ -165,7 +165,9 @@ impl Inner {
         if let Some(t) = self.session.renewer.lock().expect("renewer lock").take() {
             t.abort();
         }
-        let _alone = self.session.gate.write().await;
+        // Without waiting for opens or releases in flight: closing the session releases
+        // everything it holds at the metadata, and an open that lands after the close
+        // only starts a session whose lease then runs out.
         self.session.held.lock().expect("held map").clear();
         match self.client.close_session(self.session.id).await {
             Ok(()) => info!(session = format_args!("{:016x}", self.session.id), "client session closed"),

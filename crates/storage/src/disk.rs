@@ -28,6 +28,11 @@ pub trait ReadFile: Send {
     /// Reads into `buf` from `offset` until `buf` is full or the file ends; returns the
     /// number of bytes read.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads as `read_at` does, but only when every byte is in the page cache, so it
+    /// never waits on the device; `Ok(None)` otherwise, and where that cannot be known.
+    fn read_cached_at(&mut self, _offset: u64, _buf: &mut [u8]) -> io::Result<Option<usize>> {
+        Ok(None)
+    }
 }
 
 pub trait Disk: Send + Sync + 'static {
@@ -160,6 +165,35 @@ impl ReadFile for StdFile {
             }
         }
         Ok(done)
+    }
+
+    /// `preadv2(RWF_NOWAIT)`: a read that would have to wait on the device fails with
+    /// `EAGAIN` instead (kernels without the flag answer `EOPNOTSUPP`/`EINVAL`/`ENOSYS`).
+    fn read_cached_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        use std::os::fd::AsRawFd;
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = &mut buf[done..];
+            let iov = libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() };
+            let at = libc::off_t::try_from(offset + done as u64)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: `iov` describes `rest`, which is valid for writes of its length for the
+            // whole call; the descriptor is owned by `self.0`.
+            let n = unsafe { libc::preadv2(self.0.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => return Ok(None),
+                    _ => return Err(e),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            done += n as usize;
+        }
+        Ok(Some(done))
     }
 }
 

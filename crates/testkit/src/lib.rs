@@ -45,7 +45,7 @@ pub struct ClusterOpts {
     pub tls: bool,
     /// Where the servers run: `None`, on loopback with free ports; else each in its own
     /// network namespace (see [`netns::Net`]) on fixed ports of its address (metadata
-    /// 7400, storage 7500, HTTP +80), started with `ip netns exec`.
+    /// 7400, storage 7500, HTTP +80), started inside it (`netns::command_in`).
     pub hosts: Option<Hosts>,
 }
 
@@ -94,8 +94,20 @@ pub struct ProcessCluster {
     storage: Vec<Option<Child>>,
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port for a server a test starts: a random one below the kernel's
+/// ephemeral range (`ip_local_port_range`, 32768 and up by default) that binds now. A
+/// port from the ephemeral range (`bind(:0)`) can be taken, between this call and the
+/// server's own bind, as the source port of any outgoing connection on the machine; one
+/// below it cannot, so only another test picking the same number could collide.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(10_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
     l.local_addr().expect("local addr of a bound listener").port()
 }
@@ -384,14 +396,10 @@ impl ProcessCluster {
             .append(true)
             .open(self.dir.path().join(log))
             .expect("open a log file");
-        // `ip netns exec` enters the namespace and execs the program: the child's pid is the
+        // The child enters the network namespace and execs the program: its pid is the
         // server's.
         let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin);
-                c
-            }
+            Some(ns) => netns::command_in(ns, bin),
             None => Command::new(bin),
         };
         cmd.arg("--config")

@@ -272,11 +272,9 @@ impl Net {
         }
     }
 
-    /// `ip netns exec NS program`: a command that runs `program` on host `name`.
+    /// A command that runs `program` on host `name` (`command_in`).
     pub fn command(&self, name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", self.ns(name)]).arg(program);
-        c
+        command_in(self.ns(name), program)
     }
 
     /// Runs `f` to completion on a new thread that has entered host `name`'s namespace, on a
@@ -316,4 +314,29 @@ impl Drop for Net {
         }
         remove_ns(&self.bridge_ns);
     }
+}
+
+/// A command that runs `program` in the network namespace `ns` (a name under
+/// `/run/netns`): the child enters it (`setns`) before it execs, and nothing else, so its
+/// pid is the program's. Not `ip netns exec`, which also gives the child a mount namespace
+/// of its own: that copy of the mount table keeps every FUSE mount that existed when it was
+/// made alive (the root mount here is private, so unmounts do not propagate into it), and
+/// a mount another test unmounted meanwhile did not see its session end until this child
+/// exited.
+pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let path = format!("/run/netns/{ns}");
+    let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    let mut c = Command::new(program);
+    // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
+    // which is async-signal-safe, on a descriptor the closure owns (opened close-on-exec,
+    // so the program does not inherit it).
+    unsafe {
+        c.pre_exec(move || match libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    c
 }

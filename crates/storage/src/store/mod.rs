@@ -81,6 +81,8 @@ struct Inner {
     /// Serialises what changes a block's visibility (commit, delete, quarantine) per
     /// block, so the counters stay exact.
     stripes: Vec<Mutex<()>>,
+    /// Block files kept open for reads (`read.rs`).
+    open_blocks: read::OpenBlocks,
     /// Queue of the batch syncer (`SyncPolicy::Batch` only).
     batch_tx: mpsc::Sender<write::SyncJob>,
     batch_rx: Mutex<Option<mpsc::Receiver<write::SyncJob>>>,
@@ -113,6 +115,7 @@ impl BlockStore {
             pending: AtomicU64::new(0),
             durable_dirs: Mutex::new(HashSet::new()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            open_blocks: read::OpenBlocks::default(),
             batch_tx,
             batch_rx: Mutex::new(Some(batch_rx)),
         };
@@ -219,7 +222,9 @@ impl BlockStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(StorageError::io("stat", &path, e)),
         };
-        match self.inner.disk.remove(&path) {
+        let removed = self.inner.disk.remove(&path);
+        self.inner.open_blocks.evict(id);
+        match removed {
             Ok(()) => {
                 self.inner.used.fetch_sub(size, Ordering::AcqRel);
                 self.inner.blocks.fetch_sub(1, Ordering::AcqRel);
@@ -241,7 +246,9 @@ impl BlockStore {
             "corrupt block file; moving it to quarantine");
         let _g = self.stripe(id);
         let size = self.inner.disk.open(path).and_then(|f| f.size()).ok();
-        match self.inner.disk.rename(path, &dest) {
+        let renamed = self.inner.disk.rename(path, &dest);
+        self.inner.open_blocks.evict(id);
+        match renamed {
             Ok(()) => {
                 if counted {
                     if let Some(size) = size {

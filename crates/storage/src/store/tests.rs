@@ -321,3 +321,28 @@ async fn enospc_from_the_disk_is_no_space_and_the_temp_file_is_removed() {
     assert!(!store.block_path(BlockId(2)).exists());
     assert_eq!(store.block_count(), 1);
 }
+
+#[tokio::test]
+async fn an_open_block_is_read_from_the_page_cache_without_reopening_and_a_delete_closes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path(), SyncPolicy::Always).await;
+    let id = BlockId(0x77);
+    let body = data(3 * PIECE + 5, 9);
+    put(&store, id, &body).await.expect("put");
+    // The first read opens the file, verifies it and keeps it open; its pages are cached.
+    let r = store.get(id, 0, body.len() as u64).await.expect("first read");
+    assert!(r.data[..] == body[..]);
+    // Moved behind the store's back: only a read through the open file still finds it,
+    // and it still checks every piece.
+    let path = store.block_path(id);
+    let aside = dir.path().join("aside");
+    std::fs::rename(&path, &aside).expect("move aside");
+    let r = store.get(id, 2 * PIECE as u64 + 3, 10).await.expect("read through the open file");
+    assert_eq!(r.offset, 2 * PIECE as u64);
+    assert!(r.data[..] == body[2 * PIECE..3 * PIECE]);
+    std::fs::rename(&aside, &path).expect("move back");
+    assert!(matches!(store.get(id, 10 * PIECE as u64, 1).await, Err(StorageError::BadRange { .. })));
+    // A delete closes it: the block is gone for every reader.
+    assert!(store.delete(id).await.expect("delete"));
+    assert!(matches!(store.get(id, 0, 1).await, Err(StorageError::NotFound { .. })));
+}
