@@ -223,15 +223,7 @@ async fn a_reader_opened_in_one_round_trip_holds_the_file_until_released() {
     assert_eq!(reader.size(), bytes.len() as u64, "the layout's attributes are the file's");
     client.unlink(InodeId::ROOT, "held").await.unwrap();
     client.unlink(InodeId::ROOT, "loose").await.unwrap();
-    let gone = |ino: InodeId| {
-        let client = &client;
-        async move {
-            match client.read_at(ino, 0, 1).await {
-                Err(ClientError::Fs(FsError::StaleInode { .. } | FsError::NotFound { .. })) => Some(()),
-                _ => None,
-            }
-        }
-    };
+    let gone = |ino: InodeId| freed(&client, ino);
     wait_for("the unheld file is freed", Duration::from_secs(30), || gone(loose.ino)).await;
     let got = reader.read_at(0, u64::MAX).await.expect("the held file reads");
     assert!(got[..] == bytes[..], "the held file kept its bytes");

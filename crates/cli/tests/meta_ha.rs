@@ -324,15 +324,7 @@ async fn a_file_held_open_across_a_leader_failover_keeps_its_data_until_released
     assert!(client.hold_files(session, &[held.ino]).await.unwrap().is_empty(), "the held file still exists");
     assert!(!client.renew_session(session).await.unwrap(), "asked once per leader");
 
-    let gone = |ino: InodeId| {
-        let client = &client;
-        async move {
-            match client.read_at(ino, 0, 1).await {
-                Err(ClientError::Fs(FsError::StaleInode { .. } | FsError::NotFound { .. })) => Some(()),
-                _ => None,
-            }
-        }
-    };
+    let gone = |ino: InodeId| freed(&client, ino);
     wait_for("the unheld orphan is freed", Duration::from_secs(30), || gone(loose.ino)).await;
     let got = client.read_at(held.ino, 0, u64::MAX).await.expect("the held file is readable");
     assert!(got[..] == held_bytes[..], "the held file kept its bytes");

@@ -18,6 +18,16 @@ pub async fn cluster() -> ProcessCluster {
     ProcessCluster::start(bins(), ClusterOpts::default()).await
 }
 
+/// `Some` once inode `ino` is freed: a read of it answers that it is gone.
+pub async fn freed(client: &distfs_client::Client, ino: distfs_types::InodeId) -> Option<()> {
+    use distfs_client::ClientError;
+    use distfs_types::FsError;
+    match client.read_at(ino, 0, 1).await {
+        Err(ClientError::Fs(FsError::StaleInode { .. } | FsError::NotFound { .. })) => Some(()),
+        _ => None,
+    }
+}
+
 /// Deterministic pseudo-random bytes (xorshift), fast enough for hundreds of MiB.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
