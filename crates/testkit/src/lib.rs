@@ -477,6 +477,12 @@ impl ProcessCluster {
 
     /// Starts every process again on the same directories.
     pub async fn restart_all(&mut self) {
+        // A restarted storage node listens on a new port and tells the metadata service
+        // when it registers; until then the registry (and every layout) has the old one,
+        // while a restarted metadata server already counts the node as up.
+        const REGISTERED: &str = "registered with the metadata service";
+        let registrations = |c: &ProcessCluster, i: usize| c.log(&format!("storage-{i}")).matches(REGISTERED).count();
+        let before: Vec<usize> = (0..self.storage.len()).map(|i| registrations(self, i)).collect();
         for i in 0..self.metas.len() {
             self.start_meta_server(i);
         }
@@ -484,6 +490,11 @@ impl ProcessCluster {
             self.start_storage(i);
         }
         self.wait_nodes_up(self.storage.len()).await;
+        wait_for("every storage node registered again", Duration::from_secs(30), || {
+            let again = before.iter().enumerate().all(|(i, n)| registrations(self, i) > *n);
+            async move { again.then_some(()) }
+        })
+        .await;
     }
 
     /// A client with short deadlines, so failures show quickly in tests.
