@@ -12,6 +12,7 @@
 set -euo pipefail
 a=$1 b=$2 rounds=${3:-2} work=${4:-/tmp/distfs-ab}
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/bench/local_up.sh"
 shared=${SHARED:-$(cd "$here/../shared/bench" 2>/dev/null && pwd || echo /work/shared/bench)}
 export SEQ_SIZE=${SEQ_SIZE:-128m} PAR_SIZE=${PAR_SIZE:-32m} RAND_RUNTIME=${RAND_RUNTIME:-3}
 rm -rf "$work" && mkdir -p "$work"
@@ -27,15 +28,9 @@ cleanup() {
 trap cleanup EXIT
 
 one() { # BIN LABEL
-  local bin=$1 label=$2 port=$((20000 + RANDOM % 10000))
-  export DISTFS_META="127.0.0.1:$port"
-  rm -rf "$work/data" && mkdir -p "$mnt"
-  "$bin" local up --dir "$work/data" --listen "$DISTFS_META" --sync always >"$work/up-$label.log" 2>&1 &
-  up=$!
-  for _ in $(seq 1 150); do
-    [ "$("$bin" cluster status --json 2>/dev/null | grep -o '"Up"' | wc -l)" -ge 3 ] && break
-    sleep 0.2
-  done
+  local bin=$1 label=$2
+  mkdir -p "$mnt"
+  local_up "$bin" "$work/data" "$work/up-$label.log"
   "$bin" mount --background "$mnt" 2>"$work/mount-$label.log"
   "$shared/fsbench.sh" "$mnt" "$label" "$tsv" >/dev/null
   cleanup

@@ -9,6 +9,7 @@
 #
 #   bench/ab-native.sh A_DISTFS B_DISTFS [ROUNDS=2] [CLIENTS=8] [WORKDIR=/tmp/distfs-abn]
 set -euo pipefail
+. "$(dirname "$0")/local_up.sh"
 a=$1 b=$2 rounds=${3:-2} clients=${4:-8} work=${5:-/tmp/distfs-abn}
 rm -rf "$work" && mkdir -p "$work"
 out="$work/rows.txt"
@@ -20,15 +21,8 @@ cleanup() {
 trap cleanup EXIT
 
 one() { # BIN LABEL
-  local bin=$1 label=$2 port=$((20000 + RANDOM % 10000))
-  export DISTFS_META="127.0.0.1:$port"
-  rm -rf "$work/data"
-  "$bin" local up --dir "$work/data" --listen "$DISTFS_META" --sync always >"$work/up-$label.log" 2>&1 &
-  up=$!
-  for _ in $(seq 1 150); do
-    [ "$("$bin" cluster status --json 2>/dev/null | grep -o '"Up"' | wc -l)" -ge 3 ] && break
-    sleep 0.2
-  done
+  local bin=$1 label=$2
+  local_up "$bin" "$work/data" "$work/up-$label.log"
   "$bin" bench --only small --clients 1 --small-files 1000 2>/dev/null | awk -v l="$label" '/^small_/ {print l, "c1", $0}' >>"$out"
   "$bin" bench --only small --clients "$clients" --small-files 2000 2>/dev/null |
     awk -v l="$label" -v c="c$clients" '/^small_/ {print l, c, $0}' >>"$out"

@@ -14,6 +14,7 @@ a=$1 b=$2 rounds=${3:-2} work=${4:-/tmp/distfs-abq}
 shift $(($# < 4 ? $# : 4))
 [ "${1:-}" = "--" ] && shift
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/bench/local_up.sh"
 "$here/scripts/setup-test-deps" >&2
 command -v fio >/dev/null || { apt-get install -y -qq fio >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq fio; }; } >&2
 rm -rf "$work" && mkdir -p "$work"
@@ -29,16 +30,10 @@ fio_rate() { # JSON RW FIELD
 }
 
 one() { # BIN LABEL [MOUNT FLAGS]
-  local bin=$1 label=$2 port=$((20000 + RANDOM % 10000))
+  local bin=$1 label=$2
   shift 2
-  export DISTFS_META="127.0.0.1:$port"
-  rm -rf "$work/data" && mkdir -p "$mnt"
-  "$bin" local up --dir "$work/data" --listen "$DISTFS_META" --sync always >"$work/up-$label.log" 2>&1 &
-  up=$!
-  for _ in $(seq 1 150); do
-    [ "$("$bin" cluster status --json 2>/dev/null | grep -o '"Up"' | wc -l)" -ge 3 ] && break
-    sleep 0.2
-  done
+  mkdir -p "$mnt"
+  local_up "$bin" "$work/data" "$work/up-$label.log"
   "$bin" mount --background "$mnt" "$@" 2>"$work/mount-$label.log"
   python3 "$here/bench/mount_ops.py" "$mnt/serial" serial 2000 | sed "s/^/$label /"
   python3 "$here/bench/mount_ops.py" "$mnt/par" parallel 8 500 | sed "s/^/$label /"
