@@ -129,17 +129,16 @@ impl FileReader {
             (first..=last).filter_map(|c| k.chunks.get(&c).cloned()).collect()
         };
         let segments = read_segments(&chunks, chunk_size, offset, len);
-        let this = self;
         let chunks = &chunks;
         let pieces: Vec<Result<(Segment, Bytes)>> = stream::iter(segments)
             .map(|seg| async move {
                 match seg.source {
                     Source::Hole => Ok((seg, Bytes::new())),
                     Source::Inline { chunk, slice, data_offset } => {
-                        this.inline_bytes(chunks, chunk, slice, data_offset, seg.len).map(|b| (seg, b))
+                        self.inline_bytes(chunks, chunk, slice, data_offset, seg.len).map(|b| (seg, b))
                     }
                     Source::Block { id, block_offset } => {
-                        this.read_block(id, block_offset, seg.len as u32).await.map(|b| (seg, b))
+                        self.read_block(id, block_offset, seg.len as u32).await.map(|b| (seg, b))
                     }
                 }
             })

@@ -120,17 +120,14 @@ impl Inner {
     /// and releases. One that may open an existing file runs alone: a release of that
     /// file in flight could reach the metadata after it and undo its registration.
     pub async fn create_held(&self, parent: InodeId, name: &str, perm: u32, exclusive: bool) -> Result<Attr> {
-        let shared = match exclusive {
-            true => Some(self.session.gate.read().await),
-            false => None,
-        };
-        let alone = match shared {
-            Some(_) => None,
-            None => Some(self.session.gate.write().await),
-        };
+        let (_shared, _alone);
+        if exclusive {
+            _shared = self.session.gate.read().await;
+        } else {
+            _alone = self.session.gate.write().await;
+        }
         let attr = self.client.create_open(parent, name, perm, exclusive, Some(self.session.id)).await?;
         *self.session.lock_count(attr.ino).await.n += 1;
-        drop((shared, alone));
         Ok(attr)
     }
 

@@ -708,14 +708,19 @@ impl Service {
     }
 
     /// The layout of chunks `[first, last]` of file `ino` as `r` sees it.
-    pub(crate) fn layout_in(&self, r: &impl Reader, ino: InodeId, first: u64, last: u64) -> FsResult<Layout> {
+    fn layout_in(&self, r: &impl Reader, ino: InodeId, first: u64, last: u64) -> FsResult<Layout> {
+        self.layout_of(r, Self::attr(r, ino)?, first, last)
+    }
+
+    /// The layout of chunks `[first, last]` of the file whose attributes `r` holds as `attr`.
+    pub(crate) fn layout_of(&self, r: &impl Reader, attr: Attr, first: u64, last: u64) -> FsResult<Layout> {
+        let ino = attr.ino;
         if last < first || last - first >= MAX_LAYOUT_CHUNKS {
             return Err(FsError::invalid(format!(
                 "layout range [{first}, {last}] must be non-empty and span at most {MAX_LAYOUT_CHUNKS} chunks"
             )));
         }
         let fmt = r.format_or_unavailable()?;
-        let attr = Self::attr(r, ino)?;
         match attr.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(FsError::IsADirectory { what: format!("inode {ino}") }),

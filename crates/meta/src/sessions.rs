@@ -56,9 +56,8 @@ impl Service {
             }
             MetaRequest::OpenRead { ino, session, first_chunk, last_chunk } => {
                 let l = self
-                    .hold_then_read(ino, session, now, |r| match r.inode(ino)? {
-                        Some(_) => self.layout_in(r, ino, first_chunk, last_chunk).map(Some),
-                        None => Ok(None),
+                    .hold_then_read(ino, session, now, |r| {
+                        r.inode(ino)?.map(|i| self.layout_of(r, i.attr, first_chunk, last_chunk)).transpose()
                     })
                     .await?;
                 Ok(MetaResponse::Layout(l))
