@@ -119,16 +119,19 @@ async fn leader_sigkill_under_write_load_loses_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_partitioned_leader_stops_acknowledging_and_the_majority_takes_over() {
+async fn a_partitioned_leader_stops_acknowledging_and_reading_and_the_majority_takes_over() {
     let mc = MetaCluster::start(3, |_| {}).await;
     let client = mc.client();
     let dir = client.mkdir(InodeId::ROOT, "p", 0o755).await.unwrap();
     let old = mc.leader(Duration::from_secs(10)).await;
     let old_id = old as u64 + 1;
 
-    mc.parts.isolate(&mc.addr(old), &mc.addrs());
-    // A client that only reaches the old leader gets no acknowledgement.
+    // A client that only reaches the old leader: a read just before the cut gives the
+    // old leader a fresh read lease.
     let lonely = mc.client_of(vec![mc.addr(old)], Duration::from_secs(4));
+    assert!(lonely.readdir(dir.ino).await.unwrap().is_empty());
+    mc.parts.isolate(&mc.addr(old), &mc.addrs());
+    // It gets no acknowledgement.
     let r = lonely.mkdir(dir.ino, "never", 0o755).await;
     assert!(r.is_err(), "the isolated leader acknowledged a write");
 
@@ -141,6 +144,12 @@ async fn a_partitioned_leader_stops_acknowledging_and_the_majority_takes_over() 
     .await;
     for k in 0..20 {
         client.mkdir(dir.ino, &format!("m{k}"), 0o755).await.expect("the majority acknowledges writes");
+    }
+    // The old leader still believes it leads, but its read lease ended long before the
+    // majority could elect anyone: it answers no read, so it cannot answer a stale one.
+    match lonely.readdir(dir.ino).await {
+        Err(_) => {}
+        Ok(names) => panic!("the isolated old leader answered a read: {} entries", names.len()),
     }
 
     // After healing the old leader follows and holds the same state.

@@ -243,7 +243,12 @@ async fn sighup_applies_a_changed_key_and_rejects_a_broken_file() {
     .await;
     assert_eq!(val(&m, "distfs_meta_config_suspect_after_seconds"), 1.8, "old config kept");
     assert_eq!(val(&m, "distfs_meta_config_dead_after_seconds"), 4.0, "old config kept");
-    let log = c.log("meta-0");
+    // The counter moves before the line is logged: wait for the second line.
+    let log = wait_for("both rejections logged", Duration::from_secs(10), || async {
+        let log = c.log("meta-0");
+        (log.lines().filter(|l| l.contains("configuration reload rejected")).count() >= 2).then_some(log)
+    })
+    .await;
     let rejected: Vec<&str> = log.lines().filter(|l| l.contains("configuration reload rejected")).collect();
     assert_eq!(rejected.len(), 2, "{log}");
     for l in &rejected {

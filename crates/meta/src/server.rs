@@ -127,6 +127,10 @@ impl MetaServer {
                 .instrument(tracing::info_span!("meta_sessions", id = config.id)),
         ));
         tasks.push(tokio::spawn(
+            crate::service::renew_read_lease(service.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("meta_read_lease", id = config.id)),
+        ));
+        tasks.push(tokio::spawn(
             crate::sessions::sweep_orphans_when_leader(service.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("meta_orphans", id = config.id)),
         ));

@@ -59,6 +59,10 @@ pub(crate) struct Service {
     opens: Mutex<crate::opens::OpenTable>,
     /// Writes waiting to be proposed together (`batch.rs`).
     batch: Arc<crate::batch::Batcher>,
+    /// While valid, reads are answered without a quorum round (`lease.rs`).
+    lease: Mutex<Option<crate::lease::ReadLease>>,
+    /// A read found the lease past its half: `renew_read_lease` renews it.
+    lease_wanted: tokio::sync::Notify,
 }
 
 tokio::task_local! {
@@ -78,6 +82,20 @@ fn drive(raft: MetaRaft, batch: Arc<crate::batch::Batcher>) {
             }
         }
     });
+}
+
+/// Renews the read lease when reads ask for it (`Service::read_barrier`), one round at a
+/// time, so that a steady stream of reads never waits for a round itself.
+pub(crate) async fn renew_read_lease(service: Arc<Service>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = service.lease_wanted.notified() => {}
+        }
+        if let Err(e) = service.leadership_round().await {
+            tracing::debug!(error = %e, "read lease not renewed");
+        }
+    }
 }
 
 /// `Batcher::hand_off` when a caller's own proposal ends, however it ends.
@@ -124,6 +142,8 @@ impl Service {
             tunables: std::sync::RwLock::new(config.clone()),
             opens: Mutex::new(crate::opens::OpenTable::new(crate::opens::ORPHAN_GRACE, started)),
             batch: Arc::default(),
+            lease: Mutex::new(None),
+            lease_wanted: tokio::sync::Notify::new(),
             config,
             transport,
         }
@@ -264,10 +284,39 @@ impl Service {
         }
     }
 
-    /// Makes a following local read linearizable; a follower answers `NotLeader`.
+    /// Makes a following local read linearizable; a follower answers `NotLeader`. Within
+    /// the leader's read lease this costs no round (`lease.rs`).
     pub(crate) async fn read_barrier(&self) -> FsResult<()> {
+        let (term, leads) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.current_leader == Some(self.id))
+        };
+        let lease = *self.lease.lock().expect("lease lock");
+        match crate::lease::check(lease, term, leads, self.clock.now()) {
+            crate::lease::LeaseCheck::Local => Ok(()),
+            crate::lease::LeaseCheck::LocalRenew => {
+                self.lease_wanted.notify_one();
+                Ok(())
+            }
+            crate::lease::LeaseCheck::Round => self.leadership_round().await,
+        }
+    }
+
+    /// Confirms leadership with a quorum (and that the state machine holds every entry
+    /// committed before), then extends the read lease from when the round began.
+    pub(crate) async fn leadership_round(&self) -> FsResult<()> {
+        let started = self.clock.now();
+        let term = self.raft.metrics().borrow().current_term;
         match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let new = crate::lease::after_round(started, term, self.config.raft.election_timeout_min.0);
+                let mut lease = self.lease.lock().expect("lease lock");
+                if lease.is_none_or(|l| l.term != new.term || l.until < new.until) {
+                    *lease = Some(new);
+                }
+                Ok(())
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_node)),
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
                 Err(FsError::Unavailable { reason: format!("no quorum of metadata servers: {e}") })

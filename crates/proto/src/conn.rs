@@ -1,25 +1,25 @@
 //! The calling side: a pool of multiplexed connections per peer address. Each connection
-//! has a writer task and a reader task; a call registers its request id, sends its frame
-//! and waits for the matching reply or its deadline. A broken connection fails every call
+//! has a reader task and an `Outbox`; a call registers its request id, writes its frame
+//! itself (`crate::outbox`) and waits for the matching reply or its deadline. A broken connection fails every call
 //! waiting on it with `ConnectionLost` and is replaced on the next call. A new connection
 //! runs TLS (when configured) and the `Hello` handshake before any call uses it; bodies
 //! are then compressed as negotiated.
 
 use crate::compress::Compression;
 use crate::error::{ProtoError, RpcError};
-use crate::frame::{read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE};
+use crate::frame::{read_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE};
 use crate::handshake::{client_handshake, HandshakeError, Hello, PeerKind};
 use crate::messages::{MetaRequest, MetaResponse, StorageRequest, StorageResponse};
+use crate::outbox::Outbox;
 use crate::tls::ClientTls;
-use crate::transport::{Connector, TcpConnector};
+use crate::transport::{BoxStream, Connector, TcpConnector};
 use bytes::Bytes;
 use distfs_types::FsError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::BufWriter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Tunables of the calling side.
 #[derive(Clone, Debug)]
@@ -63,16 +63,20 @@ impl Default for RpcConfig {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Frame>>>>;
 
+type ConnOutbox = Outbox<tokio::io::WriteHalf<BoxStream>>;
+
 struct Conn {
-    tx: mpsc::Sender<Frame>,
+    out: ConnOutbox,
     pending: Pending,
     dead: Arc<AtomicBool>,
     failure: Arc<Mutex<Option<String>>>,
+    /// Negotiated in the handshake; applied by each call to its own frame.
+    compression: Compression,
 }
 
 impl Conn {
     fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Acquire) || self.tx.is_closed()
+        self.dead.load(Ordering::Acquire) || self.out.is_failed()
     }
 }
 
@@ -172,9 +176,16 @@ impl RpcClient {
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             conn.pending.lock().expect("pending lock").insert(id, tx);
+            if conn.dead.load(Ordering::Acquire) {
+                // The reader ended (and cleared `pending`) before our entry went in.
+                conn.pending.lock().expect("pending lock").remove(&id);
+                return Err(lost(addr, &conn));
+            }
             let frame = Frame { kind: kind as u16, flags: 0, request_id: id, header, body };
+            let frame = crate::compress::compress_frame(frame, conn.compression);
             let guard = PendingGuard { pending: &conn.pending, id };
-            if conn.tx.send(frame).await.is_err() {
+            // Written on this thread when the socket takes it (no hand-off to a writer).
+            if conn.out.send(&frame).await.is_err() {
                 return Err(lost(addr, &conn));
             }
             let reply = rx.await.map_err(|_| lost(addr, &conn))?;
@@ -304,31 +315,11 @@ impl RpcClient {
             }
         };
         let (mut rd, wr) = tokio::io::split(stream);
-        let (tx, mut rx) = mpsc::channel::<Frame>(256);
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
-
-        let (dead_w, failure_w) = (dead.clone(), failure.clone());
-        tokio::spawn(async move {
-            let mut w = BufWriter::with_capacity(64 << 10, wr);
-            while let Some(f) = rx.recv().await {
-                let f = crate::compress::compress_frame(f, compression);
-                let r = async {
-                    write_frame(&mut w, &f).await?;
-                    if rx.is_empty() {
-                        tokio::io::AsyncWriteExt::flush(&mut w).await?;
-                    }
-                    Ok::<_, std::io::Error>(())
-                }
-                .await;
-                if let Err(e) = r {
-                    failure_w.lock().expect("failure lock").get_or_insert(format!("write: {e}"));
-                    dead_w.store(true, Ordering::Release);
-                    return;
-                }
-            }
-        });
+        // The flusher ends once the pool and every call have dropped the connection.
+        let (out, _flusher) = Outbox::new(wr, false);
 
         let (pending_r, dead_r, failure_r) = (pending.clone(), dead.clone(), failure.clone());
         let limits = cfg.limits;
@@ -361,7 +352,7 @@ impl RpcClient {
             // Dropping the senders wakes every waiter with `ConnectionLost`.
             pending_r.lock().expect("pending lock").clear();
         });
-        Ok(Conn { tx, pending, dead, failure })
+        Ok(Conn { out, pending, dead, failure, compression })
     }
 }
 
@@ -388,7 +379,8 @@ fn connect_error(addr: &str, e: std::io::Error) -> RpcError {
 }
 
 fn lost(addr: &str, conn: &Conn) -> RpcError {
-    let reason = conn.failure.lock().expect("failure lock").clone().unwrap_or_else(|| "connection closed".into());
+    let reason = conn.failure.lock().expect("failure lock").clone();
+    let reason = reason.or_else(|| conn.out.failure()).unwrap_or_else(|| "connection closed".into());
     RpcError::ConnectionLost { addr: addr.to_string(), reason }
 }
 

@@ -159,7 +159,7 @@ pub struct Frame {
 }
 
 impl Frame {
-    fn fixed(&self) -> [u8; FIXED_LEN] {
+    pub(crate) fn fixed(&self) -> [u8; FIXED_LEN] {
         let mut b = [0u8; FIXED_LEN];
         b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         b[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());

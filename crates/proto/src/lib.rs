@@ -12,6 +12,7 @@ pub mod frame;
 pub mod handshake;
 pub mod messages;
 pub mod meta_client;
+mod outbox;
 pub mod server;
 pub mod snapshots;
 pub mod tls;

@@ -172,7 +172,10 @@ impl MetaClient {
                         continue;
                     }
                 }
-                RpcError::Remote(e) if e.retry() == Retry::Never => return Err(err),
+                // Only "not the leader" and "unavailable" are worth asking again; anything
+                // else the leader answered is its answer (a `BlockNotFound` of a dedup
+                // commit, say, which the writer handles by writing the block itself).
+                RpcError::Remote(e) if !matches!(e.retry(), Retry::ToLeader | Retry::Backoff) => return Err(err),
                 _ if !err.is_transient() => return Err(err),
                 _ => {
                     // Try the next server: the leader may be elsewhere or down.

@@ -1,5 +1,6 @@
 //! The serving side: accepts streams, reads frames, runs each request concurrently on the
-//! handler and writes replies in completion order (multiplexing). A broken frame gets an
+//! handler (inline until it first waits, then as its own task) and writes replies in
+//! completion order (multiplexing). A broken frame gets an
 //! error frame naming the problem, then the connection is closed; other connections are
 //! not affected. Each accepted stream goes through the `ServerTransport` first: TLS (the
 //! caller's certificate names its `Identity`) or plain TCP, then the `Hello` handshake.
@@ -9,15 +10,16 @@ use crate::compress::Compression;
 use crate::error::ProtoError;
 use crate::frame::{read_frame, write_frame, Frame, Kind, Limits, ReadError, FLAG_ERROR, FLAG_RESPONSE, MAGIC};
 use crate::handshake::{server_handshake, HANDSHAKE_TIMEOUT};
+use crate::outbox::Outbox;
 use crate::tls::ServerTls;
 use bytes::Bytes;
 use distfs_types::FsError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
@@ -196,46 +198,34 @@ async fn serve_stream<S, H>(
     let compression = negotiated.compression;
     let identity = Arc::new(identity);
     let (mut rd, wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Frame>(256);
-    let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(64 << 10, wr);
-        while let Some(f) = rx.recv().await {
-            let f = crate::compress::compress_frame(f, compression);
-            if write_frame(&mut w, &f).await.is_err() {
-                return;
-            }
-            // Flush when no other reply is ready, so replies batch under load.
-            if rx.is_empty() && tokio::io::AsyncWriteExt::flush(&mut w).await.is_err() {
-                return;
-            }
-        }
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
-    });
+    // Replies are written by the task that has them (`crate::outbox`); the flusher
+    // writes what a full socket queued and shuts the stream down at the end.
+    let (tx, writer) = Outbox::new(wr, true);
     loop {
         match read_frame(&mut rd, &limits).await {
             Ok(None) => break,
             Ok(Some(frame)) => {
                 if frame.flags & FLAG_RESPONSE != 0 {
-                    let _ = tx.send(error_frame(frame.kind, frame.request_id, &unexpected_response())).await;
+                    send(&tx, error_frame(frame.kind, frame.request_id, &unexpected_response()), compression).await;
                     break;
                 }
                 let kind = match Kind::from_u16(frame.kind) {
                     Ok(Kind::Hello) => {
                         let e = FsError::Protocol { reason: "a second Hello on one connection".into() };
-                        let _ = tx.send(error_frame(frame.kind, frame.request_id, &e)).await;
+                        send(&tx, error_frame(frame.kind, frame.request_id, &e), compression).await;
                         continue;
                     }
                     Ok(k) => k,
                     Err(e) => {
                         // The frame was well formed: answer it, keep the connection.
-                        let _ = tx.send(error_frame(frame.kind, frame.request_id, &proto_fs(&e))).await;
+                        send(&tx, error_frame(frame.kind, frame.request_id, &proto_fs(&e)), compression).await;
                         continue;
                     }
                 };
                 let handler = handler.clone();
                 let tx = tx.clone();
                 let identity = identity.clone();
-                tokio::spawn(async move {
+                let mut task = Box::pin(async move {
                     let id = frame.request_id;
                     let req = Incoming { kind, header: frame.header, body: frame.body, peer, identity };
                     let reply = match handler.handle(req).await {
@@ -248,8 +238,16 @@ async fn serve_stream<S, H>(
                         },
                         Err(e) => error_frame(kind as u16, id, &e),
                     };
-                    let _ = tx.send(reply).await;
+                    send(&tx, reply, compression).await;
                 });
+                // Run the request here until it first has to wait: one answered from
+                // local state then costs no task and no wake-up of an idle worker (a
+                // spawn does, and on a virtual machine waking an idle CPU costs tens of
+                // µs). Only a request that waits (Raft, disk, a peer) gets a task.
+                let done = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_ready())).await;
+                if !done {
+                    tokio::spawn(task);
+                }
             }
             Err(ReadError::Io(e)) => {
                 debug!(error = %e, "connection read failed");
@@ -257,7 +255,7 @@ async fn serve_stream<S, H>(
             }
             Err(ReadError::Proto(e)) => {
                 warn!(error = %e, "bad frame from peer; closing connection");
-                let _ = tx.send(error_frame(0, 0, &proto_fs(&e))).await;
+                send(&tx, error_frame(0, 0, &proto_fs(&e)), compression).await;
                 break;
             }
         }
@@ -284,6 +282,11 @@ async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
         }
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
+/// Sends one reply (compressed as negotiated); a failed stream is noticed by the reader.
+async fn send<W: AsyncWrite + Unpin + Send + 'static>(out: &Outbox<W>, f: Frame, compression: Compression) {
+    let _ = out.send(&crate::compress::compress_frame(f, compression)).await;
 }
 
 fn unexpected_response() -> FsError {

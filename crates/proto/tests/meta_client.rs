@@ -45,3 +45,42 @@ async fn stale_hints_to_a_dead_leader_do_not_trap_the_client() {
     assert_eq!(r, MetaResponse::Done);
     assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
 }
+
+/// A leader that answers every call with one error, counting the calls.
+struct Answers {
+    error: FsError,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler for Answers {
+    async fn handle(&self, _req: Incoming) -> Result<Reply, FsError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(self.error.clone())
+    }
+}
+
+/// The leader's definitive answers come back at once, however a storage node's reply of
+/// the same kind would be retried: a `BlockNotFound` of a deduplicated commit (the writer
+/// then writes the block itself) was retried for the whole 15 s deadline.
+#[tokio::test]
+async fn a_definitive_answer_of_the_leader_is_not_retried() {
+    use distfs_types::{BlockId, NodeId};
+    for error in [
+        FsError::BlockNotFound { block: BlockId(7), node: NodeId(0) },
+        FsError::Corrupt { block: BlockId(7), node: NodeId(1), detail: "crc mismatch".into() },
+        FsError::not_found("inode 9"),
+    ] {
+        let h = Arc::new(Answers { error: error.clone(), calls: Default::default() });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(serve(l, h.clone(), Limits::default(), CancellationToken::new()));
+        let client = MetaClient::new(RpcClient::default(), vec![addr]).with_deadline(Duration::from_secs(5));
+        let t0 = Instant::now();
+        match client.call(&MetaRequest::StatFs).await {
+            Err(RpcError::Remote(e)) => assert_eq!(e, error),
+            other => panic!("expected {error:?}, got {other:?}"),
+        }
+        assert_eq!(h.calls.load(std::sync::atomic::Ordering::SeqCst), 1, "{error:?} was retried");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{error:?} took {:?}", t0.elapsed());
+    }
+}
