@@ -66,7 +66,18 @@ impl Caller {
 }
 
 impl DistFs {
+    /// Runs a request: on this (FUSE) thread until it first waits, then on the runtime
+    /// (`lazy.rs`), so that the request goes out without waking a runtime worker.
     fn spawn<F>(&self, span: Span, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        crate::lazy::run_here_then_spawn(&self.rt, fut.instrument(span));
+    }
+
+    /// Runs a request as a task of the runtime at once: for writes, whose first steps
+    /// (copying and checksumming the data) would hold up the FUSE thread.
+    fn spawn_task<F>(&self, span: Span, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -543,7 +554,7 @@ impl Filesystem for DistFs {
             return reply.error(local::TOO_BIG);
         }
         let (inner, data) = (self.inner.clone(), data.to_vec());
-        self.spawn(debug_span!("write", ino = i.0, fh = fh.0, offset, len = data.len()), async move {
+        self.spawn_task(debug_span!("write", ino = i.0, fh = fh.0, offset, len = data.len()), async move {
             match inner.write(&f, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno_of_client(&e)),

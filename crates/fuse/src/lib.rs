@@ -7,6 +7,7 @@ mod attr;
 mod data;
 pub mod errno;
 mod fs;
+mod lazy;
 mod locks;
 mod opens;
 mod state;
