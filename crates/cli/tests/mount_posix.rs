@@ -192,6 +192,9 @@ async fn xattrs_and_locks_work_on_the_mount() {
         acl.extend(u32::MAX.to_le_bytes());
     }
     assert_eq!(errno_of(xattr_set(&f, "system.posix_acl_access", &acl, 0)), Some(libc::EOPNOTSUPP));
+    // Reading one finds none (`ls -l` asks), for a file and a directory's default ACL.
+    assert_eq!(errno_of(xattr_get(&f, "system.posix_acl_access", 64)), Some(libc::ENODATA));
+    assert_eq!(errno_of(xattr_get(&m.path(""), "system.posix_acl_default", 64)), Some(libc::ENODATA));
     std::fs::create_dir(m.path("dir")).expect("mkdir");
     xattr_set(&m.path("dir"), "user.d", b"on a directory", 0).expect("xattr on a directory");
 

@@ -60,6 +60,9 @@ pub mod local {
     pub const XATTR_BUFFER_TOO_SMALL: Errno = Errno::ERANGE;
     /// POSIX ACL xattrs (`system.posix_acl_*`): not stored, see `xattr.rs`.
     pub const XATTR_UNSUPPORTED: Errno = Errno::EOPNOTSUPP;
+    /// Reading a POSIX ACL xattr: there is none (the mode bits apply), answered without
+    /// asking the metadata service (`ls -l` asks for two per entry).
+    pub const NO_ACL: Errno = Errno::ENODATA;
     /// `setxattr` with both `XATTR_CREATE` and `XATTR_REPLACE`, or unknown flags.
     pub const BAD_XATTR_FLAGS: Errno = Errno::EINVAL;
     /// Offsets and sizes past what a file can hold.

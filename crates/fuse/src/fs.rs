@@ -757,6 +757,9 @@ impl Filesystem for DistFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        if unsupported(&name) {
+            return reply.error(local::NO_ACL);
+        }
         let inner = self.inner.clone();
         self.spawn(debug_span!("getxattr", ino = i.0, %name, size), async move {
             match inner.getxattr(ino(i), &name).await {
