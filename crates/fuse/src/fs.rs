@@ -1,6 +1,7 @@
-//! The `fuser::Filesystem` implementation. Each kernel request becomes a task on the tokio
-//! runtime that answers its `Reply*` itself, so the FUSE thread never waits on the network
-//! and many operations run at once. Namespace operations are thin calls into the client;
+//! The `fuser::Filesystem` implementation. Each kernel request is a future that answers
+//! its `Reply*` itself; it runs on the FUSE thread until it first waits and then as a task
+//! of the tokio runtime (`lazy.rs`), so the FUSE thread never waits on the network and
+//! many operations run at once. Namespace operations are thin calls into the client;
 //! file data goes through `data.rs`; errors become errno values only via `errno.rs`.
 
 use crate::attr::{file_attr, kind_of, time_or_now};
