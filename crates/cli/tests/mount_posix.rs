@@ -198,6 +198,25 @@ async fn xattrs_and_locks_work_on_the_mount() {
     std::fs::create_dir(m.path("dir")).expect("mkdir");
     xattr_set(&m.path("dir"), "user.d", b"on a directory", 0).expect("xattr on a directory");
 
+    eprintln!("phase: a listing tells the mount which entries have no xattrs");
+    std::fs::create_dir(m.path("ls")).expect("mkdir ls");
+    std::fs::write(m.path("ls/plain"), b"p").expect("write plain");
+    std::fs::write(m.path("ls/tagged"), b"t").expect("write tagged");
+    xattr_set(&m.path("ls/tagged"), "user.t", b"tag", 0).expect("tag a file");
+    // READDIRPLUS on the other mount, then what `ls -l` and `getfattr` ask there.
+    run_ok(&format!("ls -l '{}'", other.path("ls").display()), T).await;
+    assert_eq!(xattr_get(&other.path("ls/tagged"), "user.t", 64).expect("the tagged entry's xattr"), b"tag");
+    let listed = run_ok(&format!("getfattr -d '{}'", other.path("ls/tagged").display()), T).await;
+    assert!(listed.contains("user.t=\"tag\""), "getfattr -d after a listing: {listed}");
+    assert_eq!(errno_of(xattr_get(&other.path("ls/plain"), "user.t", 64)), Some(libc::ENODATA));
+    assert_eq!(errno_of(xattr_get(&other.path("ls/plain"), "security.selinux", 255)), Some(libc::ENODATA));
+    // A set on the mount that listed is seen at once there.
+    run_ok(&format!("ls -l '{}'", m.path("ls").display()), T).await;
+    xattr_set(&m.path("ls/plain"), "user.late", b"late", 0).expect("set after a listing");
+    assert_eq!(xattr_get(&m.path("ls/plain"), "user.late", 64).expect("read back after a listing"), b"late");
+    let listed = run_ok(&format!("getfattr -d '{}'", m.path("ls/plain").display()), T).await;
+    assert!(listed.contains("user.late=\"late\""), "getfattr -d: {listed}");
+
     eprintln!("phase: cp -a --preserve=xattr and rsync -aX keep them, in and out");
     let local = tempfile::tempdir().expect("local dir");
     let src = local.path().join("src");

@@ -208,17 +208,19 @@ impl Client {
         expect_resp!(r, MetaResponse::Entries { entries, more, .. } => (entries, more), "ReadDir")
     }
 
-    /// `readdir_page` with each entry's attributes.
+    /// `readdir_page` with each entry's attributes and whether it has extended attributes.
     pub async fn readdir_plus_page(
         &self,
         ino: InodeId,
         after: Option<String>,
         limit: u32,
-    ) -> Result<(Vec<(DirEntry, Attr)>, bool)> {
+    ) -> Result<(Vec<(DirEntry, Attr, bool)>, bool)> {
         let r = self.meta_call(MetaRequest::ReadDir { ino, after, limit, attrs: true }).await?;
         match r {
-            MetaResponse::Entries { entries, more, attrs } if attrs.len() == entries.len() => {
-                Ok((entries.into_iter().zip(attrs).collect(), more))
+            MetaResponse::Entries { entries, more, attrs, has_xattrs }
+                if attrs.len() == entries.len() && has_xattrs.len() == entries.len() =>
+            {
+                Ok((entries.into_iter().zip(attrs).zip(has_xattrs).map(|((e, a), x)| (e, a, x)).collect(), more))
             }
             _ => Err(ClientError::Unexpected { request: "ReadDir" }),
         }

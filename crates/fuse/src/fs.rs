@@ -204,7 +204,7 @@ impl Inner {
                 if exclusive {
                     // Made by this call (O_EXCL): a new inode has no extended attributes,
                     // so the kernel's question before the first write needs no round trip.
-                    self.has_no_caps(attr.ino);
+                    self.has_no_xattrs(attr.ino, crate::xattr::Absent::All);
                 }
                 Ok((attr, fh))
             }
@@ -244,7 +244,12 @@ impl Inner {
             while i >= d.entries.len() && !d.done {
                 let (page, more): (Vec<(DirEntry, Option<Attr>)>, bool) = if plus {
                     let (page, more) = self.client.readdir_plus_page(d.ino, d.after.clone(), 1000).await?;
-                    (page.into_iter().map(|(e, a)| (e, Some(self.with_pending(a)))).collect(), more)
+                    for (e, _, has) in &page {
+                        if !has {
+                            self.has_no_xattrs(e.ino, crate::xattr::Absent::All);
+                        }
+                    }
+                    (page.into_iter().map(|(e, a, _)| (e, Some(self.with_pending(a)))).collect(), more)
                 } else {
                     let (page, more) = self.client.readdir_page(d.ino, d.after.clone(), 1000).await?;
                     (page.into_iter().map(|e| (e, None)).collect(), more)

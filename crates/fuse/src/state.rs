@@ -177,9 +177,10 @@ pub(crate) struct Inner {
     pub notifier: std::sync::OnceLock<fuser::Notifier>,
     /// This mount's client session and the inodes it holds open.
     pub session: crate::opens::Session,
-    /// Inodes known to have no `security.capability` attribute, and until when (the
-    /// kernel asks before every write; see `xattr.rs`).
-    pub no_caps: Mutex<HashMap<InodeId, std::time::Instant>>,
+    /// Inodes known to have no extended attribute at all, or no `security.capability`,
+    /// and until when (the kernel asks for that one before every write, `ls -l` for two or
+    /// three per entry; see `xattr.rs`).
+    pub no_xattrs: Mutex<HashMap<InodeId, (std::time::Instant, crate::xattr::Absent)>>,
 }
 
 impl Inner {
@@ -200,7 +201,7 @@ impl Inner {
             told: Mutex::default(),
             notifier: std::sync::OnceLock::new(),
             session: crate::opens::Session::new(),
-            no_caps: Mutex::default(),
+            no_xattrs: Mutex::default(),
         }
     }
 

@@ -489,11 +489,14 @@ impl Service {
                 }
                 let limit = limit.clamp(1, MAX_READDIR) as usize;
                 let (entries, more) = r.readdir(ino, after.as_deref(), limit)?;
-                let attrs = match attrs {
-                    true => entries.iter().map(|e| Self::attr(&r, e.ino)).collect::<FsResult<Vec<_>>>()?,
-                    false => Vec::new(),
+                let (attrs, has_xattrs) = match attrs {
+                    true => (
+                        entries.iter().map(|e| Self::attr(&r, e.ino)).collect::<FsResult<Vec<_>>>()?,
+                        entries.iter().map(|e| r.has_xattrs(e.ino)).collect::<FsResult<Vec<_>>>()?,
+                    ),
+                    false => (Vec::new(), Vec::new()),
                 };
-                Ok(MetaResponse::Entries { entries, more, attrs })
+                Ok(MetaResponse::Entries { entries, more, attrs, has_xattrs })
             }
             MetaRequest::StatFs => {
                 self.read_barrier().await?;

@@ -22,15 +22,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DFS1");
 /// The newest protocol version this build speaks (sent in every frame and in `Hello`).
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The oldest protocol version this build still speaks. Version 2 added inline slices
 /// (`SliceWrite::inline`, `Slice::inline`); version 3 the request ids of writes
 /// (`MetaRequest::Once`) and the storage node's registration token
 /// (`RegisterNode::token`); version 4 answers namespace changes with the directories
 /// they touched (`MetaResponse::Changed`); version 5 opens a reader in one round trip
-/// (`MetaRequest::OpenRead`). Older messages do not decode as the newer ones, and an
+/// (`MetaRequest::OpenRead`); version 6 says which listed entries have extended
+/// attributes (`MetaResponse::Entries::has_xattrs`). Older messages do not decode as the newer ones, and an
 /// older server would not understand the new requests.
-pub const MIN_PROTOCOL_VERSION: u16 = 5;
+pub const MIN_PROTOCOL_VERSION: u16 = 6;
 pub const FIXED_LEN: usize = 32;
 
 /// The frame answers a request with the same id.
@@ -304,7 +305,7 @@ mod tests {
         b[4] = 9;
         match read_all(&b).await {
             Err(ReadError::Proto(e @ ProtoError::UnsupportedVersion { peer: 9, .. })) => {
-                assert_eq!(e.to_string(), "peer speaks protocol v9, this side speaks v5..v5");
+                assert_eq!(e.to_string(), "peer speaks protocol v9, this side speaks v6..v6");
             }
             other => panic!("{other:?}"),
         }

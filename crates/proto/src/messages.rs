@@ -570,6 +570,9 @@ pub enum MetaResponse {
         more: bool,
         /// With `ReadDir::attrs`: the attributes of each entry, in the same order.
         attrs: Vec<Attr>,
+        /// With `ReadDir::attrs`: whether each entry has any extended attribute (the
+        /// mount then answers `ls -l`'s questions for the others without a round trip).
+        has_xattrs: Vec<bool>,
     },
     Target(String),
     Done,

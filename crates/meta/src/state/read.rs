@@ -46,6 +46,8 @@ pub trait Reader {
     fn xattr(&self, ino: InodeId, name: &str) -> FsResult<Option<Vec<u8>>>;
     /// The extended attributes of `ino`: name and value length, sorted by name.
     fn xattr_names(&self, ino: InodeId) -> FsResult<Vec<(String, usize)>>;
+    /// Whether the inode has any extended attribute.
+    fn has_xattrs(&self, ino: InodeId) -> FsResult<bool>;
 
     /// The formatted parameters, or `Unavailable` before the first format.
     fn format_or_unavailable(&self) -> FsResult<Format> {
@@ -233,6 +235,13 @@ macro_rules! impl_reader {
                     out.push((k.value().1.to_string(), v.value().len()));
                 }
                 Ok(out)
+            }
+
+            fn has_xattrs(&self, ino: InodeId) -> FsResult<bool> {
+                let t = self.open_table(XATTRS).map_err(db_err)?;
+                let mut r = t.range((ino.0, "")..(ino.0.saturating_add(1), "")).map_err(db_err)?;
+                let found = r.next().transpose().map_err(db_err)?.is_some();
+                Ok(found)
             }
         }
     };
