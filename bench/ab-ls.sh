@@ -14,9 +14,7 @@ mnt="$work/mnt" out="$work/rows.txt"
 rm -rf "$work" && mkdir -p "$mnt"
 up=""
 cleanup() {
-  mountpoint -q "$mnt" && { fusermount3 -u "$mnt" || umount -l "$mnt" || true; }
-  [ -n "$up" ] && { kill -INT "$up" 2>/dev/null; wait "$up" 2>/dev/null || true; }
-  up=""
+  stop_cluster "$mnt"
 }
 trap cleanup EXIT
 

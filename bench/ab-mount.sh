@@ -21,9 +21,7 @@ tsv="$work/results.tsv"
 up=""
 mnt="$work/mnt"
 cleanup() {
-  mountpoint -q "$mnt" && { fusermount3 -u "$mnt" || umount -l "$mnt" || true; }
-  [ -n "$up" ] && { kill -INT "$up" 2>/dev/null; wait "$up" 2>/dev/null || true; }
-  up=""
+  stop_cluster "$mnt"
 }
 trap cleanup EXIT
 

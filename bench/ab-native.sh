@@ -15,8 +15,7 @@ rm -rf "$work" && mkdir -p "$work"
 out="$work/rows.txt"
 up=""
 cleanup() {
-  [ -n "$up" ] && { kill -INT "$up" 2>/dev/null; wait "$up" 2>/dev/null || true; }
-  up=""
+  stop_cluster
 }
 trap cleanup EXIT
 

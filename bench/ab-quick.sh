@@ -20,9 +20,7 @@ command -v fio >/dev/null || { apt-get install -y -qq fio >/dev/null 2>&1 || { a
 rm -rf "$work" && mkdir -p "$work"
 up="" mnt="$work/mnt"
 cleanup() {
-  mountpoint -q "$mnt" && { fusermount3 -u "$mnt" || umount -l "$mnt" || true; }
-  [ -n "$up" ] && { kill -INT "$up" 2>/dev/null; wait "$up" 2>/dev/null || true; }
-  up=""
+  stop_cluster "$mnt"
 }
 trap cleanup EXIT
 fio_rate() { # JSON RW FIELD

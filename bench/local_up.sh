@@ -1,4 +1,5 @@
-# Sourced by the bench scripts (bash): one way to start a fresh `distfs local up`.
+# Sourced by the bench scripts (bash): one way to start a fresh `distfs local up`, and to
+# stop it (with its mount).
 #
 # local_up BIN DATADIR LOG: removes DATADIR, starts `BIN local up` there (1 metadata
 # server + 3 storage nodes, R=3, sync=always) on a random port in the background, exports
@@ -16,4 +17,18 @@ local_up() {
   done
   echo "distfs local up brought fewer than 3 storage nodes up within 30 s; see $log" >&2
   return 1
+}
+
+# stop_cluster [MNT]: unmounts MNT if it is mounted, then stops the `local up` whose pid
+# is in `up` (SIGINT, as Ctrl-C would) and waits for it.
+stop_cluster() {
+  local mnt=${1:-}
+  if [ -n "$mnt" ] && mountpoint -q "$mnt"; then
+    fusermount3 -u "$mnt" || umount -l "$mnt" || true
+  fi
+  if [ -n "$up" ]; then
+    kill -INT "$up" 2>/dev/null || true
+    wait "$up" 2>/dev/null || true
+  fi
+  up=""
 }
