@@ -1,7 +1,8 @@
 //! The calling side: a pool of multiplexed connections per peer address. Each connection
 //! has a reader task and an `Outbox`; a call registers its request id, writes its frame
-//! itself (`crate::outbox`) and waits for the matching reply or its deadline. A broken connection fails every call
-//! waiting on it with `ConnectionLost` and is replaced on the next call. A new connection
+//! itself (`crate::outbox`) and waits for the matching reply or its deadline. A broken
+//! connection fails every call waiting on it with `ConnectionLost` and is replaced on the
+//! next call. A new connection
 //! runs TLS (when configured) and the `Hello` handshake before any call uses it; bodies
 //! are then compressed as negotiated.
 

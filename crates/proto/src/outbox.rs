@@ -4,7 +4,8 @@
 //! it at once (the usual case: a few hundred bytes into an empty send buffer). Only when
 //! the socket is full, or other frames are already waiting, is the frame queued for the
 //! connection's flusher task. A call on the client and a reply on the server thus cost
-//! no hand-off to a writer task and no thread wake-up; under load the flusher batches
+//! no hand-off to a writer task (which matters when the sender is not a runtime worker:
+//! the mount's FUSE thread, `distfs_fuse`'s `lazy.rs`); under load the flusher batches
 //! what piles up into vectored writes.
 //!
 //! Bytes leave in the order frames were accepted: a frame goes straight to the socket
