@@ -6,7 +6,7 @@ mod authz;
 mod batch;
 pub mod config;
 pub mod error;
-mod lease;
+pub mod lease;
 pub mod placement;
 
 pub use config::{MetaConfig, RaftConfig, RepairConfig};

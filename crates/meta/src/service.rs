@@ -34,6 +34,8 @@ const MAX_SYMLINKS: usize = 40;
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
 /// Dials of a node whose connection closed, `PROBE_TIMEOUT / 4` apart.
 const PROBE_ATTEMPTS: usize = 4;
+/// How long a leadership round waits for the state machine to apply the leader's log.
+const READ_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) struct Service {
     pub id: u64,
@@ -303,13 +305,15 @@ impl Service {
         }
     }
 
-    /// Confirms leadership with a quorum (and that the state machine holds every entry
-    /// committed before), then extends the read lease from when the round began.
+    /// Confirms leadership with a quorum and waits until the state machine holds every
+    /// entry of the leader's log (`lease::leadership_round`), then extends the read lease
+    /// from when the round began.
     pub(crate) async fn leadership_round(&self) -> FsResult<()> {
+        use crate::lease::RoundError;
         let started = self.clock.now();
         let term = self.raft.metrics().borrow().current_term;
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => {
+        match crate::lease::leadership_round(&self.raft, READ_SETTLE).await {
+            Ok(()) => {
                 let new = crate::lease::after_round(started, term, self.config.raft.election_timeout_min.0);
                 let mut lease = self.lease.lock().expect("lease lock");
                 if lease.is_none_or(|l| l.term != new.term || l.until < new.until) {
@@ -317,11 +321,16 @@ impl Service {
                 }
                 Ok(())
             }
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_node)),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(FsError::Unavailable { reason: format!("no quorum of metadata servers: {e}") })
-            }
-            Err(RaftError::Fatal(e)) => Err(FsError::Unavailable { reason: format!("metadata raft stopped: {e}") }),
+            Err(RoundError::Raft(e)) => match *e {
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Err(not_leader(f.leader_node)),
+                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => {
+                    Err(FsError::Unavailable { reason: format!("no quorum of metadata servers: {e}") })
+                }
+                RaftError::Fatal(e) => Err(FsError::Unavailable { reason: format!("metadata raft stopped: {e}") }),
+            },
+            Err(RoundError::Unsettled { waited }) => Err(FsError::Unavailable {
+                reason: format!("the metadata leader has not applied its log within {waited:?}; retry"),
+            }),
         }
     }
 

@@ -13,6 +13,7 @@
 
 use crate::raft_disk::MemDisk;
 use crate::SimError;
+use distfs_meta::lease::{self, LeaseCheck, ReadLease};
 use distfs_meta::raft::{seed_raft_rng, LogOptions, LogStore, MemLogDir, MetaRaft, StateMachine, TypeConfig};
 use distfs_meta::state::{Command, CommandResponse, CommandResult, Format, Reader, StateStore};
 use distfs_proto::{SliceWrite, WrittenBlock};
@@ -43,6 +44,10 @@ pub struct RaftSimConfig {
     pub run_for: Duration,
     /// Bound on the virtual time the healed cluster gets to converge.
     pub converge_within: Duration,
+    /// Run a reader that checks reads through the read lease (`reader`). Off by default
+    /// so that the seeds of the injected-bug tests keep their schedules (the reader's
+    /// leadership rounds are RPCs, which draw delays from the seed's generator).
+    pub reads: bool,
 }
 
 impl Default for RaftSimConfig {
@@ -52,6 +57,7 @@ impl Default for RaftSimConfig {
             clients: 3,
             run_for: Duration::from_millis(2500),
             converge_within: Duration::from_secs(30),
+            reads: false,
         }
     }
 }
@@ -69,6 +75,9 @@ pub struct RaftReport {
     pub jumps: u32,
     pub rpcs: u64,
     pub dropped: u64,
+    /// Reads answered within a node's read lease, and after a leadership round.
+    pub lease_reads: u32,
+    pub round_reads: u32,
     /// Snapshot chunks delivered (a follower behind the purged log catches up from one).
     pub snapshots: u64,
     /// Highest term in which a node reported itself leader.
@@ -111,6 +120,9 @@ struct Node {
     config: Arc<Config>,
     /// Messages to and from the node are held until then (a process pause).
     paused_until: Option<Instant>,
+    /// The read lease this incarnation holds (`distfs_meta::lease`), as the metadata
+    /// service keeps it: memory only, gone with a crash.
+    lease: Option<ReadLease>,
 }
 
 /// Everything the tasks share. The lock is never held across an await.
@@ -128,6 +140,8 @@ struct World {
     leaders_seen: BTreeMap<u64, BTreeSet<u64>>,
     /// (term → nodes that acknowledged a client write of that term).
     ackers: BTreeMap<u64, BTreeSet<u64>>,
+    /// Reads that missed a write acknowledged before they began.
+    stale_reads: Vec<String>,
     report: RaftReport,
     verbose: bool,
 }
@@ -345,6 +359,7 @@ async fn start_node(world: &Shared, id: u64) -> Result<(), SimError> {
         let n = w.nodes.get_mut(&id).ok_or_else(|| SimError::Setup(format!("no node {id}")))?;
         n.raft = Some(raft);
         n.store = Some(store);
+        n.lease = None;
         n.up = true;
         w.event(format_args!("node {id} started (incarnation {incarnation})"));
     }
@@ -483,6 +498,8 @@ async fn submit(world: &Shared, hint: &mut Option<u64>, make: &(dyn Fn(Timestamp
 struct Acks {
     /// name → (parent, inode) of acknowledged creates and mkdirs.
     names: BTreeMap<String, (InodeId, InodeId)>,
+    /// The same names in the order they were acknowledged.
+    order: Vec<String>,
     /// file → acknowledged commits in log order: (log index, block, version answered).
     commits: BTreeMap<InodeId, Vec<(u64, BlockId, u64)>>,
     /// file → blocks of commits whose outcome is unknown, with the index of the last
@@ -539,7 +556,9 @@ async fn client(world: Shared, acks: Arc<Mutex<Acks>>, me: u32, until: Instant, 
             let o = submit(&world, &mut hint, &make).await;
             report(&o);
             if let Outcome::Acked(_, CommandResponse(Ok(CommandResult::Attr(a)))) = &o {
-                lock_acks(&acks).names.insert(name, (parent, a.ino));
+                let mut acked = lock_acks(&acks);
+                acked.order.push(name.clone());
+                acked.names.insert(name, (parent, a.ino));
                 if dir {
                     dirs.push(a.ino);
                 } else {
@@ -584,6 +603,100 @@ async fn client(world: Shared, acks: Arc<Mutex<Acks>>, me: u32, until: Instant, 
                 }
                 Outcome::Unknown => lock_acks(&acks).maybe.entry(ino).or_default().push((block, last_acked)),
                 Outcome::Refused => {}
+            }
+        }
+    }
+}
+
+/// A reader: asks a random node (not the leader it was told of: an old leader cut off
+/// from the majority is the one a lease must stop) whether a name whose create was
+/// acknowledged before the read began exists, the way the metadata service answers a
+/// read: from local state within the node's read lease, else after a leadership round
+/// (`lease::leadership_round`, the service's own) that renews the lease. A node that answers must find the
+/// name. It draws from its own generator, so the other tasks' choices stay those of the
+/// seed without it.
+async fn reader(world: Shared, acks: Arc<Mutex<Acks>>, until: Instant, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x001e_a5e4_ead5);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..40u64))).await;
+        let (target, want) = {
+            let w = lock(&world);
+            // Mostly a node that believes it leads (a client with an old hint), so that
+            // a deposed leader cut off from the majority is asked too.
+            let leaders: Vec<u64> = w
+                .nodes
+                .iter()
+                .filter(|(id, n)| {
+                    n.up && n.raft.as_ref().is_some_and(|r| r.metrics().borrow().current_leader == Some(**id))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let target = match leaders.len() {
+                0 => rng.random_range(1..=w.nodes.len() as u64),
+                n if rng.random_range(0..3) > 0 => leaders[rng.random_range(0..n)],
+                _ => rng.random_range(1..=w.nodes.len() as u64),
+            };
+            // Mostly the newest acknowledged name: the one a stale state would miss.
+            let a = lock_acks(&acks);
+            let name = match a.order.len() {
+                0 => None,
+                _ if rng.random_range(0..2) == 0 => a.order.last().cloned(),
+                n => Some(a.order[rng.random_range(0..n)].clone()),
+            };
+            let want = name.and_then(|n| a.names.get(&n).map(|p| (n, *p)));
+            (target, want)
+        };
+        let Some((name, (parent, ino))) = want else { continue };
+        hold(&world, target).await;
+        let (raft, store, incarnation, lease, min) = {
+            let w = lock(&world);
+            let n = &w.nodes[&target];
+            let min = Duration::from_millis(n.config.election_timeout_min);
+            (n.raft.clone().filter(|_| n.up), n.store.clone(), n.incarnation, n.lease, min)
+        };
+        let (Some(raft), Some(store)) = (raft, store) else { continue };
+        let (term, leads) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.current_leader == Some(target))
+        };
+        let local = match lease::check(lease, term, leads, Instant::now().into_std()) {
+            LeaseCheck::Local | LeaseCheck::LocalRenew => true,
+            LeaseCheck::Round => {
+                let started = Instant::now().into_std();
+                let r = lease::leadership_round(&raft, Duration::from_millis(1500)).await;
+                if r.is_err() {
+                    continue;
+                }
+                let mut w = lock(&world);
+                let Some(n) = w.nodes.get_mut(&target).filter(|n| n.incarnation == incarnation && n.up) else {
+                    continue;
+                };
+                let new = lease::after_round(started, term, min);
+                if n.lease.is_none_or(|l| l.term != new.term || l.until < new.until) {
+                    n.lease = Some(new);
+                }
+                false
+            }
+        };
+        let found = store.read().and_then(|r| r.dentry(parent, &name));
+        let mut w = lock(&world);
+        if local {
+            w.report.lease_reads += 1;
+        } else {
+            w.report.round_reads += 1;
+        }
+        let how = if local { "within its lease" } else { "after a round" };
+        match found {
+            Ok(Some(d)) if d.ino == ino => {
+                w.event(format_args!("reader: node {target} found {name} {how}"));
+            }
+            other => {
+                let what = format!(
+                    "node {target} (term {term}) answered {how} that acknowledged {name} (inode {ino} in {parent}) is {other:?}"
+                );
+                w.event(format_args!("reader: STALE {what}"));
+                w.stale_reads.push(what);
             }
         }
     }
@@ -725,6 +838,7 @@ async fn run_inner(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<RaftR
                 clock,
                 config: Arc::new(node_config(rate)?),
                 paused_until: None,
+                lease: None,
             },
         );
     }
@@ -739,6 +853,7 @@ async fn run_inner(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<RaftR
         events: 0,
         leaders_seen: BTreeMap::new(),
         ackers: BTreeMap::new(),
+        stale_reads: Vec::new(),
         report: RaftReport::default(),
         verbose,
     }));
@@ -766,6 +881,9 @@ async fn run_inner(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<RaftR
     let mut clients = Vec::new();
     for c in 0..cfg.clients {
         clients.push(tokio::spawn(client(world.clone(), acks.clone(), c, until, (c as u128 + 1) << 40)));
+    }
+    if cfg.reads {
+        clients.push(tokio::spawn(reader(world.clone(), acks.clone(), until, seed)));
     }
     nemesis(world.clone(), until).await?;
     for c in clients {
@@ -834,6 +952,9 @@ fn meta_err(id: u64, e: impl std::fmt::Display) -> SimError {
 /// The invariants, on the healed and converged cluster.
 fn check(world: &Shared, acks: &Arc<Mutex<Acks>>, stores: &[(u64, StateStore)]) -> Result<(), SimError> {
     let mut w = lock(world);
+    if let Some(first) = w.stale_reads.first() {
+        return Err(SimError::Invariant(format!("{} stale read(s); the first: {first}", w.stale_reads.len())));
+    }
     for (term, leaders) in &w.leaders_seen {
         if leaders.len() > 1 {
             return Err(SimError::Invariant(format!("two leaders in term {term}: nodes {leaders:?}")));

@@ -5,14 +5,16 @@ use distfs_sim::raft::{raft_replay_command, run_raft, RaftReport, RaftSimConfig}
 
 /// 120 seeds pass, and together they exercised what the invariants are about: leader
 /// changes, crashes, partitions, snapshot installs, both group sizes, commands whose
-/// outcome the client could not know.
+/// outcome the client could not know, and reads answered within a read lease and after a
+/// leadership round (none of them missing an acknowledged write).
 #[test]
 fn raft_seeds_pass() {
     let t = std::time::Instant::now();
     let mut failed = Vec::new();
     let mut all = Vec::new();
+    let cfg = RaftSimConfig { reads: true, ..RaftSimConfig::default() };
     for s in 0..120 {
-        match run_raft(s, RaftSimConfig::default()) {
+        match run_raft(s, cfg) {
             Ok(r) => all.push(r),
             Err(e) => {
                 println!("seed {s} FAILED: {e}\nreplay: {}", raft_replay_command(s));
@@ -25,7 +27,8 @@ fn raft_seeds_pass() {
     let sum = |f: fn(&RaftReport) -> u64| all.iter().map(f).sum::<u64>();
     let count = |f: fn(&RaftReport) -> bool| all.iter().filter(|r| f(r)).count();
     println!(
-        "acked {} unknown {} crashes {} partitions {} snapshots {} multi-term seeds {} five-voter seeds {}",
+        "acked {} unknown {} crashes {} partitions {} snapshots {} multi-term seeds {} five-voter seeds {} \
+         lease reads {} round reads {}",
         sum(|r| r.acked as u64),
         sum(|r| r.unknown as u64),
         sum(|r| r.crashes as u64),
@@ -33,12 +36,16 @@ fn raft_seeds_pass() {
         sum(|r| r.snapshots),
         count(|r| r.terms > 1),
         count(|r| r.voters == 5),
+        sum(|r| r.lease_reads as u64),
+        sum(|r| r.round_reads as u64),
     );
     assert!(sum(|r| r.acked as u64) > 1000, "too few acknowledged writes");
     assert!(sum(|r| r.unknown as u64) > 0, "no write of unknown outcome");
     assert!(count(|r| r.terms > 2) > 30, "too few seeds with leader changes");
     assert!(count(|r| r.snapshots > 0) > 5, "too few seeds installed a snapshot");
     assert!(count(|r| r.voters == 5) > 20 && count(|r| r.voters == 3) > 20, "both group sizes run");
+    assert!(sum(|r| r.lease_reads as u64) > 1000, "too few reads within a lease");
+    assert!(sum(|r| r.round_reads as u64) > 100, "too few reads after a leadership round");
 }
 
 #[test]
