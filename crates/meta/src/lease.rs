@@ -83,7 +83,9 @@ pub enum LeaseCheck {
 /// How long a round started at some time lets the leader answer reads locally.
 pub fn lease_length(election_timeout_min: Duration) -> Duration {
     #[cfg(feature = "sim-bugs")]
-    if sim_bugs::LEASE_UNCHECKED.load(std::sync::atomic::Ordering::Relaxed) {
+    if sim_bugs::LEASE_UNCHECKED.load(std::sync::atomic::Ordering::Relaxed)
+        || sim_bugs::LEASE_TOO_LONG.load(std::sync::atomic::Ordering::Relaxed)
+    {
         return election_timeout_min * 100;
     }
     election_timeout_min / 2
@@ -99,6 +101,11 @@ pub mod sim_bugs {
     /// leadership it was given in: a deposed leader keeps answering reads from its own
     /// state after another leader acknowledged writes it does not have.
     pub static LEASE_UNCHECKED: AtomicBool = AtomicBool::new(false);
+
+    /// The lease lasts 100 × `election_timeout_min` (its checks of the term and the
+    /// leadership stay): a leader cut off from the majority keeps answering reads after
+    /// the majority elected another and acknowledged writes.
+    pub static LEASE_TOO_LONG: AtomicBool = AtomicBool::new(false);
 }
 
 /// The lease a leadership round gives: `started` is when it began (before the heartbeats

@@ -706,9 +706,13 @@ fn lock_acks(a: &Arc<Mutex<Acks>>) -> MutexGuard<'_, Acks> {
     a.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The fault schedule: partitions, crashes and restarts, pauses, clock jumps.
-async fn nemesis(world: Shared, until: Instant) -> Result<(), SimError> {
+/// The fault schedule: partitions, crashes and restarts, pauses, clock jumps. With
+/// `long_partitions` (runs with the reader), a third of the partitions stay as they are
+/// for 1.5..2.5 s, past the followers' promise not to vote, so that the majority side
+/// elects a leader while the old one, cut off, still believes it leads.
+async fn nemesis(world: Shared, until: Instant, long_partitions: bool) -> Result<(), SimError> {
     let mut down: BTreeMap<u64, Instant> = BTreeMap::new();
+    let mut sides_held_until: Option<Instant> = None;
     while Instant::now() < until {
         let (wait, what, pick, len_ms) = {
             let mut w = lock(&world);
@@ -727,7 +731,9 @@ async fn nemesis(world: Shared, until: Instant) -> Result<(), SimError> {
             down.remove(&id);
             start_node(&world, id).await?;
         }
+        let sides_held = sides_held_until.is_some_and(|t| now < t);
         match what {
+            0..=3 if sides_held => {}
             0 | 1 => {
                 let mut w = lock(&world);
                 let ids: Vec<u64> = w.nodes.keys().copied().collect();
@@ -738,6 +744,11 @@ async fn nemesis(world: Shared, until: Instant) -> Result<(), SimError> {
                 let sides = format!("{:?}", w.side);
                 w.report.partitions += 1;
                 w.event(format_args!("partition {sides}"));
+                if long_partitions && w.rng.random_range(0..3u32) == 0 {
+                    let hold = w.rng.random_range(1500..2500u64);
+                    sides_held_until = Some(now + Duration::from_millis(hold));
+                    w.event(format_args!("partition held for {hold} ms"));
+                }
             }
             2 | 3 => {
                 let mut w = lock(&world);
@@ -885,7 +896,7 @@ async fn run_inner(seed: u64, cfg: RaftSimConfig, verbose: bool) -> Result<RaftR
     if cfg.reads {
         clients.push(tokio::spawn(reader(world.clone(), acks.clone(), until, seed)));
     }
-    nemesis(world.clone(), until).await?;
+    nemesis(world.clone(), until, cfg.reads).await?;
     for c in clients {
         c.await.map_err(|e| SimError::Setup(format!("client task: {e}")))?;
     }
