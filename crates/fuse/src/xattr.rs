@@ -72,7 +72,8 @@ impl Inner {
         r
     }
 
-    /// Whether `name` of `ino` is known missing (within the attribute TTL).
+    /// Whether `name` of `ino` is known missing (within the attribute TTL). An empty
+    /// `name` asks whether the inode is known to have none at all.
     fn known_absent(&self, ino: InodeId, name: &str) -> bool {
         let known = self.no_xattrs.lock().expect("no_xattrs lock");
         match known.get(&ino) {

@@ -115,6 +115,15 @@ pub fn after_round(started: Instant, term: u64, election_timeout_min: Duration) 
     ReadLease { term, until: started + len, renew_after: started + len / 2 }
 }
 
+/// The lease to keep after a round gave `new`: `new`, unless `current` is of the same
+/// term and lasts longer (two rounds can finish out of order).
+pub fn keep(current: Option<ReadLease>, new: ReadLease) -> ReadLease {
+    match current {
+        Some(c) if c.term == new.term && c.until >= new.until => c,
+        _ => new,
+    }
+}
+
 /// Whether a read at `now` may use `lease`, given the current Raft view: this server's
 /// term and whether it believes it leads.
 pub fn check(lease: Option<ReadLease>, term: u64, leads: bool, now: Instant) -> LeaseCheck {
@@ -151,6 +160,17 @@ mod tests {
         assert_eq!(check(Some(l), 7, true, t0 + Duration::from_millis(150)), LeaseCheck::LocalRenew);
         assert_eq!(check(Some(l), 7, true, t0 + Duration::from_millis(299)), LeaseCheck::LocalRenew);
         assert_eq!(check(Some(l), 7, true, t0 + Duration::from_millis(300)), LeaseCheck::Round, "expired");
+    }
+
+    #[test]
+    fn a_later_round_never_shortens_the_lease_of_its_term() {
+        let t0 = Instant::now();
+        let early = after_round(t0, 7, MIN);
+        let late = after_round(t0 + Duration::from_millis(100), 7, MIN);
+        assert_eq!(keep(Some(late), early), late, "an older round finishing last");
+        assert_eq!(keep(Some(early), late), late);
+        assert_eq!(keep(Some(late), after_round(t0, 8, MIN)).term, 8, "a new term replaces it");
+        assert_eq!(keep(None, early), early);
     }
 
     #[test]

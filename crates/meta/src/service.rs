@@ -316,9 +316,7 @@ impl Service {
             Ok(()) => {
                 let new = crate::lease::after_round(started, term, self.config.raft.election_timeout_min.0);
                 let mut lease = self.lease.lock().expect("lease lock");
-                if lease.is_none_or(|l| l.term != new.term || l.until < new.until) {
-                    *lease = Some(new);
-                }
+                *lease = Some(crate::lease::keep(*lease, new));
                 Ok(())
             }
             Err(RoundError::Raft(e)) => match *e {

@@ -672,10 +672,7 @@ async fn reader(world: Shared, acks: Arc<Mutex<Acks>>, until: Instant, seed: u64
                 let Some(n) = w.nodes.get_mut(&target).filter(|n| n.incarnation == incarnation && n.up) else {
                     continue;
                 };
-                let new = lease::after_round(started, term, min);
-                if n.lease.is_none_or(|l| l.term != new.term || l.until < new.until) {
-                    n.lease = Some(new);
-                }
+                n.lease = Some(lease::keep(n.lease, lease::after_round(started, term, min)));
                 false
             }
         };
