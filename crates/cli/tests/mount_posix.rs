@@ -394,3 +394,119 @@ async fn concurrent_opens_and_closes_of_shared_files_leak_no_hold() {
     gc_cycle(&c, &dir, empty).await;
     m.unmount().await;
 }
+
+/// Which 4 KiB pages of `f`'s first `len` bytes this kernel caches (`mincore` of a
+/// read-only mapping, which itself reads nothing).
+fn resident_pages(f: &std::fs::File, len: usize) -> Vec<bool> {
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped before return;
+    // `v` holds one byte per page of it, as mincore(2) requires.
+    unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        assert_ne!(p, libc::MAP_FAILED, "mmap");
+        let mut v = vec![0u8; len.div_ceil(4096)];
+        let rc = libc::mincore(p, len, v.as_mut_ptr());
+        libc::munmap(p, len);
+        assert_eq!(rc, 0, "mincore");
+        v.into_iter().map(|b| b & 1 == 1).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_stale_byte() {
+    const PIECE: usize = 64 << 10;
+    const LEN: usize = 1 << 20;
+    let c = cluster().await;
+    let a = MountProc::start(&c, "around").await;
+    let path = a.path("data");
+    let mut model = random_bytes(LEN, 5);
+    std::fs::write(&path, &model).expect("write the file");
+
+    eprintln!("phase: a 4 KiB read brings the rest of its 64 KiB piece into the page cache, no more");
+    let r = std::fs::File::open(&path).expect("open for reading");
+    drop_pages(&r);
+    // SAFETY: advice on a valid descriptor: the kernel then reads only what is asked.
+    assert_eq!(unsafe { libc::posix_fadvise(r.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) }, 0);
+    assert!(resident_pages(&r, LEN).iter().all(|&p| !p), "pages cached after POSIX_FADV_DONTNEED");
+    let mut buf = vec![0u8; 4096];
+    r.read_exact_at(&mut buf, 100_000).expect("small read");
+    assert_eq!(buf, model[100_000..104_096]);
+    let piece = PIECE / 4096..2 * PIECE / 4096;
+    let resident = distfs_testkit::wait_for("the rest of the piece to reach the page cache", T, || {
+        let v = resident_pages(&r, LEN);
+        let all = v[piece.clone()].iter().all(|&p| p);
+        async move { all.then_some(v) }
+    })
+    .await;
+    let outside: Vec<usize> = (0..resident.len()).filter(|&i| resident[i] && !piece.contains(&i)).collect();
+    assert!(outside.is_empty(), "pages outside the piece cached: {outside:?}");
+    r.read_exact_at(&mut buf, PIECE as u64 + 8192).expect("read a stored page");
+    assert_eq!(buf, model[PIECE + 8192..PIECE + 12_288], "a stored page holds other bytes");
+
+    eprintln!("phase: writes on even pages race read-arounds of their piece; no write is undone");
+    // The reader reads the odd pages of the first two pieces, each time dropping just that
+    // page so the read goes to the mount and brings its whole piece; the writer writes the
+    // even pages and reads each back through the reader's handle, which the kernel serves
+    // from the page the write filled, unless a read-around stored older bytes over it.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (model, done) = (model.clone(), done.clone());
+        let r = r.try_clone().expect("dup");
+        std::thread::spawn(move || {
+            let (mut n, mut buf) = (0usize, vec![0u8; 4096]);
+            while !done.load(std::sync::atomic::Ordering::Acquire) || n < 100 {
+                let page = (n % 16) * 2 + 1;
+                // SAFETY: advice on a valid descriptor.
+                unsafe { libc::posix_fadvise(r.as_raw_fd(), (page * 4096) as i64, 4096, libc::POSIX_FADV_DONTNEED) };
+                r.read_exact_at(&mut buf, (page * 4096) as u64).expect("read an odd page");
+                assert_eq!(buf, model[page * 4096..][..4096], "odd page {page} changed");
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut stale = Vec::new();
+    for i in 0..300usize {
+        let page = (i % 16) * 2;
+        let bytes = random_bytes(4096, 1000 + i as u64);
+        let w = std::fs::OpenOptions::new().write(true).open(&path).expect("open for writing");
+        w.write_all_at(&bytes, (page * 4096) as u64).expect("write a page");
+        model[page * 4096..][..4096].copy_from_slice(&bytes);
+        r.read_exact_at(&mut buf, (page * 4096) as u64).expect("read back while open");
+        if buf != bytes {
+            stale.push((i, "open"));
+        }
+        drop(w);
+        r.read_exact_at(&mut buf, (page * 4096) as u64).expect("read back after close");
+        if buf != bytes {
+            stale.push((i, "closed"));
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let reads = reader.join().expect("reader");
+    assert!(stale.is_empty(), "writes read back undone (round, handle state): {stale:?}");
+    assert!(reads >= 100, "{reads} reads");
+    // Every page through the old handle (cached pages as they are), then a fresh open.
+    for p in 0..LEN / 4096 {
+        r.read_exact_at(&mut buf, (p * 4096) as u64).expect("read back");
+        assert!(buf == model[p * 4096..][..4096], "page {p} differs from what was written");
+    }
+    assert!(std::fs::read(&path).expect("read the file") == model, "the file differs after the race");
+
+    eprintln!("phase: a truncate and an extension after read-arounds read as zeros past the cut");
+    r.read_exact_at(&mut buf, 3 * PIECE as u64 + 4096).expect("small read before the cut");
+    distfs_testkit::wait_for("the piece before the cut to be cached", T, || {
+        let v = resident_pages(&r, LEN);
+        async move { v[3 * PIECE / 4096 + 8].then_some(()) }
+    })
+    .await;
+    {
+        let w = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        w.set_len(3 * PIECE as u64 + 10).expect("truncate");
+        w.set_len(LEN as u64).expect("extend");
+    }
+    model.truncate(3 * PIECE + 10);
+    model.resize(LEN, 0);
+    r.read_exact_at(&mut buf, 3 * PIECE as u64 + 8 * 4096).expect("read past the cut");
+    assert!(buf.iter().all(|&b| b == 0), "bytes from before the truncate");
+    assert!(std::fs::read(&path).expect("read the file") == model, "the file differs after the truncate");
+}

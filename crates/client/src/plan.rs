@@ -4,7 +4,7 @@
 
 use distfs_proto::ChunkLayout;
 use distfs_types::layout::visible_extents;
-use distfs_types::{BlockId, NodeId};
+use distfs_types::{BlockId, NodeId, CRC_CHUNK};
 
 /// Where the bytes of one piece of a read come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +94,42 @@ pub fn read_segments(chunks: &[ChunkLayout], chunk_size: u64, offset: u64, len: 
     out
 }
 
+/// The widest file range around the small read `[offset, offset+len)` (inside the file
+/// of `size` bytes) that one answer for it already carries: a storage node sends whole
+/// 64 KiB checksum pieces of a block, so the pieces holding the request, cut to where the
+/// file's bytes are still that block's bytes at the same shift (no newer slice over them,
+/// same chunk, before `size`). Returns `(start, end, block, offset in the block of
+/// start)`, or `None` when the request is not all inside one block.
+pub fn around(
+    chunks: &[ChunkLayout],
+    chunk_size: u64,
+    size: u64,
+    offset: u64,
+    len: u64,
+) -> Option<(u64, u64, BlockId, u32)> {
+    let piece = u64::from(CRC_CHUNK);
+    let [Segment { source: Source::Block { id, block_offset }, .. }] =
+        read_segments(chunks, chunk_size, offset, len)[..]
+    else {
+        return None;
+    };
+    // File offset of the block's byte 0 (a block never starts before its chunk).
+    let shift = offset.checked_sub(u64::from(block_offset))?;
+    let chunk_start = offset / chunk_size * chunk_size;
+    let lo = (shift + u64::from(block_offset) / piece * piece).max(chunk_start);
+    let hi = (shift + (u64::from(block_offset) + len).div_ceil(piece) * piece).min(chunk_start + chunk_size).min(size);
+    let same = |s: &Segment| match s.source {
+        Source::Block { id: b, block_offset: o } => b == id && s.offset.checked_sub(u64::from(o)) == Some(shift),
+        _ => false,
+    };
+    let segs = read_segments(chunks, chunk_size, lo, hi - lo);
+    let at = segs.iter().position(|s| s.offset <= offset && offset < s.offset + s.len)?;
+    let first = segs[..at].iter().rposition(|s| !same(s)).map_or(0, |i| i + 1);
+    let last = segs[at..].iter().position(|s| !same(s)).map_or(segs.len(), |i| at + i);
+    let (start, end) = (segs[first].offset, segs[last - 1].offset + segs[last - 1].len);
+    Some((start, end, id, u32::try_from(start - shift).ok()?))
+}
+
 /// Orders replicas for a read: healthy before unhealthy, then lowest observed latency
 /// (unmeasured nodes count as fast so they get measured), ties broken by `tiebreak` so
 /// load spreads across equal replicas.
@@ -158,6 +194,42 @@ mod tests {
         );
         let total: u64 = segs.iter().map(|s| s.len).sum();
         assert_eq!(total, 2000);
+    }
+
+    #[test]
+    fn a_small_read_comes_with_the_rest_of_its_checksum_piece_where_the_block_holds_the_file() {
+        const P: u64 = CRC_CHUNK as u64;
+        const MIB: u32 = 1 << 20;
+        // One slice of two 1 MiB blocks from the start of the chunk.
+        let plain = vec![ChunkLayout { index: 0, slices: vec![slice(0, 1, &[(1, MIB), (2, MIB)])] }];
+        let size = 2 * u64::from(MIB);
+        assert_eq!(around(&plain, 64 << 20, size, P + 100, 4096), Some((P, 2 * P, BlockId(1), P as u32)));
+        // In the second block: offsets in the block, not in the file.
+        let at = u64::from(MIB) + 3 * P + 5;
+        assert_eq!(around(&plain, 64 << 20, size, at, 10), Some((at - 5, at - 5 + P, BlockId(2), 3 * P as u32)));
+        // A read across a piece boundary brings both pieces.
+        assert_eq!(around(&plain, 64 << 20, size, P - 10, 20), Some((0, 2 * P, BlockId(1), 0)));
+        // Cut at the end of the file...
+        assert_eq!(around(&plain, 64 << 20, P + 10, P + 2, 8), Some((P, P + 10, BlockId(1), P as u32)));
+        // ... and at the end of the chunk.
+        assert_eq!(around(&plain, P + 50, size, P + 2, 8), Some((P, P + 50, BlockId(1), P as u32)));
+        // A request across two blocks, a hole or inline data: nothing around it.
+        assert_eq!(around(&plain, 64 << 20, size, u64::from(MIB) - 2, 4), None);
+        assert_eq!(around(&plain, 64 << 20, 3 * u64::from(MIB), 2 * u64::from(MIB) + 1, 4), None);
+
+        // A newer slice over bytes P+1000..P+1100: the piece is cut on the side of it.
+        let over =
+            vec![ChunkLayout { index: 0, slices: vec![slice(0, 1, &[(1, MIB)]), slice(P + 1000, 2, &[(3, 100)])] }];
+        let size = u64::from(MIB);
+        assert_eq!(around(&over, 64 << 20, size, P + 10, 4), Some((P, P + 1000, BlockId(1), P as u32)));
+        assert_eq!(around(&over, 64 << 20, size, P + 5000, 4), Some((P + 1100, 2 * P, BlockId(1), (P + 1100) as u32)));
+        assert_eq!(around(&over, 64 << 20, size, P + 1010, 4), Some((P + 1000, P + 1100, BlockId(3), 0)));
+
+        // A block placed at an odd file offset (an append): pieces are the block's.
+        let odd = vec![ChunkLayout { index: 0, slices: vec![slice(0, 1, &[(1, 7)]), slice(7, 2, &[(4, MIB)])] }];
+        let size = 7 + u64::from(MIB);
+        assert_eq!(around(&odd, 64 << 20, size, 7 + P + 1, 4), Some((7 + P, 7 + 2 * P, BlockId(4), P as u32)));
+        assert_eq!(around(&odd, 64 << 20, size, 8, 4), Some((7, 7 + P, BlockId(4), 0)));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::ns::expect_resp;
-use crate::plan::{order_replicas, read_segments, Segment, Source};
+use crate::plan::{around, order_replicas, read_segments, Segment, Source};
 use crate::{Client, ClientError};
 use bytes::{Bytes, BytesMut};
 use distfs_proto::{
@@ -117,17 +117,7 @@ impl FileReader {
             return Ok(Bytes::new());
         }
         let len = len.min(self.attr.size - offset);
-        let chunk_size = self.known().chunk_size;
-        let (first, last) = (offset / chunk_size, (offset + len - 1) / chunk_size);
-        if (first..=last).any(|c| !self.known().chunks.contains_key(&c)) {
-            let last = last.max(first + LAYOUT_WINDOW - 1);
-            let layout = self.client.layout(self.attr.ino, first, last).await?;
-            self.add_layout(first, last, layout)?;
-        }
-        let chunks: Vec<ChunkLayout> = {
-            let k = self.known();
-            (first..=last).filter_map(|c| k.chunks.get(&c).cloned()).collect()
-        };
+        let (chunks, chunk_size) = self.chunks_of(offset, len).await?;
         let segments = read_segments(&chunks, chunk_size, offset, len);
         let chunks = &chunks;
         let pieces: Vec<Result<(Segment, Bytes)>> = stream::iter(segments)
@@ -154,6 +144,39 @@ impl FileReader {
             }
         }
         Ok(out.freeze())
+    }
+
+    /// Reads `[offset, offset+len)` (clipped to the size at open) and returns it inside
+    /// the larger range whose bytes came with it: a storage node answers with whole
+    /// 64 KiB checksum pieces, all verified here, of which a small read uses a part.
+    /// Returns `(start, bytes)` with `start <= offset` and `start + bytes.len()` at or
+    /// past the end of the request, every byte as the file holds it at `start + i`.
+    /// Reads that span several blocks, holes or inline data return just the request.
+    pub async fn read_around(&self, offset: u64, len: u64) -> Result<(u64, Bytes)> {
+        if offset >= self.attr.size || len == 0 || len > u64::from(CRC_CHUNK) {
+            return Ok((offset, self.read_at(offset, len).await?));
+        }
+        let len = len.min(self.attr.size - offset);
+        let (chunks, chunk_size) = self.chunks_of(offset, len).await?;
+        let Some((start, end, id, block_start)) = around(&chunks, chunk_size, self.attr.size, offset, len) else {
+            return Ok((offset, self.read_at(offset, len).await?));
+        };
+        let bytes = self.read_block(id, block_start, (end - start) as u32).await?;
+        Ok((start, bytes))
+    }
+
+    /// The layout of the chunks `[offset, offset+len)` touches (fetched when not yet
+    /// known, with the next chunks of a window), and the chunk size.
+    async fn chunks_of(&self, offset: u64, len: u64) -> Result<(Vec<ChunkLayout>, u64)> {
+        let chunk_size = self.known().chunk_size;
+        let (first, last) = (offset / chunk_size, (offset + len - 1) / chunk_size);
+        if (first..=last).any(|c| !self.known().chunks.contains_key(&c)) {
+            let last = last.max(first + LAYOUT_WINDOW - 1);
+            let layout = self.client.layout(self.attr.ino, first, last).await?;
+            self.add_layout(first, last, layout)?;
+        }
+        let k = self.known();
+        Ok(((first..=last).filter_map(|c| k.chunks.get(&c).cloned()).collect(), chunk_size))
     }
 
     /// `len` bytes at `offset` of the inline data of a slice, checked against its CRC32C.

@@ -5,8 +5,9 @@
 
 use crate::opens::Held;
 use crate::state::{FileIo, Inner, OpenFile};
+use bytes::Bytes;
 use distfs_client::{ClientError, Result};
-use distfs_types::{Attr, FileKind, FsError, InodeId};
+use distfs_types::{Attr, FileKind, FsError, InodeId, CRC_CHUNK};
 use std::sync::atomic::Ordering;
 use tracing::debug;
 
@@ -14,6 +15,13 @@ use tracing::debug;
 /// EFBIG. The kernel's own limit is far higher, and a sparse write at 2^62 would only
 /// create chunk indexes nobody can fill.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
+
+/// The verified bytes `[start, start + bytes.len())` around a small read.
+pub(crate) struct Around {
+    pub start: u64,
+    pub bytes: Bytes,
+    pub pass: crate::around::Pass,
+}
 
 /// What `open` decided.
 pub(crate) struct Opened {
@@ -34,7 +42,25 @@ impl Inner {
     /// Opens `ino`: revalidates its attributes (close-to-open), opens the handle's reader
     /// when it may read (size and layout fixed now), and says whether the kernel's cached
     /// pages are still those of the current version.
-    pub async fn open(&self, ino: InodeId, truncate: bool, append: bool, read: bool) -> Result<Opened> {
+    pub async fn open(&self, ino: InodeId, truncate: bool, append: bool, read: bool, write: bool) -> Result<Opened> {
+        if write {
+            self.around.start_writing(ino).await;
+        }
+        let r = self.open_counted(ino, truncate, append, read, write).await;
+        if r.is_err() && write {
+            self.around.stop_writing(ino);
+        }
+        r
+    }
+
+    async fn open_counted(
+        &self,
+        ino: InodeId,
+        truncate: bool,
+        append: bool,
+        read: bool,
+        write: bool,
+    ) -> Result<Opened> {
         let changes = self.changes(ino);
         // Registered first: from now on an unlink anywhere leaves the data in place.
         let held = self.hold(ino, read && !truncate).await?;
@@ -78,7 +104,7 @@ impl Inner {
         if !keep_cache && (dirty || self.kernel_may_differ(&attr)) {
             self.forget_attrs(ino);
         }
-        let fh = self.add_file(ino, append, reader.map(|r| (changes, std::sync::Arc::new(r))));
+        let fh = self.add_file(ino, append, write, reader.map(|r| (changes, std::sync::Arc::new(r))));
         debug!(%ino, fh, keep_cache, "opened");
         Ok(Opened { fh, keep_cache })
     }
@@ -102,10 +128,11 @@ impl Inner {
         }
     }
 
-    /// Registers a handle for a file just created (nothing cached, nothing to check).
+    /// Registers a handle for a file just created (nothing cached, nothing to check),
+    /// counted by `around.start_writing`.
     pub fn open_created(&self, attr: &Attr, append: bool) -> u64 {
         self.keep_cache(attr);
-        self.add_file(attr.ino, append, None)
+        self.add_file(attr.ino, append, true, None)
     }
 
     /// Writes `data` at `offset` (or at the end for `O_APPEND`) into the handle's buffer.
@@ -192,8 +219,10 @@ impl Inner {
     }
 
     /// Reads through the handle's reader; commits its own writes first (read-your-writes)
-    /// and reopens the reader when this mount changed the file since it was opened.
-    pub async fn read(&self, f: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// and reopens the reader when this mount changed the file since it was opened. A
+    /// small read may also return the verified bytes around it, for the page cache
+    /// (`around.rs`): give them to `around.store` after the reply.
+    pub async fn read(&self, f: &OpenFile, offset: u64, size: u32) -> Result<(Bytes, Option<Around>)> {
         let mut io = f.io.lock().await;
         if io.writer.is_some() || io.failed.is_some() {
             self.commit_io(f, &mut io).await?;
@@ -216,8 +245,16 @@ impl Inner {
         // The handle is free for other requests while this one waits on the network: the
         // kernel's readahead sends several READs of one handle at a time.
         drop(io);
-        let bytes = reader.read_at(offset, size as u64).await?;
-        Ok(bytes.to_vec())
+        if u64::from(size) < u64::from(CRC_CHUNK) {
+            if let Some(pass) = self.around.pass(f.ino) {
+                let (start, bytes) = reader.read_around(offset, size.into()).await?;
+                let from = ((offset - start) as usize).min(bytes.len());
+                let asked = bytes.slice(from..(from + size as usize).min(bytes.len()));
+                let around = (bytes.len() > asked.len()).then_some(Around { start, bytes, pass });
+                return Ok((asked, around));
+            }
+        }
+        Ok((reader.read_at(offset, size as u64).await?, None))
     }
 
     /// Commits every handle still open at unmount (best effort; errors are logged).

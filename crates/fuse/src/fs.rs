@@ -165,6 +165,19 @@ impl Inner {
                 return Ok(self.with_pending(cur));
             }
         }
+        if size.is_some() {
+            // A truncate changes the pages: no read-around may store older ones after it.
+            self.around.start_writing(ino).await;
+        }
+        let r = self.setattr_counted(ino, set).await;
+        if size.is_some() {
+            self.around.stop_writing(ino);
+        }
+        r
+    }
+
+    async fn setattr_counted(&self, ino: InodeId, set: SetAttr) -> Result<Attr> {
+        let size = set.size;
         if set.size.is_some() || set.mtime.is_some() || set.atime.is_some() {
             // Buffered writes come first: their commit would undo the truncate or the
             // mtime otherwise.
@@ -189,6 +202,7 @@ impl Inner {
         // Held from here: a failure below gives the hold back.
         let mut attr = self.create_held(parent, name, mode & 0o7777, exclusive).await?;
         let ino = attr.ino;
+        self.around.start_writing(ino).await;
         let rest = async {
             attr = self.own(attr, who).await?;
             if flags & libc::O_TRUNC != 0 && attr.size > 0 {
@@ -209,6 +223,7 @@ impl Inner {
                 Ok((attr, fh))
             }
             Err(e) => {
+                self.around.stop_writing(ino);
                 self.unhold(ino).await;
                 Err(e)
             }
@@ -508,11 +523,12 @@ impl Filesystem for DistFs {
         let inner = self.inner.clone();
         let (truncate, append) = (flags.0 & libc::O_TRUNC != 0, flags.0 & libc::O_APPEND != 0);
         let read = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || truncate;
         if (truncate || flags.0 & libc::O_ACCMODE != libc::O_RDONLY) && ino(i).in_snapshot() {
             return reply.error(errno_of(&FsError::ReadOnly { what: format!("inode {} is in a snapshot", i.0) }));
         }
         self.spawn(debug_span!("open", ino = i.0, flags = flags.0), async move {
-            match inner.open(ino(i), truncate, append, read).await {
+            match inner.open(ino(i), truncate, append, read, write).await {
                 Ok(o) => {
                     let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                     reply.opened(FileHandle(o.fh), f)
@@ -537,7 +553,13 @@ impl Filesystem for DistFs {
         let inner = self.inner.clone();
         self.spawn(debug_span!("read", ino = i.0, fh = fh.0, offset, size), async move {
             match inner.read(&f, offset, size).await {
-                Ok(b) => reply.data(&b),
+                Ok((b, around)) => {
+                    reply.data(&b);
+                    if let Some(a) = around {
+                        let asked = offset..offset + b.len() as u64;
+                        inner.around.store(f.ino, a.start, a.bytes, asked, a.pass);
+                    }
+                }
                 Err(e) => reply.error(errno_of_client(&e)),
             }
         });

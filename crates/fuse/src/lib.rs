@@ -3,6 +3,7 @@
 //! unmounted (by `Unmounter`, `umount` or `fusermount3 -u`). `mount` does both. The
 //! callbacks are in `fs`, file data in `data`, errno mapping in `errno`.
 
+mod around;
 mod attr;
 mod data;
 pub mod errno;
@@ -39,6 +40,9 @@ pub struct MountOptions {
     /// Sequential reads then reach the mount as READs of up to 1 MiB, several of one
     /// handle in flight at once. `None` leaves the kernel's default.
     pub readahead: Option<u64>,
+    /// Hand the rest of each verified 64 KiB piece a small read fetched to the kernel's
+    /// page cache (`around.rs`).
+    pub read_around: bool,
 }
 
 impl MountOptions {
@@ -50,6 +54,7 @@ impl MountOptions {
             entry_ttl: Duration::from_secs(1),
             threads: 1,
             readahead: Some(DEFAULT_READAHEAD),
+            read_around: true,
         }
     }
 }
@@ -135,7 +140,7 @@ impl Mounted {
                 (r.handle().clone(), Some(r))
             }
         };
-        let inner = Arc::new(state::Inner::new(client, opts.attr_ttl, opts.entry_ttl));
+        let inner = Arc::new(state::Inner::new(client, opts.attr_ttl, opts.entry_ttl, opts.read_around));
         let rt_for_renewer = rt.clone();
         let filesystem = fs::DistFs { inner: inner.clone(), rt };
         let mut config = fuser::Config::default();
@@ -154,6 +159,9 @@ impl Mounted {
         let session = fuser::Session::new(filesystem, &path, &config)
             .map_err(|source| FuseError::Mount { path: path.clone(), source })?;
         let _ = inner.notifier.set(session.notifier());
+        if let Err(e) = inner.around.start(session.notifier()) {
+            tracing::warn!(error = %e, "cannot start the read-around thread; small reads go without it");
+        }
         inner.start_renewer(&rt_for_renewer);
         if let Some(bytes) = opts.readahead {
             match set_readahead(&path, bytes) {

@@ -94,6 +94,8 @@ pub(crate) struct OpenFile {
     pub ino: InodeId,
     /// Opened with `O_APPEND`: every write goes to the current end of the file.
     pub append: bool,
+    /// Opened for writing (counted in `ReadAround`'s writers until removed).
+    pub writable: bool,
     /// Highest offset (exclusive) written through this handle and not committed yet;
     /// 0 when the handle is clean. Read without the lock by `getattr`.
     pub pending_end: AtomicU64,
@@ -181,10 +183,12 @@ pub(crate) struct Inner {
     /// and until when (the kernel asks for that one before every write, `ls -l` for two or
     /// three per entry; see `xattr.rs`).
     pub no_xattrs: Mutex<HashMap<InodeId, (std::time::Instant, crate::xattr::Absent)>>,
+    /// Read-around into the kernel's page cache, and the writers it must stay clear of.
+    pub around: crate::around::ReadAround,
 }
 
 impl Inner {
-    pub fn new(client: Client, attr_ttl: Duration, entry_ttl: Duration) -> Inner {
+    pub fn new(client: Client, attr_ttl: Duration, entry_ttl: Duration, read_around: bool) -> Inner {
         let fresh_dirs = Arc::new(FreshDirs::new(attr_ttl));
         let sink = fresh_dirs.clone();
         let client = client.on_dirs_changed(move |dirs| sink.put(dirs));
@@ -202,13 +206,16 @@ impl Inner {
             notifier: std::sync::OnceLock::new(),
             session: crate::opens::Session::new(),
             no_xattrs: Mutex::default(),
+            around: crate::around::ReadAround::new(read_around),
         }
     }
 
-    pub fn add_file(&self, ino: InodeId, append: bool, reader: Option<(u64, Arc<FileReader>)>) -> u64 {
+    /// Registers a handle; a `writable` one must have been counted by
+    /// `around.start_writing`, and `remove_file` ends that.
+    pub fn add_file(&self, ino: InodeId, append: bool, writable: bool, reader: Option<(u64, Arc<FileReader>)>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let io = FileIo { reader, ..FileIo::default() };
-        let f = OpenFile { ino, append, pending_end: AtomicU64::new(0), io: tokio::sync::Mutex::new(io) };
+        let f = OpenFile { ino, append, writable, pending_end: AtomicU64::new(0), io: tokio::sync::Mutex::new(io) };
         self.files.lock().expect("files lock").insert(fh, Arc::new(f));
         fh
     }
@@ -218,7 +225,11 @@ impl Inner {
     }
 
     pub fn remove_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
-        self.files.lock().expect("files lock").remove(&fh)
+        let f = self.files.lock().expect("files lock").remove(&fh);
+        if let Some(f) = f.as_ref().filter(|f| f.writable) {
+            self.around.stop_writing(f.ino);
+        }
+        f
     }
 
     /// Every open handle of `ino`.

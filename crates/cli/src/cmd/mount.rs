@@ -22,13 +22,14 @@ pub async fn run(
     background: bool,
     allow_other: bool,
     readahead: u64,
+    read_around: bool,
 ) -> anyhow::Result<()> {
     check_mountpoint(&mountpoint)?;
     if background {
         return detach(&mountpoint).await;
     }
     let readahead = (readahead > 0).then_some(readahead);
-    let opts = MountOptions { allow_other, readahead, ..MountOptions::new(mountpoint.clone()) };
+    let opts = MountOptions { allow_other, readahead, read_around, ..MountOptions::new(mountpoint.clone()) };
     let mut mounted = tokio::task::spawn_blocking(move || Mounted::new(client, opts)).await??;
     let mut unmounter = mounted.unmounter();
     eprintln!("distfs: mounted at {} (Ctrl-C or `fusermount3 -u` to unmount)", mountpoint.display());
