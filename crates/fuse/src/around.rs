@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(p(&store(0, 65536, 0..4096)).len(), 1);
         assert!(store(0, 65536, 0..65536).parts().is_empty());
         // A piece cut short at the end of the file, starting off a page boundary.
-        assert_eq!(p(&store(7, 10_000, 8000..8100)), vec![(7, 4089, 0), (12288, 4096 - 2377, (12288 - 7) as u8)]);
+        assert_eq!(p(&store(7, 10_000, 8000..8100)), vec![(7, 4089, 0), (8192, 1815, (8192 - 7) as u8)]);
     }
 
     #[tokio::test]
