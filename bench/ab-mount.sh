@@ -8,7 +8,8 @@
 #   bench/ab-mount.sh A_DISTFS B_DISTFS [ROUNDS=2] [WORKDIR=/tmp/distfs-ab]
 #   env: fsbench.sh's knobs; defaults here keep the large-file phases short
 #        (SEQ_SIZE=128m, PAR_SIZE=32m, RAND_RUNTIME=3) since the small-file and meta rows
-#        are what such a comparison is usually about. Run as root.
+#        are what such a comparison is usually about. DISTFS_MOUNT_FLAGS: extra
+#        `distfs mount` flags for both builds. Run as root.
 set -euo pipefail
 a=$1 b=$2 rounds=${3:-2} work=${4:-/tmp/distfs-ab}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +30,7 @@ one() { # BIN LABEL
   local bin=$1 label=$2
   mkdir -p "$mnt"
   local_up "$bin" "$work/data" "$work/up-$label.log"
-  "$bin" mount --background "$mnt" 2>"$work/mount-$label.log"
+  "$bin" mount --background "$mnt" ${DISTFS_MOUNT_FLAGS:-} 2>"$work/mount-$label.log"
   "$shared/fsbench.sh" "$mnt" "$label" "$tsv" >/dev/null
   cleanup
 }

@@ -11,7 +11,8 @@
 #   bench/compare.sh [WORKDIR=/tmp/distfs-compare]
 #   env: SHARED=../shared/bench (where fsbench.sh / mfs-peer.sh live),
 #        CARGO_TARGET_DIR (release binaries), plus fsbench.sh's own knobs
-#        (SEQ_SIZE, PAR_SIZE, SMALL_N, RAND_RUNTIME, ...)
+#        (SEQ_SIZE, PAR_SIZE, SMALL_N, RAND_RUNTIME, ...), DISTFS_MOUNT_FLAGS (extra
+#        `distfs mount` flags, e.g. --no-read-around for a before/after)
 set -euo pipefail
 work=${1:-/tmp/distfs-compare}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +42,7 @@ for _ in $(seq 1 150); do
   [ "$("$bin/distfs" cluster status --json 2>/dev/null | grep -o '"Up"' | wc -l)" -ge 3 ] && break
   sleep 0.2
 done
-"$bin/distfs" mount --background "$work/mnt" 2>"$work/mount.log"
+"$bin/distfs" mount --background "$work/mnt" ${DISTFS_MOUNT_FLAGS:-} 2>"$work/mount.log"
 "$shared/fsbench.sh" "$work/mnt" distfs "$tsv"
 fusermount3 -u "$work/mnt"
 
