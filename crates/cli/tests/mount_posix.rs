@@ -510,3 +510,55 @@ async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_s
     assert!(buf.iter().all(|&b| b == 0), "bytes from before the truncate");
     assert!(std::fs::read(&path).expect("read the file") == model, "the file differs after the truncate");
 }
+
+/// `distfs_meta_requests_total{op}` of the first metadata server.
+async fn meta_requests(c: &distfs_testkit::ProcessCluster, op: &str) -> f64 {
+    let addr = c.meta_http(0).to_string();
+    let a = tokio::task::spawn_blocking(move || distfs_ops::client::get(&addr, "/metrics"))
+        .await
+        .expect("join")
+        .expect("metrics answer");
+    let key = format!("distfs_meta_requests_total{{op=\"{op}\"}}");
+    distfs_ops::metrics::parse_text(&a.body).get(&key).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stat_of_every_file_fetches_pages_of_the_directory_and_every_change_still_shows() {
+    const N: usize = 600;
+    let c = cluster().await;
+    let a = MountProc::start(&c, "statahead-a").await;
+    let b = MountProc::start(&c, "statahead-b").await;
+    std::fs::create_dir(b.path("many")).expect("mkdir");
+    let name = |i: usize| format!("many/f{i:05}");
+    for i in 0..N {
+        std::fs::write(b.path(&name(i)), vec![b'x'; i % 7]).expect("create through b");
+    }
+
+    eprintln!("phase: stat of every file through a: pages of the directory, not one lookup each");
+    let before = meta_requests(&c, "lookup").await;
+    for i in 0..N {
+        let m = std::fs::metadata(a.path(&name(i))).expect("stat");
+        assert_eq!(m.len(), (i % 7) as u64, "{}", name(i));
+    }
+    let lookups = meta_requests(&c, "lookup").await - before;
+    assert!(lookups < (N / 4) as f64, "{lookups} lookups for {N} stats");
+
+    eprintln!("phase: this mount's own changes show at once");
+    std::fs::remove_file(a.path(&name(100))).expect("unlink");
+    assert_eq!(errno_of(std::fs::metadata(a.path(&name(100)))), Some(libc::ENOENT), "unlinked name still found");
+    std::fs::rename(a.path(&name(101)), a.path("many/renamed")).expect("rename");
+    assert_eq!(errno_of(std::fs::metadata(a.path(&name(101)))), Some(libc::ENOENT), "renamed name still found");
+    assert_eq!(std::fs::metadata(a.path("many/renamed")).expect("new name").len(), (101 % 7) as u64);
+    std::fs::write(a.path(&name(102)), b"0123456789").expect("rewrite");
+    assert_eq!(std::fs::metadata(a.path(&name(102))).expect("stat").len(), 10);
+
+    eprintln!("phase: another mount's changes show within the attribute time");
+    std::fs::remove_file(b.path(&name(400))).expect("unlink through b");
+    std::fs::write(b.path(&name(401)), b"grown through b").expect("rewrite through b");
+    distfs_testkit::wait_for("a to see b's unlink and rewrite", Duration::from_secs(10), || {
+        let gone = errno_of(std::fs::metadata(a.path(&name(400)))) == Some(libc::ENOENT);
+        let grown = std::fs::metadata(a.path(&name(401))).is_ok_and(|m| m.len() == 15);
+        async move { (gone && grown).then_some(()) }
+    })
+    .await;
+}

@@ -184,6 +184,7 @@ impl Inner {
     /// write failure that happened since the last commit.
     pub async fn commit_io(&self, f: &OpenFile, io: &mut FileIo) -> Result<()> {
         if let Some(w) = io.writer.take() {
+            let _change = self.statahead.change();
             io.written.clear();
             let r = w.close().await;
             // A failed commit loses the buffered bytes either way; the handle is clean.

@@ -7,6 +7,7 @@
 use crate::attr::{file_attr, kind_of, time_or_now};
 use crate::data::{gone_is_stale, MAX_FILE_SIZE};
 use crate::errno::{errno_of, errno_of_client, local};
+use crate::statahead::OwnedChange;
 use crate::state::Inner;
 use crate::xattr::{mode_of, reply_sized, unsupported};
 use distfs_client::Result;
@@ -230,6 +231,24 @@ impl Inner {
         }
     }
 
+    /// Runs a statahead fetch (`statahead.rs`).
+    async fn stat_ahead(self: std::sync::Arc<Self>, f: crate::statahead::Fetch) {
+        let page = match self.client.readdir_plus_page(f.dir, Some(f.after.clone()), crate::statahead::PAGE).await {
+            Ok((entries, _)) => entries,
+            Err(e) => {
+                tracing::debug!(dir = %f.dir, error = %e, "statahead fetch failed");
+                self.statahead.fetched(f, None);
+                return;
+            }
+        };
+        let bare: Vec<InodeId> = page.iter().filter(|(_, _, has)| !has).map(|(e, _, _)| e.ino).collect();
+        if self.statahead.fetched(f, Some(page.into_iter().map(|(e, a, _)| (e.name, a)).collect())) {
+            for ino in bare {
+                self.has_no_xattrs(ino, crate::xattr::Absent::All);
+            }
+        }
+    }
+
     /// One READDIR (`plus` false) or READDIRPLUS reply from `offset` on: `add` takes
     /// each entry with its offset and, for `plus`, its attributes (`.` and `..` have
     /// none: the kernel links no dentry for them); true from `add` means full.
@@ -335,8 +354,18 @@ impl Filesystem for DistFs {
         };
         let inner = self.inner.clone();
         self.spawn(debug_span!("lookup", parent = parent.0, %name), async move {
-            let r = async { Ok(inner.with_pending(inner.client.lookup(ino(parent), &name).await?)) }.await;
-            DistFs::entry(&inner, reply, r);
+            let ttl = inner.entry_ttl.min(inner.attr_ttl);
+            if let Some((a, left)) = inner.statahead.get(ino(parent), &name, ttl) {
+                let a = inner.with_pending(a);
+                return inner.tell(&a, || reply.entry_with_ttls(&left, &left, &file_attr(&a), GEN));
+            }
+            let r = inner.client.lookup(ino(parent), &name).await;
+            if r.is_ok() {
+                if let Some(f) = inner.statahead.found(ino(parent), &name) {
+                    tokio::spawn(Inner::stat_ahead(inner.clone(), f));
+                }
+            }
+            DistFs::entry(&inner, reply, r.map(|a| inner.with_pending(a)));
         });
     }
 
@@ -372,7 +401,9 @@ impl Filesystem for DistFs {
             return reply.error(local::TOO_BIG);
         }
         let inner = self.inner.clone();
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("setattr", ino = i.0, ?size), async move {
+            let _change = change;
             match inner.setattr(ino(i), mode, uid, gid, size, atime, mtime).await {
                 Ok(a) => inner.tell(&a, || reply.attr(&inner.attr_ttl, &file_attr(&a))),
                 Err(e) => reply.error(errno_of_client(&e)),
@@ -409,7 +440,9 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let (inner, who) = (self.inner.clone(), Caller::of(req));
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("mknod", parent = parent.0, %name), async move {
+            let _change = change;
             let r = async {
                 let a = inner.client.create(ino(parent), &name, mode & 0o7777, true).await?;
                 inner.own(a, who).await
@@ -425,7 +458,9 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let (inner, who) = (self.inner.clone(), Caller::of(req));
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("mkdir", parent = parent.0, %name), async move {
+            let _change = change;
             let r = async {
                 let a = inner.client.mkdir(ino(parent), &name, mode & 0o7777).await?;
                 inner.own(a, who).await
@@ -441,7 +476,9 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let inner = self.inner.clone();
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("unlink", parent = parent.0, %name), async move {
+            let _change = change;
             DistFs::empty(reply, inner.client.unlink(ino(parent), &name).await);
         });
     }
@@ -452,7 +489,9 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let inner = self.inner.clone();
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("rmdir", parent = parent.0, %name), async move {
+            let _change = change;
             DistFs::empty(reply, inner.client.rmdir(ino(parent), &name).await);
         });
     }
@@ -466,7 +505,9 @@ impl Filesystem for DistFs {
             return reply.error(local::BAD_NAME);
         };
         let (inner, who) = (self.inner.clone(), Caller::of(req));
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("symlink", parent = parent.0, %name), async move {
+            let _change = change;
             let r = async {
                 let a = inner.client.symlink(ino(parent), &name, &target).await?;
                 inner.own(a, who).await
@@ -502,7 +543,9 @@ impl Filesystem for DistFs {
         };
         let inner = self.inner.clone();
         let span = debug_span!("rename", parent = parent.0, %name, newparent = newparent.0, %newname, ?mode);
+        let change = OwnedChange::new(&self.inner);
         self.spawn(span, async move {
+            let _change = change;
             DistFs::empty(reply, inner.client.rename(ino(parent), &name, ino(newparent), &newname, mode).await);
         });
     }
@@ -513,7 +556,9 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let inner = self.inner.clone();
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("link", ino = i.0, newparent = newparent.0, %name), async move {
+            let _change = change;
             let r = async { Ok(inner.with_pending(inner.client.link(ino(i), ino(newparent), &name).await?)) }.await;
             DistFs::entry(&inner, reply, r);
         });
@@ -527,7 +572,10 @@ impl Filesystem for DistFs {
         if (truncate || flags.0 & libc::O_ACCMODE != libc::O_RDONLY) && ino(i).in_snapshot() {
             return reply.error(errno_of(&FsError::ReadOnly { what: format!("inode {} is in a snapshot", i.0) }));
         }
+        // A truncating open changes the file (the commits of writes are changes of their own).
+        let change = truncate.then(|| OwnedChange::new(&self.inner));
         self.spawn(debug_span!("open", ino = i.0, flags = flags.0), async move {
+            let _change = change;
             match inner.open(ino(i), truncate, append, read, write).await {
                 Ok(o) => {
                     let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
@@ -775,7 +823,9 @@ impl Filesystem for DistFs {
             return reply.error(local::XATTR_UNSUPPORTED);
         }
         let (inner, value) = (self.inner.clone(), value.to_vec());
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("setxattr", ino = i.0, %name, len = value.len()), async move {
+            let _change = change;
             DistFs::empty(reply, inner.setxattr(ino(i), &name, &value, mode).await);
         });
     }
@@ -813,7 +863,9 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let inner = self.inner.clone();
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("removexattr", ino = i.0, %name), async move {
+            let _change = change;
             DistFs::empty(reply, inner.removexattr(ino(i), &name).await);
         });
     }
@@ -847,7 +899,9 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let (inner, who) = (self.inner.clone(), Caller::of(req));
+        let change = OwnedChange::new(&self.inner);
         self.spawn(debug_span!("create", parent = parent.0, %name, flags), async move {
+            let _change = change;
             match inner.create_file(ino(parent), &name, mode, flags, who).await {
                 Ok((a, fh)) => inner.tell(&a, || {
                     reply.created(&inner.entry_ttl, &file_attr(&a), GEN, FileHandle(fh), FopenFlags::empty())
@@ -860,7 +914,7 @@ impl Filesystem for DistFs {
 
 /// Attributes to go with `.` and `..` in a READDIRPLUS answer, which the kernel does not
 /// keep (it links no dentry for either).
-fn dot_attr(ino: InodeId) -> Attr {
+pub(crate) fn dot_attr(ino: InodeId) -> Attr {
     let t = distfs_types::Timestamp::default();
     Attr {
         ino,

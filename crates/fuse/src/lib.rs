@@ -11,6 +11,7 @@ mod fs;
 mod lazy;
 mod locks;
 mod opens;
+mod statahead;
 mod state;
 mod xattr;
 

@@ -185,6 +185,8 @@ pub(crate) struct Inner {
     pub no_xattrs: Mutex<HashMap<InodeId, (std::time::Instant, crate::xattr::Absent)>>,
     /// Read-around into the kernel's page cache, and the writers it must stay clear of.
     pub around: crate::around::ReadAround,
+    /// Entries fetched ahead of a run of lookups in one directory.
+    pub statahead: crate::statahead::Statahead,
 }
 
 impl Inner {
@@ -207,6 +209,7 @@ impl Inner {
             session: crate::opens::Session::new(),
             no_xattrs: Mutex::default(),
             around: crate::around::ReadAround::new(read_around),
+            statahead: crate::statahead::Statahead::new(),
         }
     }
 
