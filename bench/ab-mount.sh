@@ -9,7 +9,9 @@
 #   env: fsbench.sh's knobs; defaults here keep the large-file phases short
 #        (SEQ_SIZE=128m, PAR_SIZE=32m, RAND_RUNTIME=3) since the small-file and meta rows
 #        are what such a comparison is usually about. DISTFS_MOUNT_FLAGS: extra
-#        `distfs mount` flags for both builds. Run as root.
+#        `distfs mount` flags for both builds, A_FLAGS / B_FLAGS for one (A and B
+#        may then be the same build: `A_FLAGS=--no-statahead bench/ab-mount.sh D D 3`).
+#        Run as root.
 set -euo pipefail
 a=$1 b=$2 rounds=${3:-2} work=${4:-/tmp/distfs-ab}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +32,9 @@ one() { # BIN LABEL
   local bin=$1 label=$2
   mkdir -p "$mnt"
   local_up "$bin" "$work/data" "$work/up-$label.log"
-  "$bin" mount --background "$mnt" ${DISTFS_MOUNT_FLAGS:-} 2>"$work/mount-$label.log"
+  local flags=${DISTFS_MOUNT_FLAGS:-}
+  case $label in A*) flags="$flags ${A_FLAGS:-}" ;; B*) flags="$flags ${B_FLAGS:-}" ;; esac
+  "$bin" mount --background "$mnt" $flags 2>"$work/mount-$label.log"
   "$shared/fsbench.sh" "$mnt" "$label" "$tsv" >/dev/null
   cleanup
 }

@@ -44,6 +44,8 @@ pub struct MountOptions {
     /// Hand the rest of each verified 64 KiB piece a small read fetched to the kernel's
     /// page cache (`around.rs`).
     pub read_around: bool,
+    /// Fetch a directory's next entries after a run of lookups in it (`statahead.rs`).
+    pub statahead: bool,
 }
 
 impl MountOptions {
@@ -56,6 +58,7 @@ impl MountOptions {
             threads: 1,
             readahead: Some(DEFAULT_READAHEAD),
             read_around: true,
+            statahead: true,
         }
     }
 }
@@ -141,7 +144,8 @@ impl Mounted {
                 (r.handle().clone(), Some(r))
             }
         };
-        let inner = Arc::new(state::Inner::new(client, opts.attr_ttl, opts.entry_ttl, opts.read_around));
+        let inner =
+            Arc::new(state::Inner::new(client, opts.attr_ttl, opts.entry_ttl, opts.read_around, opts.statahead));
         let rt_for_renewer = rt.clone();
         let filesystem = fs::DistFs { inner: inner.clone(), rt };
         let mut config = fuser::Config::default();

@@ -34,6 +34,7 @@ const MAX_ENTRIES: usize = 50_000;
 const MAX_DIRS: usize = 10_000;
 
 pub(crate) struct Statahead {
+    enabled: bool,
     /// Moved at the start and the end of every change this mount makes.
     gen: AtomicU64,
     /// Changes under way.
@@ -104,8 +105,8 @@ impl Drop for OwnedChange {
 }
 
 impl Statahead {
-    pub fn new() -> Statahead {
-        Statahead { gen: AtomicU64::new(0), active: AtomicU64::new(0), state: Mutex::default() }
+    pub fn new(enabled: bool) -> Statahead {
+        Statahead { enabled, gen: AtomicU64::new(0), active: AtomicU64::new(0), state: Mutex::default() }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -148,7 +149,7 @@ impl Statahead {
     /// Notes that `name` in `dir` was found by asking the service; returns the fetch to
     /// run when this makes a run.
     pub fn found(&self, dir: InodeId, name: &str) -> Option<Fetch> {
-        if self.active.load(Ordering::Acquire) > 0 {
+        if !self.enabled || self.active.load(Ordering::Acquire) > 0 {
             return None;
         }
         let gen = self.gen.load(Ordering::Acquire);
@@ -228,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_run_of_lookups_fetches_the_names_after_and_they_are_answered_until_the_ttl() {
-        let sa = Statahead::new();
+        let sa = Statahead::new(true);
         let dir = InodeId(1);
         for i in 0..RUN - 1 {
             assert!(sa.found(dir, &format!("f{i:05}")).is_none());
@@ -249,7 +250,7 @@ mod tests {
 
     #[test]
     fn a_change_of_this_mount_hides_fetched_entries_and_voids_fetches_under_way() {
-        let sa = Statahead::new();
+        let sa = Statahead::new(true);
         let dir = InodeId(1);
         let mut fetch = None;
         for i in 0..RUN {
@@ -282,7 +283,7 @@ mod tests {
 
     #[test]
     fn fetches_that_go_unused_make_the_next_run_longer() {
-        let sa = Statahead::new();
+        let sa = Statahead::new(true);
         let dir = InodeId(1);
         let mut lookups_per_fetch = Vec::new();
         let mut n = 0;

@@ -190,7 +190,7 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub fn new(client: Client, attr_ttl: Duration, entry_ttl: Duration, read_around: bool) -> Inner {
+    pub fn new(client: Client, attr_ttl: Duration, entry_ttl: Duration, read_around: bool, statahead: bool) -> Inner {
         let fresh_dirs = Arc::new(FreshDirs::new(attr_ttl));
         let sink = fresh_dirs.clone();
         let client = client.on_dirs_changed(move |dirs| sink.put(dirs));
@@ -209,7 +209,7 @@ impl Inner {
             session: crate::opens::Session::new(),
             no_xattrs: Mutex::default(),
             around: crate::around::ReadAround::new(read_around),
-            statahead: crate::statahead::Statahead::new(),
+            statahead: crate::statahead::Statahead::new(statahead),
         }
     }
 

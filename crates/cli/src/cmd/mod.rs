@@ -139,6 +139,11 @@ pub enum Command {
         /// small reads nearby into page-cache hits).
         #[arg(long)]
         no_read_around: bool,
+        /// Do not fetch a directory's next entries with attributes after a run of
+        /// lookups in it (statahead, on by default: `stat` of every file in a directory
+        /// then costs one call per 1,000 names).
+        #[arg(long)]
+        no_statahead: bool,
     },
     /// Cluster administration.
     Cluster {
@@ -430,8 +435,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm { ref paths, recursive, force } => ns::rm(&client(), paths, recursive, force).await,
         Command::Mv { ref src, ref dst } => ns::mv(&client(), src, dst).await,
         Command::Stat { ref path, json } => ns::stat(&client(), path, json).await,
-        Command::Mount { ref mountpoint, background, allow_other, readahead, no_read_around } => {
-            mount::run(client(), mountpoint.clone(), background, allow_other, readahead, !no_read_around).await
+        Command::Mount { ref mountpoint, background, allow_other, readahead, no_read_around, no_statahead } => {
+            let features = mount::Features { read_around: !no_read_around, statahead: !no_statahead };
+            mount::run(client(), mountpoint.clone(), background, allow_other, readahead, features).await
         }
         Command::Df { json } => cluster::df(&client(), json).await,
         Command::Compression { ref dir, codec } => codec::run(&client(), dir, codec).await,

@@ -16,20 +16,27 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// How long `--background` waits for the detached mount to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The mount's caches that can be turned off.
+pub struct Features {
+    pub read_around: bool,
+    pub statahead: bool,
+}
+
 pub async fn run(
     client: Client,
     mountpoint: PathBuf,
     background: bool,
     allow_other: bool,
     readahead: u64,
-    read_around: bool,
+    features: Features,
 ) -> anyhow::Result<()> {
     check_mountpoint(&mountpoint)?;
     if background {
         return detach(&mountpoint).await;
     }
     let readahead = (readahead > 0).then_some(readahead);
-    let opts = MountOptions { allow_other, readahead, read_around, ..MountOptions::new(mountpoint.clone()) };
+    let Features { read_around, statahead } = features;
+    let opts = MountOptions { allow_other, readahead, read_around, statahead, ..MountOptions::new(mountpoint.clone()) };
     let mut mounted = tokio::task::spawn_blocking(move || Mounted::new(client, opts)).await??;
     let mut unmounter = mounted.unmounter();
     eprintln!("distfs: mounted at {} (Ctrl-C or `fusermount3 -u` to unmount)", mountpoint.display());
