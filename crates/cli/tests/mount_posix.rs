@@ -447,9 +447,12 @@ async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_s
     // page so the read goes to the mount and brings its whole piece; the writer writes the
     // even pages and reads each back through the reader's handle, which the kernel serves
     // from the page the write filled, unless a read-around stored older bytes over it.
+    // Each write waits for the reader to finish a read, so the next one (and its
+    // read-around) is under way when the writer opens.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = {
-        let (model, done) = (model.clone(), done.clone());
+        let (model, done, seen) = (model.clone(), done.clone(), seen.clone());
         let r = r.try_clone().expect("dup");
         std::thread::spawn(move || {
             let (mut n, mut buf) = (0usize, vec![0u8; 4096]);
@@ -460,14 +463,38 @@ async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_s
                 r.read_exact_at(&mut buf, (page * 4096) as u64).expect("read an odd page");
                 assert_eq!(buf, model[page * 4096..][..4096], "odd page {page} changed");
                 n += 1;
+                seen.store(n, std::sync::atomic::Ordering::Release);
             }
             n
         })
     };
+    let wait_for_a_read = || {
+        let (n, deadline) = (seen.load(std::sync::atomic::Ordering::Acquire), std::time::Instant::now() + T);
+        while seen.load(std::sync::atomic::Ordering::Acquire) == n {
+            assert!(std::time::Instant::now() < deadline, "the reader stopped reading");
+            std::thread::yield_now();
+        }
+    };
     let mut stale = Vec::new();
+    // First with one writable handle held open (no read-around may run meanwhile)...
+    let w = std::fs::OpenOptions::new().write(true).open(&path).expect("open for writing");
     for i in 0..300usize {
         let page = (i % 16) * 2;
+        let bytes = random_bytes(4096, 5000 + i as u64);
+        wait_for_a_read();
+        w.write_all_at(&bytes, (page * 4096) as u64).expect("write a page");
+        model[page * 4096..][..4096].copy_from_slice(&bytes);
+        r.read_exact_at(&mut buf, (page * 4096) as u64).expect("read back while open");
+        if buf != bytes {
+            stale.push((i, "held open"));
+        }
+    }
+    drop(w);
+    // ... then a handle opened for each write (it waits for read-arounds under way).
+    for i in 0..150usize {
+        let page = (i % 16) * 2;
         let bytes = random_bytes(4096, 1000 + i as u64);
+        wait_for_a_read();
         let w = std::fs::OpenOptions::new().write(true).open(&path).expect("open for writing");
         w.write_all_at(&bytes, (page * 4096) as u64).expect("write a page");
         model[page * 4096..][..4096].copy_from_slice(&bytes);
@@ -493,9 +520,15 @@ async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_s
     assert!(std::fs::read(&path).expect("read the file") == model, "the file differs after the race");
 
     eprintln!("phase: a truncate and an extension after read-arounds read as zeros past the cut");
-    r.read_exact_at(&mut buf, 3 * PIECE as u64 + 4096).expect("small read before the cut");
+    // A fresh handle: a handle opened before the last open of the file reads without
+    // read-around (that open may have found another mount's newer version).
+    let r2 = std::fs::File::open(&path).expect("open again");
+    drop_pages(&r2);
+    // SAFETY: advice on a valid descriptor.
+    assert_eq!(unsafe { libc::posix_fadvise(r2.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) }, 0);
+    r2.read_exact_at(&mut buf, 3 * PIECE as u64 + 4096).expect("small read before the cut");
     distfs_testkit::wait_for("the piece before the cut to be cached", T, || {
-        let v = resident_pages(&r, LEN);
+        let v = resident_pages(&r2, LEN);
         async move { v[3 * PIECE / 4096 + 8].then_some(()) }
     })
     .await;
@@ -506,7 +539,7 @@ async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_s
     }
     model.truncate(3 * PIECE + 10);
     model.resize(LEN, 0);
-    r.read_exact_at(&mut buf, 3 * PIECE as u64 + 8 * 4096).expect("read past the cut");
+    r2.read_exact_at(&mut buf, 3 * PIECE as u64 + 8 * 4096).expect("read past the cut");
     assert!(buf.iter().all(|&b| b == 0), "bytes from before the truncate");
     assert!(std::fs::read(&path).expect("read the file") == model, "the file differs after the truncate");
 }

@@ -62,6 +62,9 @@ impl Inner {
         write: bool,
     ) -> Result<Opened> {
         let changes = self.changes(ino);
+        // Counted before the reader is made: a read-around by a handle opened earlier
+        // stops from here on, and this one's reader is at least as new as this count.
+        let opens = self.opened(ino);
         // Registered first: from now on an unlink anywhere leaves the data in place.
         let held = self.hold(ino, read && !truncate).await?;
         let r = self.open_held(ino, truncate, read, held).await;
@@ -104,7 +107,7 @@ impl Inner {
         if !keep_cache && (dirty || self.kernel_may_differ(&attr)) {
             self.forget_attrs(ino);
         }
-        let fh = self.add_file(ino, append, write, reader.map(|r| (changes, std::sync::Arc::new(r))));
+        let fh = self.add_file(ino, append, write, reader.map(|r| (changes, std::sync::Arc::new(r))), opens);
         debug!(%ino, fh, keep_cache, "opened");
         Ok(Opened { fh, keep_cache })
     }
@@ -132,7 +135,8 @@ impl Inner {
     /// counted by `around.start_writing`.
     pub fn open_created(&self, attr: &Attr, append: bool) -> u64 {
         self.keep_cache(attr);
-        self.add_file(attr.ino, append, true, None)
+        let opens = self.opened(attr.ino);
+        self.add_file(attr.ino, append, true, None, opens)
     }
 
     /// Writes `data` at `offset` (or at the end for `O_APPEND`) into the handle's buffer.
@@ -238,6 +242,7 @@ impl Inner {
         let reader = match &io.reader {
             Some((c, r)) if *c == changes => r.clone(),
             _ => {
+                io.reader_opens = self.opens(f.ino);
                 let r = std::sync::Arc::new(self.client.reader(f.ino).await.map_err(|e| gone_is_stale(f.ino, e))?);
                 io.reader = Some((changes, r.clone()));
                 r
@@ -245,9 +250,15 @@ impl Inner {
         };
         // The handle is free for other requests while this one waits on the network: the
         // kernel's readahead sends several READs of one handle at a time.
+        let io_opens = io.reader_opens;
         drop(io);
-        if u64::from(size) < u64::from(CRC_CHUNK) {
+        // Read-around only by a reader made after the inode's last open here (a handle
+        // opened before another mount's change must not fill pages for handles opened
+        // after it, which found the new version).
+        let current = io_opens == self.opens(f.ino);
+        if u64::from(size) < u64::from(CRC_CHUNK) && current {
             if let Some(pass) = self.around.pass(f.ino) {
+                // Cut at the size at open: a store past the kernel's size would extend it.
                 let (start, bytes) = reader.read_around(offset, size.into()).await?;
                 let from = ((offset - start) as usize).min(bytes.len());
                 let asked = bytes.slice(from..(from + size as usize).min(bytes.len()));

@@ -114,6 +114,9 @@ pub(crate) struct FileIo {
     /// The reader of this handle and the local change counter of the inode when it was
     /// opened; a newer counter means this mount changed the file since.
     pub reader: Option<(u64, Arc<FileReader>)>,
+    /// The inode's open counter when the reader was made: read-around only while no
+    /// open came after it.
+    pub reader_opens: u64,
     /// A write that failed after `write` had returned success for earlier bytes: reported
     /// by the next `flush`/`fsync`.
     pub failed: Option<FsError>,
@@ -156,6 +159,9 @@ pub(crate) struct DirStream {
 struct InodeLocal {
     /// Bumped whenever this mount commits to or truncates the inode.
     changes: u64,
+    /// Bumped at every open of the inode on this mount (where it may learn of another
+    /// mount's change and drop the kernel's pages).
+    opens: u64,
 }
 
 /// Everything one mount shares between operations.
@@ -215,9 +221,16 @@ impl Inner {
 
     /// Registers a handle; a `writable` one must have been counted by
     /// `around.start_writing`, and `remove_file` ends that.
-    pub fn add_file(&self, ino: InodeId, append: bool, writable: bool, reader: Option<(u64, Arc<FileReader>)>) -> u64 {
+    pub fn add_file(
+        &self,
+        ino: InodeId,
+        append: bool,
+        writable: bool,
+        reader: Option<(u64, Arc<FileReader>)>,
+        reader_opens: u64,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let io = FileIo { reader, ..FileIo::default() };
+        let io = FileIo { reader, reader_opens, ..FileIo::default() };
         let f = OpenFile { ino, append, writable, pending_end: AtomicU64::new(0), io: tokio::sync::Mutex::new(io) };
         self.files.lock().expect("files lock").insert(fh, Arc::new(f));
         fh
@@ -294,6 +307,19 @@ impl Inner {
             cached.clear();
         }
         cached.insert(attr.ino, now) == Some(now)
+    }
+
+    /// Counts an open of `ino`; returns the count.
+    pub fn opened(&self, ino: InodeId) -> u64 {
+        let mut inodes = self.inodes.lock().expect("inodes lock");
+        let i = inodes.entry(ino).or_default();
+        i.opens += 1;
+        i.opens
+    }
+
+    /// The open counter of `ino`.
+    pub fn opens(&self, ino: InodeId) -> u64 {
+        self.inodes.lock().expect("inodes lock").get(&ino).map(|i| i.opens).unwrap_or(0)
     }
 
     /// Hands the kernel attributes through `send` (a `reply.attr`/`entry`/`created`
