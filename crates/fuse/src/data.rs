@@ -282,6 +282,11 @@ impl Inner {
         match self.remove_file(fh) {
             Some(f) => {
                 let r = self.commit(&f).await;
+                // Only once its bytes are committed: a read-around that began earlier
+                // would fetch the bytes from before them.
+                if f.writable {
+                    self.around.stop_writing(f.ino);
+                }
                 self.unhold(f.ino).await;
                 r
             }

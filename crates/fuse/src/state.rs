@@ -220,7 +220,7 @@ impl Inner {
     }
 
     /// Registers a handle; a `writable` one must have been counted by
-    /// `around.start_writing`, and `remove_file` ends that.
+    /// `around.start_writing`, and `release` ends that.
     pub fn add_file(
         &self,
         ino: InodeId,
@@ -241,11 +241,7 @@ impl Inner {
     }
 
     pub fn remove_file(&self, fh: u64) -> Option<Arc<OpenFile>> {
-        let f = self.files.lock().expect("files lock").remove(&fh);
-        if let Some(f) = f.as_ref().filter(|f| f.writable) {
-            self.around.stop_writing(f.ino);
-        }
-        f
+        self.files.lock().expect("files lock").remove(&fh)
     }
 
     /// Every open handle of `ino`.
