@@ -411,6 +411,22 @@ fn resident_pages(f: &std::fs::File, len: usize) -> Vec<bool> {
     }
 }
 
+/// Whether 4 KiB page `page` read through `r` holds what `model` says.
+fn page_reads_as(r: &std::fs::File, model: &[u8], page: usize) -> bool {
+    let mut buf = vec![0u8; 4096];
+    r.read_exact_at(&mut buf, (page * 4096) as u64).expect("read a page back");
+    buf == model[page * 4096..][..4096]
+}
+
+/// Writes new bytes (from `seed`) over page `page` through `w`, notes them in `model`, and
+/// says whether `r` reads them back.
+fn write_and_read_back(w: &std::fs::File, r: &std::fs::File, model: &mut [u8], page: usize, seed: u64) -> bool {
+    let bytes = random_bytes(4096, seed);
+    w.write_all_at(&bytes, (page * 4096) as u64).expect("write a page");
+    model[page * 4096..][..4096].copy_from_slice(&bytes);
+    page_reads_as(r, model, page)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_stale_byte() {
     const PIECE: usize = 64 << 10;
@@ -479,13 +495,8 @@ async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_s
     // First with one writable handle held open (no read-around may run meanwhile)...
     let w = std::fs::OpenOptions::new().write(true).open(&path).expect("open for writing");
     for i in 0..300usize {
-        let page = (i % 16) * 2;
-        let bytes = random_bytes(4096, 5000 + i as u64);
         wait_for_a_read();
-        w.write_all_at(&bytes, (page * 4096) as u64).expect("write a page");
-        model[page * 4096..][..4096].copy_from_slice(&bytes);
-        r.read_exact_at(&mut buf, (page * 4096) as u64).expect("read back while open");
-        if buf != bytes {
+        if !write_and_read_back(&w, &r, &mut model, (i % 16) * 2, 5000 + i as u64) {
             stale.push((i, "held open"));
         }
     }
@@ -493,18 +504,13 @@ async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_s
     // ... then a handle opened for each write (it waits for read-arounds under way).
     for i in 0..150usize {
         let page = (i % 16) * 2;
-        let bytes = random_bytes(4096, 1000 + i as u64);
         wait_for_a_read();
         let w = std::fs::OpenOptions::new().write(true).open(&path).expect("open for writing");
-        w.write_all_at(&bytes, (page * 4096) as u64).expect("write a page");
-        model[page * 4096..][..4096].copy_from_slice(&bytes);
-        r.read_exact_at(&mut buf, (page * 4096) as u64).expect("read back while open");
-        if buf != bytes {
+        if !write_and_read_back(&w, &r, &mut model, page, 1000 + i as u64) {
             stale.push((i, "open"));
         }
         drop(w);
-        r.read_exact_at(&mut buf, (page * 4096) as u64).expect("read back after close");
-        if buf != bytes {
+        if !page_reads_as(&r, &model, page) {
             stale.push((i, "closed"));
         }
     }
