@@ -20,8 +20,7 @@ trap cleanup EXIT
 
 one() { # BIN LABEL
   local bin=$1 label=$2
-  local_up "$bin" "$work/data" "$work/up-$label.log"
-  "$bin" mount --background "$mnt" 2>"$work/mount-$label.log"
+  mount_fresh "$bin" "$work" "$label" "$mnt"
   python3 - "$mnt/t" <<'PY'
 import os, sys
 t = sys.argv[1]

@@ -30,11 +30,10 @@ trap cleanup EXIT
 
 one() { # BIN LABEL
   local bin=$1 label=$2
-  mkdir -p "$mnt"
-  local_up "$bin" "$work/data" "$work/up-$label.log"
   local flags=${DISTFS_MOUNT_FLAGS:-}
   case $label in A*) flags="$flags ${A_FLAGS:-}" ;; B*) flags="$flags ${B_FLAGS:-}" ;; esac
-  "$bin" mount --background "$mnt" $flags 2>"$work/mount-$label.log"
+  # shellcheck disable=SC2086 # the flags are words
+  mount_fresh "$bin" "$work" "$label" "$mnt" $flags
   "$shared/fsbench.sh" "$mnt" "$label" "$tsv" >/dev/null
   cleanup
 }

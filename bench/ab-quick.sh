@@ -30,9 +30,7 @@ fio_rate() { # JSON RW FIELD
 one() { # BIN LABEL [MOUNT FLAGS]
   local bin=$1 label=$2
   shift 2
-  mkdir -p "$mnt"
-  local_up "$bin" "$work/data" "$work/up-$label.log"
-  "$bin" mount --background "$mnt" "$@" 2>"$work/mount-$label.log"
+  mount_fresh "$bin" "$work" "$label" "$mnt" "$@"
   python3 "$here/bench/mount_ops.py" "$mnt/serial" serial 2000 | sed "s/^/$label /"
   python3 "$here/bench/mount_ops.py" "$mnt/par" parallel 8 500 | sed "s/^/$label /"
   fio --name=w --filename="$mnt/seq.dat" --rw=write --bs=1M --size=1g --end_fsync=1 --ioengine=psync \

@@ -19,6 +19,16 @@ local_up() {
   return 1
 }
 
+# mount_fresh BIN WORK LABEL MNT [MOUNT FLAGS...]: a fresh `local_up` (data and logs
+# under WORK, the logs named by LABEL) and `BIN mount --background MNT` on it.
+mount_fresh() {
+  local bin=$1 work=$2 label=$3 mnt=$4
+  shift 4
+  mkdir -p "$mnt"
+  local_up "$bin" "$work/data" "$work/up-$label.log"
+  "$bin" mount --background "$mnt" "$@" 2>"$work/mount-$label.log"
+}
+
 # stop_cluster [MNT]: unmounts MNT if it is mounted, then stops the `local up` whose pid
 # is in `up` (SIGINT, as Ctrl-C would) and waits for it.
 stop_cluster() {
