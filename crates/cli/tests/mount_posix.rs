@@ -562,7 +562,7 @@ async fn meta_requests(c: &distfs_testkit::ProcessCluster, op: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stat_of_every_file_fetches_pages_of_the_directory_and_every_change_still_shows() {
+async fn a_stat_or_rm_of_every_file_fetches_pages_of_the_directory_and_every_change_still_shows() {
     const N: usize = 600;
     let c = cluster().await;
     let a = MountProc::start(&c, "statahead-a").await;
@@ -600,4 +600,39 @@ async fn a_stat_of_every_file_fetches_pages_of_the_directory_and_every_change_st
         async move { (gone && grown).then_some(()) }
     })
     .await;
+
+    eprintln!("phase: an rm of every file uses the pages, and what this mount changes meanwhile never comes from them");
+    const M: usize = 400;
+    std::fs::create_dir(b.path("storm")).expect("mkdir");
+    let storm = |i: usize| format!("storm/f{i:05}");
+    for i in 0..M {
+        std::fs::write(b.path(&storm(i)), b"abc").expect("create through b");
+    }
+    let before = meta_requests(&c, "lookup").await;
+    let changed = [300, 301, 302];
+    for i in (0..M).filter(|i| !changed.contains(i)) {
+        std::fs::remove_file(a.path(&storm(i))).expect("rm");
+        if i % 50 == 0 {
+            assert_eq!(errno_of(std::fs::metadata(a.path(&storm(i)))), Some(libc::ENOENT), "{}", storm(i));
+        }
+        if i == 200 {
+            // Names and inodes the fetched pages hold: renamed, linked, rewritten.
+            std::fs::rename(a.path(&storm(300)), a.path("storm/moved")).expect("rename");
+            std::fs::hard_link(a.path(&storm(301)), a.path("storm/linked")).expect("link");
+            std::fs::write(a.path(&storm(302)), b"0123456789").expect("rewrite");
+            // The kernel forgets its own entries, so the lookups below reach the mount.
+            std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop dentries");
+            assert_eq!(errno_of(std::fs::metadata(a.path(&storm(300)))), Some(libc::ENOENT), "renamed away");
+            assert_eq!(std::fs::metadata(a.path(&storm(301))).expect("linked").nlink(), 2);
+            assert_eq!(std::fs::metadata(a.path(&storm(302))).expect("rewritten").len(), 10);
+        }
+    }
+    let lookups = meta_requests(&c, "lookup").await - before;
+    assert!(lookups < (M / 4) as f64, "{lookups} lookups for an rm of {M} files");
+    let mut left: Vec<String> = std::fs::read_dir(a.path("storm"))
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["f00301", "f00302", "linked", "moved"]);
 }

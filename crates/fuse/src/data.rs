@@ -188,7 +188,7 @@ impl Inner {
     /// write failure that happened since the last commit.
     pub async fn commit_io(&self, f: &OpenFile, io: &mut FileIo) -> Result<()> {
         if let Some(w) = io.writer.take() {
-            let _change = self.statahead.change();
+            let _change = self.statahead.change(crate::statahead::Touch::inode(f.ino));
             io.written.clear();
             let r = w.close().await;
             // A failed commit loses the buffered bytes either way; the handle is clean.

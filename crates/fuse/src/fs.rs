@@ -7,7 +7,7 @@
 use crate::attr::{file_attr, kind_of, time_or_now};
 use crate::data::{gone_is_stale, MAX_FILE_SIZE};
 use crate::errno::{errno_of, errno_of_client, local};
-use crate::statahead::OwnedChange;
+use crate::statahead::{OwnedChange, Touch};
 use crate::state::Inner;
 use crate::xattr::{mode_of, reply_sized, unsupported};
 use distfs_client::Result;
@@ -242,10 +242,11 @@ impl Inner {
             }
         };
         let bare: Vec<InodeId> = page.iter().filter(|(_, _, has)| !has).map(|(e, _, _)| e.ino).collect();
-        if self.statahead.fetched(f, Some(page.into_iter().map(|(e, a, _)| (e.name, a)).collect())) {
-            for ino in bare {
-                self.has_no_xattrs(ino, crate::xattr::Absent::All);
-            }
+        // Only what the page kept: a change that overlapped the fetch (a setxattr) may
+        // have made its answer old.
+        let kept = self.statahead.fetched(f, Some(page.into_iter().map(|(e, a, _)| (e.name, a)).collect()));
+        for ino in bare.into_iter().filter(|i| kept.contains(i)) {
+            self.has_no_xattrs(ino, crate::xattr::Absent::All);
         }
     }
 
@@ -401,7 +402,7 @@ impl Filesystem for DistFs {
             return reply.error(local::TOO_BIG);
         }
         let inner = self.inner.clone();
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::inode(ino(i)));
         self.spawn(debug_span!("setattr", ino = i.0, ?size), async move {
             let _change = change;
             match inner.setattr(ino(i), mode, uid, gid, size, atime, mtime).await {
@@ -440,7 +441,7 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let (inner, who) = (self.inner.clone(), Caller::of(req));
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::name(ino(parent), &name));
         self.spawn(debug_span!("mknod", parent = parent.0, %name), async move {
             let _change = change;
             let r = async {
@@ -458,7 +459,7 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let (inner, who) = (self.inner.clone(), Caller::of(req));
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::name(ino(parent), &name));
         self.spawn(debug_span!("mkdir", parent = parent.0, %name), async move {
             let _change = change;
             let r = async {
@@ -476,7 +477,7 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let inner = self.inner.clone();
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::name(ino(parent), &name));
         self.spawn(debug_span!("unlink", parent = parent.0, %name), async move {
             let _change = change;
             DistFs::empty(reply, inner.client.unlink(ino(parent), &name).await);
@@ -489,7 +490,7 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let inner = self.inner.clone();
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::name(ino(parent), &name));
         self.spawn(debug_span!("rmdir", parent = parent.0, %name), async move {
             let _change = change;
             DistFs::empty(reply, inner.client.rmdir(ino(parent), &name).await);
@@ -505,7 +506,7 @@ impl Filesystem for DistFs {
             return reply.error(local::BAD_NAME);
         };
         let (inner, who) = (self.inner.clone(), Caller::of(req));
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::name(ino(parent), &name));
         self.spawn(debug_span!("symlink", parent = parent.0, %name), async move {
             let _change = change;
             let r = async {
@@ -543,7 +544,7 @@ impl Filesystem for DistFs {
         };
         let inner = self.inner.clone();
         let span = debug_span!("rename", parent = parent.0, %name, newparent = newparent.0, %newname, ?mode);
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::name(ino(parent), &name).and_name(ino(newparent), &newname));
         self.spawn(span, async move {
             let _change = change;
             DistFs::empty(reply, inner.client.rename(ino(parent), &name, ino(newparent), &newname, mode).await);
@@ -556,7 +557,7 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let inner = self.inner.clone();
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::name(ino(newparent), &name).and_inode(ino(i)));
         self.spawn(debug_span!("link", ino = i.0, newparent = newparent.0, %name), async move {
             let _change = change;
             let r = async { Ok(inner.with_pending(inner.client.link(ino(i), ino(newparent), &name).await?)) }.await;
@@ -573,7 +574,7 @@ impl Filesystem for DistFs {
             return reply.error(errno_of(&FsError::ReadOnly { what: format!("inode {} is in a snapshot", i.0) }));
         }
         // A truncating open changes the file (the commits of writes are changes of their own).
-        let change = truncate.then(|| OwnedChange::new(&self.inner));
+        let change = truncate.then(|| OwnedChange::new(&self.inner, Touch::inode(ino(i))));
         self.spawn(debug_span!("open", ino = i.0, flags = flags.0), async move {
             let _change = change;
             match inner.open(ino(i), truncate, append, read, write).await {
@@ -823,7 +824,7 @@ impl Filesystem for DistFs {
             return reply.error(local::XATTR_UNSUPPORTED);
         }
         let (inner, value) = (self.inner.clone(), value.to_vec());
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::inode(ino(i)));
         self.spawn(debug_span!("setxattr", ino = i.0, %name, len = value.len()), async move {
             let _change = change;
             DistFs::empty(reply, inner.setxattr(ino(i), &name, &value, mode).await);
@@ -863,7 +864,7 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let inner = self.inner.clone();
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::inode(ino(i)));
         self.spawn(debug_span!("removexattr", ino = i.0, %name), async move {
             let _change = change;
             DistFs::empty(reply, inner.removexattr(ino(i), &name).await);
@@ -899,7 +900,7 @@ impl Filesystem for DistFs {
             Err(e) => return reply.error(e),
         };
         let (inner, who) = (self.inner.clone(), Caller::of(req));
-        let change = OwnedChange::new(&self.inner);
+        let change = OwnedChange::new(&self.inner, Touch::name(ino(parent), &name));
         self.spawn(debug_span!("create", parent = parent.0, %name, flags), async move {
             let _change = change;
             match inner.create_file(ino(parent), &name, mode, flags, who).await {
