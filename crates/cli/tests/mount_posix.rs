@@ -550,6 +550,54 @@ async fn small_reads_fill_their_checksum_piece_into_the_page_cache_and_never_a_s
     assert!(std::fs::read(&path).expect("read the file") == model, "the file differs after the truncate");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_file_is_in_the_page_cache_when_opened_and_every_version_reads_back() {
+    const T: Duration = Duration::from_secs(10);
+    let c = cluster().await;
+    let a = MountProc::start(&c, "store-open-a").await;
+    let b = MountProc::start(&c, "store-open-b").await;
+    let path = a.path("small");
+    let pages = |len: usize| len.div_ceil(4096);
+    let read_all = |f: &std::fs::File| {
+        let mut got = Vec::new();
+        let mut r: &std::fs::File = f;
+        std::io::Read::read_to_end(&mut r, &mut got).expect("read");
+        got
+    };
+    // Rewritten through b: the same size, shorter, longer, each with a partial last page.
+    for (seed, len) in [(1, 6000), (2, 6000), (3, 100), (4, 9000)] {
+        let v = random_bytes(len, seed);
+        std::fs::write(b.path("small"), &v).expect("write through b");
+        if seed != 2 {
+            // An open right after b's close reads b's bytes (close-to-open); a's kernel
+            // may still hold the old size and pages.
+            assert!(std::fs::read(&path).expect("read through a") == v, "version {seed} read at once");
+        }
+        // Once a's kernel has learnt the new version (a lookup or getattr answered it),
+        // an open puts the whole file into the page cache before any read. For version
+        // 2 the kernel still holds version 1's pages (same size: learning the new mtime
+        // drops nothing), which the store must cover.
+        let want = std::fs::metadata(b.path("small")).expect("stat through b").modified().expect("mtime");
+        distfs_testkit::wait_for("a's kernel to learn the new version", T, || {
+            let m = std::fs::metadata(&path).ok();
+            async move { m.filter(|m| m.modified().ok() == Some(want) && m.len() == len as u64).map(|_| ()) }
+        })
+        .await;
+        assert!(read_all(&std::fs::File::open(&path).expect("open")) == v, "version {seed} over older pages");
+        // Without any cached page, the open alone caches the file.
+        std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop the page cache");
+        let f = std::fs::File::open(&path).expect("open");
+        assert_eq!(resident_pages(&f, pages(len) * 4096), vec![true; pages(len)], "version {seed} cached at open");
+        assert!(read_all(&f) == v, "version {seed} read from the cache");
+    }
+    // This mount's own rewrite (shorter) reads back, cached or not.
+    let mine = random_bytes(5000, 9);
+    std::fs::write(&path, &mine).expect("rewrite through a");
+    let f = std::fs::File::open(&path).expect("open");
+    assert!(read_all(&f) == mine, "a's own rewrite");
+    assert!(std::fs::read(b.path("small")).expect("read through b") == mine, "b reads a's rewrite");
+}
+
 /// `distfs_meta_requests_total{op}` of the first metadata server.
 async fn meta_requests(c: &distfs_testkit::ProcessCluster, op: &str) -> f64 {
     let addr = c.meta_http(0).to_string();

@@ -165,6 +165,33 @@ impl FileReader {
         Ok((start, bytes))
     }
 
+    /// The whole file, when it is at most `max` bytes and every byte of it is here
+    /// already: inline data (verified) and holes in the layout fetched at open. No I/O;
+    /// `None` otherwise (or when the inline data fails its checksum: a read reports that).
+    pub fn local_bytes(&self, max: u64) -> Option<Bytes> {
+        let size = self.attr.size;
+        if size == 0 || size > max {
+            return None;
+        }
+        let (chunks, chunk_size) = {
+            let k = self.known();
+            let last = (size - 1).checked_div(k.chunk_size)?;
+            let chunks: Option<Vec<ChunkLayout>> = (0..=last).map(|c| k.chunks.get(&c).cloned()).collect();
+            (chunks?, k.chunk_size)
+        };
+        let mut out = BytesMut::with_capacity(size as usize);
+        for seg in read_segments(&chunks, chunk_size, 0, size) {
+            match seg.source {
+                Source::Hole => out.resize(out.len() + seg.len as usize, 0),
+                Source::Inline { chunk, slice, data_offset } => {
+                    out.extend_from_slice(&self.inline_bytes(&chunks, chunk, slice, data_offset, seg.len).ok()?)
+                }
+                Source::Block { .. } => return None,
+            }
+        }
+        (out.len() as u64 == size).then(|| out.freeze())
+    }
+
     /// The layout of the chunks `[offset, offset+len)` touches (fetched when not yet
     /// known, with the next chunks of a window), and the chunk size.
     async fn chunks_of(&self, offset: u64, len: u64) -> Result<(Vec<ChunkLayout>, u64)> {
@@ -319,5 +346,56 @@ mod tests {
         assert!(verify(BlockId(1), 0, 200_000, 0, &crcs, Bytes::from(bad)).is_err());
         assert!(verify(BlockId(1), 0, 10, 5, &crcs, body.clone()).is_err());
         assert!(verify(BlockId(1), 0, 200_000, 0, &crcs[..2], body).is_err());
+    }
+
+    fn reader(size: u64, slices: Vec<distfs_types::Slice>) -> FileReader {
+        let t = distfs_types::Timestamp::default();
+        let kind = distfs_types::FileKind::File;
+        let attr = Attr {
+            ino: InodeId(5),
+            kind,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            nlink: 1,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            version: 1,
+        };
+        let chunks = vec![ChunkLayout { index: 0, slices }];
+        let layout = Layout { attr, chunk_size: 1 << 20, chunks, blocks: vec![], nodes: vec![] };
+        FileReader::new(Client::new(crate::ClientConfig::default()), 0, 0, layout).unwrap()
+    }
+
+    fn slice(
+        offset: u64,
+        len: u64,
+        blocks: Vec<distfs_types::BlockRef>,
+        inline: Option<distfs_types::Inline>,
+    ) -> distfs_types::Slice {
+        distfs_types::Slice { offset, len, seq: distfs_types::Seq(1), blocks, inline }
+    }
+
+    #[tokio::test]
+    async fn a_file_of_inline_data_and_holes_is_whole_here_and_blocks_or_bad_bytes_are_not() {
+        let inline = |offset: u64, byte: u8, len: usize| {
+            slice(offset, len as u64, vec![], Some(distfs_types::Inline::new(vec![byte; len])))
+        };
+        // 5,000 bytes: 3,000 inline, a hole, 1,000 inline.
+        let r = reader(5000, vec![inline(0, 1, 3000), inline(4000, 2, 1000)]);
+        let b = r.local_bytes(64 << 10).expect("every byte is here");
+        assert!(b[..3000].iter().all(|&x| x == 1) && b[3000..4000].iter().all(|&x| x == 0));
+        assert!(b[4000..].iter().all(|&x| x == 2) && b.len() == 5000);
+        assert!(r.local_bytes(4999).is_none(), "larger than asked");
+        let block = distfs_types::BlockRef { id: BlockId(9), len: 100 };
+        assert!(reader(100, vec![slice(0, 100, vec![block], None)]).local_bytes(1 << 16).is_none(), "in a block");
+        let mut bad = distfs_types::Inline::new(vec![3; 100]);
+        bad.data[7] ^= 1;
+        assert!(
+            reader(100, vec![slice(0, 100, vec![], Some(bad))]).local_bytes(1 << 16).is_none(),
+            "fails its checksum"
+        );
     }
 }

@@ -17,6 +17,11 @@
 //! Stores run on their own thread: the kernel locks each page it stores into, and a page
 //! locked by a READ in flight stays locked until a runtime worker sends that READ's
 //! reply, so a worker must never wait on a store.
+//!
+//! A store also moves the kernel's size of the file up to its end when it reaches past
+//! it (`fuse_notify_store`), so the end of every store is remembered per inode: an open
+//! that stores a whole small file (`Inner::store_at_open`) relies on the kernel having no
+//! pages past the file's size.
 
 use bytes::Bytes;
 use distfs_types::InodeId;
@@ -33,6 +38,10 @@ const QUEUE: usize = 64;
 
 const PAGE: u64 = 4096;
 
+/// Inodes whose store ends are remembered; past it, inodes not yet remembered count as
+/// possibly stored past any size.
+const MAX_STORED: usize = 100_000;
+
 /// Whether to read around, and the state that keeps it safe.
 pub(crate) struct ReadAround {
     enabled: bool,
@@ -40,6 +49,15 @@ pub(crate) struct ReadAround {
     writers: Mutex<HashMap<InodeId, u32>>,
     gates: Vec<Arc<RwLock<()>>>,
     tx: OnceLock<SyncSender<Store>>,
+    stored: Mutex<Stored>,
+}
+
+/// The furthest end of a store queued, per inode.
+#[derive(Default)]
+struct Stored {
+    ends: HashMap<InodeId, u64>,
+    /// `ends` was full once: an inode not in it may have been stored to.
+    full: bool,
 }
 
 /// Bytes `[start, start + bytes.len())` of `ino`, fetched for a read of `[asked)` that
@@ -62,6 +80,7 @@ impl ReadAround {
             writers: Mutex::default(),
             gates: (0..SHARDS).map(|_| Arc::new(RwLock::new(()))).collect(),
             tx: OnceLock::new(),
+            stored: Mutex::default(),
         }
     }
 
@@ -117,9 +136,30 @@ impl ReadAround {
         }
     }
 
+    /// A pass to store the whole of `ino` (`size` bytes) as it is opened: as `pass`, and
+    /// no store of it has reached past `size`.
+    pub fn pass_whole(&self, ino: InodeId, size: u64) -> Option<Pass> {
+        let pass = self.pass(ino)?;
+        let s = self.stored.lock().expect("stored lock");
+        match s.ends.get(&ino) {
+            Some(&end) if end > size => None,
+            None if s.full => None,
+            _ => Some(pass),
+        }
+    }
+
     /// Queues the bytes around an answered read of `asked` for the page cache.
     pub fn store(&self, ino: InodeId, start: u64, bytes: Bytes, asked: std::ops::Range<u64>, pass: Pass) {
         if let Some(tx) = self.tx.get() {
+            let end = start + bytes.len() as u64;
+            let mut s = self.stored.lock().expect("stored lock");
+            if s.ends.len() >= MAX_STORED && !s.ends.contains_key(&ino) {
+                s.ends.clear();
+                s.full = true;
+            }
+            let e = s.ends.entry(ino).or_default();
+            *e = (*e).max(end);
+            drop(s);
             // A full queue drops the store (and its pass): it would only save later reads.
             let _ = tx.try_send(Store { ino, start, bytes, asked, _pass: pass.0 });
         }
@@ -160,6 +200,25 @@ mod tests {
         assert!(store(0, 65536, 0..65536).parts().is_empty());
         // A piece cut short at the end of the file, starting off a page boundary.
         assert_eq!(p(&store(7, 10_000, 8000..8100)), vec![(7, 4089, 0), (8192, 1815, (8192 - 7) as u8)]);
+    }
+
+    #[test]
+    fn a_whole_file_store_at_open_is_refused_where_a_store_reached_past_its_size() {
+        let ra = ReadAround::new(true);
+        let (tx, rx) = sync_channel(4);
+        let _ = ra.tx.set(tx);
+        let ino = InodeId(3);
+        assert!(ra.pass_whole(ino, 100).is_some(), "never stored");
+        let pass = ra.pass(ino).expect("pass");
+        ra.store(ino, 0, Bytes::from(vec![7u8; 65536]), 0..4096, pass);
+        drop(rx.recv().expect("queued"));
+        // The store moved the kernel's size to 64 KiB: an open of a shorter version may
+        // not trust the pages past its size.
+        assert!(ra.pass_whole(ino, 4096).is_none());
+        assert!(ra.pass_whole(ino, 65536).is_some());
+        // Past the bound, inodes not remembered are refused too.
+        ra.stored.lock().unwrap().full = true;
+        assert!(ra.pass_whole(InodeId(4), 100).is_none());
     }
 
     #[tokio::test]

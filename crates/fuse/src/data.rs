@@ -11,6 +11,10 @@ use distfs_types::{Attr, FileKind, FsError, InodeId, CRC_CHUNK};
 use std::sync::atomic::Ordering;
 use tracing::debug;
 
+/// Largest file stored whole into the page cache as it is opened (`store_at_open`): the
+/// most a small file keeps inline.
+const STORE_AT_OPEN: u64 = distfs_types::INLINE_MAX;
+
 /// Largest size a file on the mount may reach (1 PiB); writes and truncates past it get
 /// EFBIG. The kernel's own limit is far higher, and a sparse write at 2^62 would only
 /// create chunk indexes nobody can fill.
@@ -100,6 +104,7 @@ impl Inner {
         // Handles of this mount that are still dirty make the file differ from `attr`.
         let dirty = self.pending_end(ino) != 0;
         let keep_cache = self.keep_cache(&attr) && !dirty;
+        let stored = read && !write && !dirty && self.store_at_open(&attr, reader.as_ref(), changes, opens);
         // The kernel's attributes are the ones this mount last gave it (plus its own
         // writes, which make `pending_end` non-zero): only when those differ from what
         // the open found must they go. A first open after a lookup keeps them, so its
@@ -108,8 +113,42 @@ impl Inner {
             self.forget_attrs(ino);
         }
         let fh = self.add_file(ino, append, write, reader.map(|r| (changes, std::sync::Arc::new(r))), opens);
-        debug!(%ino, fh, keep_cache, "opened");
-        Ok(Opened { fh, keep_cache })
+        debug!(%ino, fh, keep_cache, stored, "opened");
+        // The pages stored hold the version opened: the kernel keeps them.
+        Ok(Opened { fh, keep_cache: keep_cache || stored })
+    }
+
+    /// Puts the whole of a small file being opened for reading into the kernel's page
+    /// cache before the open's reply, when every byte of it came with the open (inline
+    /// data): the reads that follow are page-cache hits, not READs. The reply then keeps
+    /// the cache, so the store must leave no page of it wrong:
+    /// - the kernel's size is the one opened (the last size this mount told it, and no
+    ///   store of read-around reached past it): it has no pages past it (learning a
+    ///   smaller size truncates its cache), and the store covers every page below it;
+    /// - this mount has not changed the file since the reader was made (`changes`), no
+    ///   writer is counted and none starts until the store is done (`pass_whole`);
+    /// - no other handle of the inode is open on this mount and no other open of it
+    ///   began since this one, so no READ of it is in flight and the store, on this
+    ///   thread, waits for no page lock.
+    fn store_at_open(&self, attr: &Attr, reader: Option<&distfs_client::FileReader>, changes: u64, opens: u64) -> bool {
+        let ino = attr.ino;
+        let (Some(reader), Some(notifier)) = (reader, self.notifier.get()) else { return false };
+        if self.kernel_may_differ(attr)
+            || self.changes(ino) != changes
+            || self.opens(ino) != opens
+            || !self.files_of(ino).is_empty()
+        {
+            return false;
+        }
+        let Some(_pass) = self.around.pass_whole(ino, attr.size) else { return false };
+        let Some(bytes) = reader.local_bytes(STORE_AT_OPEN) else { return false };
+        match notifier.store(fuser::INodeNo(ino.0), 0, &bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(%ino, error = %e, "store at open refused");
+                false
+            }
+        }
     }
 
     /// The attributes (and, when the handle may read, the reader) of an open inode.

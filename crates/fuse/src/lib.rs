@@ -41,8 +41,9 @@ pub struct MountOptions {
     /// Sequential reads then reach the mount as READs of up to 1 MiB, several of one
     /// handle in flight at once. `None` leaves the kernel's default.
     pub readahead: Option<u64>,
-    /// Hand the rest of each verified 64 KiB piece a small read fetched to the kernel's
-    /// page cache (`around.rs`).
+    /// Hand the rest of each verified 64 KiB piece a small read fetched, and a small
+    /// file whose bytes came with its open, to the kernel's page cache (`around.rs`,
+    /// `Inner::store_at_open`).
     pub read_around: bool,
     /// Fetch a directory's next entries after a run of lookups in it (`statahead.rs`).
     pub statahead: bool,

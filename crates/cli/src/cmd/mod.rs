@@ -134,9 +134,9 @@ pub enum Command {
         /// root); 0 leaves the kernel's default of 128 KiB.
         #[arg(long, default_value = "8MiB", value_parser = parse_size)]
         readahead: u64,
-        /// Do not hand the rest of the 64 KiB checksum piece a small read fetched to the
-        /// kernel's page cache (on by default: it costs no extra I/O and turns repeated
-        /// small reads nearby into page-cache hits).
+        /// Do not hand the rest of the 64 KiB checksum piece a small read fetched, nor a
+        /// small file whose bytes came with its open, to the kernel's page cache (on by
+        /// default: it costs no extra I/O and turns small reads into page-cache hits).
         #[arg(long)]
         no_read_around: bool,
         /// Do not fetch a directory's next entries with attributes after a run of
