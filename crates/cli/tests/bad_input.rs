@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bad_frames() -> Vec<(&'static str, Vec<u8>)> {
     let ping = distfs_proto::encode(&distfs_proto::StorageRequest::Ping);
-    let good = |kind: u16| Frame { kind, flags: 0, request_id: 7, header: ping.clone(), body: Bytes::new() }.to_bytes();
+    let good = |kind: u16| Frame::new(kind, 0, 7, ping.clone(), Bytes::new()).to_bytes();
     let mut wrong_version = good(2);
     wrong_version[4] = 99;
     let mut oversized = good(1);

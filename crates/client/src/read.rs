@@ -253,12 +253,13 @@ impl FileReader {
             };
             let t0 = Instant::now();
             let req = StorageRequest::GetBlock { block: id, offset, len };
-            let r = self.client.rpc.storage(&addr, &req, Bytes::new(), Some(self.client.config.block_timeout)).await;
+            let timeout = Some(self.client.config.block_timeout);
+            let r = self.client.rpc.storage_with_pieces(&addr, &req, Bytes::new(), timeout).await;
             let outcome = match r {
-                Ok((StorageResponse::Block { offset: got_off, crcs }, body)) => {
-                    verify(id, offset, len, got_off, &crcs, body)
+                Ok((StorageResponse::Block { offset: got_off, crcs }, body, pieces)) => {
+                    verify(id, offset, len, got_off, &crcs, body, pieces.as_deref())
                 }
-                Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+                Ok((other, _, _)) => Err(format!("unexpected answer {other:?}")),
                 Err(RpcError::Remote(e @ (FsError::Corrupt { .. } | FsError::BlockNotFound { .. }))) => {
                     self.report_bad(id, node, e.to_string());
                     attempts.push((node, e.to_string()));
@@ -301,7 +302,8 @@ impl FileReader {
 }
 
 /// Checks a `GetBlock` answer: aligned start, covers the request, every 64 KiB piece
-/// matches its CRC. Returns exactly the requested bytes.
+/// matches its CRC. Returns exactly the requested bytes. `received`: the pieces' CRC32C
+/// as computed from the body's bytes when the frame arrived (then not read again).
 fn verify(
     id: BlockId,
     offset: u32,
@@ -309,6 +311,7 @@ fn verify(
     got_off: u32,
     crcs: &[u32],
     body: Bytes,
+    received: Option<&[u32]>,
 ) -> std::result::Result<Bytes, String> {
     if !got_off.is_multiple_of(CRC_CHUNK) || got_off > offset {
         return Err(format!("block {id}: answer starts at {got_off}, not a 64 KiB boundary at or before {offset}"));
@@ -321,8 +324,11 @@ fn verify(
     if crcs.len() != pieces {
         return Err(format!("block {id}: {} checksums for {pieces} pieces", crcs.len()));
     }
-    for (i, (piece, want)) in body.chunks(CRC_CHUNK as usize).zip(crcs).enumerate() {
-        let got = crc32c::crc32c(piece);
+    let computed: Vec<u32> = match received {
+        Some(r) if r.len() == pieces => r.to_vec(),
+        _ => body.chunks(CRC_CHUNK as usize).map(crc32c::crc32c).collect(),
+    };
+    for (i, (&got, want)) in computed.iter().zip(crcs).enumerate() {
         if got != *want {
             return Err(format!("block {id}: checksum mismatch in piece {i} (expected {want:#010x}, got {got:#010x})"));
         }
@@ -339,13 +345,17 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
         let crcs = crate::write::crcs_of(&data);
         let body = Bytes::from(data.clone());
-        let got = verify(BlockId(1), 70_000, 1000, 65_536, &crcs[1..], body.slice(65_536..)).unwrap();
+        let got = verify(BlockId(1), 70_000, 1000, 65_536, &crcs[1..], body.slice(65_536..), None).unwrap();
         assert_eq!(&got[..], &data[70_000..71_000]);
         let mut bad = data.clone();
         bad[150_000] ^= 1;
-        assert!(verify(BlockId(1), 0, 200_000, 0, &crcs, Bytes::from(bad)).is_err());
-        assert!(verify(BlockId(1), 0, 10, 5, &crcs, body.clone()).is_err());
-        assert!(verify(BlockId(1), 0, 200_000, 0, &crcs[..2], body).is_err());
+        let bad_pieces = crate::write::crcs_of(&bad);
+        assert!(verify(BlockId(1), 0, 200_000, 0, &crcs, Bytes::from(bad.clone()), None).is_err());
+        // The pieces computed on arrival stand for the bytes: bad bytes, bad pieces.
+        assert!(verify(BlockId(1), 0, 200_000, 0, &crcs, Bytes::from(bad), Some(&bad_pieces)).is_err());
+        assert!(verify(BlockId(1), 0, 200_000, 0, &crcs, body.clone(), Some(&crcs)).is_ok());
+        assert!(verify(BlockId(1), 0, 10, 5, &crcs, body.clone(), None).is_err());
+        assert!(verify(BlockId(1), 0, 200_000, 0, &crcs[..2], body, None).is_err());
     }
 
     fn reader(size: u64, slices: Vec<distfs_types::Slice>) -> FileReader {

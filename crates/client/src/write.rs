@@ -14,7 +14,7 @@ use distfs_proto::dedup::{BlockFp, DedupRequest, Fingerprint};
 use distfs_proto::{
     BlockTarget, Compression, MetaRequest, MetaResponse, RpcError, SliceWrite, StorageResponse, WrittenBlock,
 };
-use distfs_types::{Attr, BlockId, BlockRef, FsError, Inline, InodeId, NodeId, Timestamp, CRC_CHUNK, INLINE_MAX};
+use distfs_types::{Attr, BlockId, BlockRef, FsError, Inline, InodeId, NodeId, Timestamp, INLINE_MAX};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -398,7 +398,7 @@ fn slices_of(mut written: Vec<(u64, WrittenBlock)>, chunk_size: u64) -> Vec<Slic
 
 /// CRC32C of every 64 KiB piece of `data`.
 pub fn crcs_of(data: &[u8]) -> Vec<u32> {
-    data.chunks(CRC_CHUNK as usize).map(crc32c::crc32c).collect()
+    distfs_proto::pieces::piece_crcs(data)
 }
 
 /// Writes one block, re-allocating targets and retrying when fewer than W replicas

@@ -104,6 +104,8 @@ pub fn compress_frame(mut frame: Frame, algo: Compression) -> Frame {
     body.extend_from_slice(&packed);
     frame.body = Bytes::from(body);
     frame.flags |= algo.flag();
+    // The pieces' CRCs were of the plain body, not of these bytes.
+    frame.pieces = None;
     frame
 }
 
@@ -129,6 +131,8 @@ pub fn decompress_frame(mut frame: Frame, limits: &Limits) -> Result<Frame, Prot
     let out = unpack(algo, &frame.body[4..], raw as usize).map_err(bad)?;
     frame.body = Bytes::from(out);
     frame.flags &= !(FLAG_LZ4 | FLAG_ZSTD);
+    // The pieces read were of the compressed bytes.
+    frame.pieces = None;
     Ok(frame)
 }
 
@@ -213,6 +217,7 @@ mod tests {
             request_id: 3,
             header: Bytes::from_static(b"h"),
             body: body.into(),
+            pieces: None,
         }
     }
 

@@ -171,6 +171,20 @@ impl RpcClient {
         body: Bytes,
         timeout: Option<Duration>,
     ) -> Result<(Bytes, Bytes), RpcError> {
+        self.call_frame(addr, kind, header, body, None, timeout).await.map(|f| (f.header, f.body))
+    }
+
+    /// `call_raw` with the CRC32C of the body's 64 KiB pieces, when the caller has them;
+    /// answers the whole reply frame (with the pieces of its body, when read in pieces).
+    async fn call_frame(
+        &self,
+        addr: &str,
+        kind: Kind,
+        header: Bytes,
+        body: Bytes,
+        pieces: Option<Arc<[u32]>>,
+        timeout: Option<Duration>,
+    ) -> Result<Frame, RpcError> {
         let timeout = timeout.unwrap_or(self.inner.config.request_timeout);
         let fut = async {
             let conn = self.conn(addr).await?;
@@ -182,7 +196,7 @@ impl RpcClient {
                 conn.pending.lock().expect("pending lock").remove(&id);
                 return Err(lost(addr, &conn));
             }
-            let frame = Frame { kind: kind as u16, flags: 0, request_id: id, header, body };
+            let frame = Frame { kind: kind as u16, flags: 0, request_id: id, header, body, pieces };
             let frame = crate::compress::compress_frame(frame, conn.compression);
             let guard = PendingGuard { pending: &conn.pending, id };
             // Written on this thread when the socket takes it (no hand-off to a writer).
@@ -196,7 +210,7 @@ impl RpcClient {
                     .map_err(|source| RpcError::Protocol { addr: addr.to_string(), source })?;
                 return Err(RpcError::Remote(e));
             }
-            Ok((reply.header, reply.body))
+            Ok(reply)
         };
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
@@ -236,7 +250,24 @@ impl RpcClient {
         body: Bytes,
         timeout: Option<Duration>,
     ) -> Result<(StorageResponse, Bytes), RpcError> {
-        self.call(addr, Kind::Storage, req, body, timeout).await
+        self.storage_with_pieces(addr, req, body, timeout).await.map(|(r, b, _)| (r, b))
+    }
+
+    /// `storage`, also answering the CRC32C of the reply body's 64 KiB pieces as they were
+    /// computed to check the frame (`None` for a body under one piece or compressed). A
+    /// request that carries block data with its pieces' CRCs (`PutBlock`, `PutPacked`)
+    /// sends with them, reading none of its bytes for the frame's checksum.
+    pub async fn storage_with_pieces(
+        &self,
+        addr: &str,
+        req: &StorageRequest,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<(StorageResponse, Bytes, Option<Arc<[u32]>>), RpcError> {
+        let pieces = req.body_pieces().map(Arc::from);
+        let f = self.call_frame(addr, Kind::Storage, crate::encode(req), body, pieces, timeout).await?;
+        let resp = crate::decode(&f.header).map_err(|source| RpcError::Protocol { addr: addr.to_string(), source })?;
+        Ok((resp, f.body, f.pieces))
     }
 
     async fn conn(&self, addr: &str) -> Result<Arc<Conn>, RpcError> {

@@ -14,10 +14,15 @@
 //!
 //! Every length is checked against `Limits` before any buffer is sized from it. The CRC
 //! covers the bytes on the wire; a compressed body (`crate::compress`) is decompressed by
-//! `read_frame` after the CRC check, within the same limits.
+//! `read_frame` after the CRC check, within the same limits. A body of block data is
+//! checksummed through its 64 KiB pieces (`crate::pieces`): the sender derives the
+//! body's part of the CRC from the pieces' CRCs it has, and the receiver computes the
+//! pieces' CRCs once, checks the frame with them and keeps them for the handler.
 
 use crate::error::ProtoError;
 use bytes::{Bytes, BytesMut};
+use distfs_types::CRC_CHUNK;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DFS1");
@@ -157,9 +162,18 @@ pub struct Frame {
     pub request_id: u64,
     pub header: Bytes,
     pub body: Bytes,
+    /// CRC32C of each 64 KiB piece of the body as on the wire, when known: given by a
+    /// sender that has them (`fixed` then reads no body byte), set by `read_frame` for a
+    /// body of at least one piece (a handler verifying block data uses them).
+    pub pieces: Option<Arc<[u32]>>,
 }
 
 impl Frame {
+    /// A frame with no known piece CRCs.
+    pub fn new(kind: u16, flags: u16, request_id: u64, header: Bytes, body: Bytes) -> Frame {
+        Frame { kind, flags, request_id, header, body, pieces: None }
+    }
+
     pub(crate) fn fixed(&self) -> [u8; FIXED_LEN] {
         let mut b = [0u8; FIXED_LEN];
         b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -169,7 +183,12 @@ impl Frame {
         b[12..20].copy_from_slice(&self.request_id.to_le_bytes());
         b[20..24].copy_from_slice(&(self.header.len() as u32).to_le_bytes());
         b[24..28].copy_from_slice(&(self.body.len() as u32).to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&b[..28]), &self.header), &self.body);
+        let head = crc32c::crc32c_append(crc32c::crc32c(&b[..28]), &self.header);
+        let crc = self
+            .pieces
+            .as_deref()
+            .and_then(|p| crate::pieces::append_pieces(head, p, self.body.len()))
+            .unwrap_or_else(|| crc32c::crc32c_append(head, &self.body));
         b[28..32].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -227,11 +246,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits) -> Res
     let h = FrameHeader::parse(&fixed, limits).map_err(ReadError::Proto)?;
     let header = read_exact_bounded(r, h.header_len as usize).await?;
     let body = read_exact_bounded(r, h.body_len as usize).await?;
-    let computed = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&fixed[..28]), &header), &body);
+    let head = crc32c::crc32c_append(crc32c::crc32c(&fixed[..28]), &header);
+    let (computed, pieces) = if body.len() >= CRC_CHUNK as usize {
+        let pieces = crate::pieces::piece_crcs(&body);
+        let crc = crate::pieces::append_pieces(head, &pieces, body.len())
+            .unwrap_or_else(|| crc32c::crc32c_append(head, &body));
+        (crc, Some(Arc::from(pieces)))
+    } else {
+        (crc32c::crc32c_append(head, &body), None)
+    };
     if computed != h.crc {
         return Err(ReadError::Proto(ProtoError::BadChecksum { expected: h.crc, computed }));
     }
-    let frame = Frame { kind: h.kind, flags: h.flags, request_id: h.request_id, header, body };
+    let frame = Frame { kind: h.kind, flags: h.flags, request_id: h.request_id, header, body, pieces };
     crate::compress::decompress_frame(frame, limits).map(Some).map_err(ReadError::Proto)
 }
 
@@ -262,6 +289,7 @@ mod tests {
             request_id: 42,
             header: Bytes::from_static(b"typed"),
             body: Bytes::from(vec![7u8; 100_000]),
+            pieces: None,
         }
     }
 
@@ -274,7 +302,26 @@ mod tests {
     async fn round_trip() {
         let f = frame();
         let got = read_all(&f.to_bytes()).await.unwrap().unwrap();
-        assert_eq!(got, f);
+        // The receiver keeps the CRC32C of the body's pieces it checked the frame with.
+        let pieces = Some(Arc::from(crate::pieces::piece_crcs(&f.body)));
+        assert_eq!(got, Frame { pieces, ..f });
+        let small = Frame { body: Bytes::from_static(b"short"), ..frame() };
+        assert_eq!(read_all(&small.to_bytes()).await.unwrap().unwrap(), small, "under one piece: none kept");
+    }
+
+    #[tokio::test]
+    async fn a_sender_with_the_pieces_crcs_sends_the_same_bytes_and_wrong_ones_are_refused() {
+        let f = frame();
+        let pieces: Arc<[u32]> = crate::pieces::piece_crcs(&f.body).into();
+        let with = Frame { pieces: Some(pieces.clone()), ..frame() };
+        assert_eq!(with.to_bytes(), f.to_bytes());
+        let mut wrong = pieces.to_vec();
+        wrong[1] ^= 1;
+        let lying = Frame { pieces: Some(wrong.into()), ..frame() };
+        assert!(matches!(read_all(&lying.to_bytes()).await, Err(ReadError::Proto(ProtoError::BadChecksum { .. }))));
+        // A count that does not fit the body is ignored: the body is read instead.
+        let short = Frame { pieces: Some(pieces[..1].into()), ..frame() };
+        assert_eq!(short.to_bytes(), f.to_bytes());
     }
 
     #[tokio::test]
@@ -326,6 +373,7 @@ mod tests {
             request_id: 7,
             header: Bytes::from_static(b"some typed header"),
             body: Bytes::from(vec![3u8; 300]),
+            pieces: None,
         };
         let bytes = base.to_bytes();
         let mut x = 0x2545_f491_4f6c_dd1du64;

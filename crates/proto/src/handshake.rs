@@ -105,8 +105,7 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     hello: &Hello,
     limits: &Limits,
 ) -> Result<HelloAck, HandshakeError> {
-    let f =
-        Frame { kind: Kind::Hello as u16, flags: 0, request_id: 0, header: crate::encode(hello), body: Bytes::new() };
+    let f = Frame::new(Kind::Hello as u16, 0, 0, crate::encode(hello), Bytes::new());
     let sent = async {
         write_frame(s, &f).await?;
         s.flush().await
@@ -189,6 +188,7 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 identity: identity.clone(),
             }),
             body: Bytes::new(),
+            pieces: None,
         },
         Err(FsError::Io { .. }) => return result,
         Err(e) => Frame {
@@ -197,6 +197,7 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             request_id: 0,
             header: crate::encode(e),
             body: Bytes::new(),
+            pieces: None,
         },
     };
     let _ = write_frame(s, &reply).await;
@@ -266,6 +267,7 @@ mod tests {
             request_id: 5,
             header: crate::encode(&crate::StorageRequest::Ping),
             body: Bytes::new(),
+            pieces: None,
         };
         write_frame(&mut a, &f).await.unwrap();
         let r = server_handshake(&mut b, &Identity::unauthenticated(), &[], &Limits::default()).await;

@@ -13,6 +13,7 @@ pub mod handshake;
 pub mod messages;
 pub mod meta_client;
 mod outbox;
+pub mod pieces;
 pub mod server;
 pub mod snapshots;
 pub mod tls;

@@ -674,6 +674,17 @@ pub enum StorageRequest {
     PutPacked(crate::dedup::PackedPut),
 }
 
+impl StorageRequest {
+    /// The CRC32C of the body's 64 KiB pieces, for a request whose body is block data.
+    pub fn body_pieces(&self) -> Option<&[u32]> {
+        match self {
+            StorageRequest::PutBlock { crcs, .. } => Some(crcs),
+            StorageRequest::PutPacked(p) => Some(&p.crcs),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StorageResponse {
     Stored,

@@ -29,6 +29,9 @@ pub struct Incoming {
     pub kind: Kind,
     pub header: Bytes,
     pub body: Bytes,
+    /// CRC32C of each 64 KiB piece of `body`, computed as the frame was checked (`None`
+    /// for a body under one piece or one that arrived compressed).
+    pub pieces: Option<Arc<[u32]>>,
     pub peer: SocketAddr,
     /// Who sent it (from the TLS certificate; `Identity::unauthenticated()` on plain TCP).
     pub identity: Arc<Identity>,
@@ -39,14 +42,21 @@ pub struct Incoming {
 pub struct Reply {
     pub header: Bytes,
     pub body: Bytes,
+    /// CRC32C of each 64 KiB piece of `body`, when the handler has them (block data): the
+    /// frame's checksum is then derived from them.
+    pub pieces: Option<Arc<[u32]>>,
 }
 
 impl Reply {
     pub fn new<T: serde::Serialize>(value: &T) -> Reply {
-        Reply { header: crate::encode(value), body: Bytes::new() }
+        Reply { header: crate::encode(value), body: Bytes::new(), pieces: None }
     }
     pub fn with_body<T: serde::Serialize>(value: &T, body: Bytes) -> Reply {
-        Reply { header: crate::encode(value), body }
+        Reply { header: crate::encode(value), body, pieces: None }
+    }
+    /// A reply whose body is block data with the CRC32C `pieces` of its 64 KiB pieces.
+    pub fn with_block<T: serde::Serialize>(value: &T, body: Bytes, pieces: &[u32]) -> Reply {
+        Reply { header: crate::encode(value), body, pieces: Some(Arc::from(pieces)) }
     }
 }
 
@@ -227,7 +237,8 @@ async fn serve_stream<S, H>(
                 let identity = identity.clone();
                 let mut task = Box::pin(async move {
                     let id = frame.request_id;
-                    let req = Incoming { kind, header: frame.header, body: frame.body, peer, identity };
+                    let req =
+                        Incoming { kind, header: frame.header, body: frame.body, pieces: frame.pieces, peer, identity };
                     let reply = match handler.handle(req).await {
                         Ok(r) => Frame {
                             kind: kind as u16,
@@ -235,6 +246,7 @@ async fn serve_stream<S, H>(
                             request_id: id,
                             header: r.header,
                             body: r.body,
+                            pieces: r.pieces,
                         },
                         Err(e) => error_frame(kind as u16, id, &e),
                     };
@@ -298,5 +310,5 @@ fn proto_fs(e: &ProtoError) -> FsError {
 }
 
 fn error_frame(kind: u16, request_id: u64, e: &FsError) -> Frame {
-    Frame { kind, flags: FLAG_RESPONSE | FLAG_ERROR, request_id, header: crate::encode(e), body: Bytes::new() }
+    Frame::new(kind, FLAG_RESPONSE | FLAG_ERROR, request_id, crate::encode(e), Bytes::new())
 }

@@ -112,6 +112,7 @@ async fn frames_and_compressed_bodies_survive_mutation() {
         request_id: 9,
         header: encode(&StorageRequest::PutBlock { block: BlockId(3), crcs: vec![1] }),
         body: Bytes::from(text),
+        pieces: None,
     };
     let seeds: Vec<Vec<u8>> = [Compression::None, Compression::Lz4, Compression::Zstd]
         .into_iter()
@@ -127,7 +128,7 @@ async fn frames_and_compressed_bodies_survive_mutation() {
         }
         // The same bytes as a compressed body under each flag, CRC aside.
         let flags = [FLAG_LZ4, FLAG_ZSTD][i % 2];
-        let f = Frame { kind: 2, flags, request_id: 1, header: Bytes::new(), body: Bytes::from(bytes) };
+        let f = Frame { kind: 2, flags, request_id: 1, header: Bytes::new(), body: Bytes::from(bytes), pieces: None };
         if let Ok(f) = decompress_frame(f, &limits) {
             assert!(f.body.len() <= 64 << 10);
         }
@@ -147,18 +148,39 @@ fn decompression_bombs_are_refused_by_the_bound() {
         for raw in [zeros.len() as u32, 1000] {
             let mut body = raw.to_le_bytes().to_vec();
             body.extend_from_slice(&packed);
-            let f = Frame { kind: 2, flags: flag, request_id: 1, header: Bytes::new(), body: Bytes::from(body) };
+            let f = Frame {
+                kind: 2,
+                flags: flag,
+                request_id: 1,
+                header: Bytes::new(),
+                body: Bytes::from(body),
+                pieces: None,
+            };
             assert!(decompress_frame(f, &limits).is_err(), "{algo} bomb with prefix {raw} accepted");
         }
     }
 }
 
 fn lz4_block(data: &[u8]) -> Vec<u8> {
-    let f = Frame { kind: 2, flags: 0, request_id: 1, header: Bytes::new(), body: Bytes::copy_from_slice(data) };
+    let f = Frame {
+        kind: 2,
+        flags: 0,
+        request_id: 1,
+        header: Bytes::new(),
+        body: Bytes::copy_from_slice(data),
+        pieces: None,
+    };
     compress_frame(f, Compression::Lz4).body[4..].to_vec()
 }
 
 fn zstd_block(data: &[u8]) -> Vec<u8> {
-    let f = Frame { kind: 2, flags: 0, request_id: 1, header: Bytes::new(), body: Bytes::copy_from_slice(data) };
+    let f = Frame {
+        kind: 2,
+        flags: 0,
+        request_id: 1,
+        header: Bytes::new(),
+        body: Bytes::copy_from_slice(data),
+        pieces: None,
+    };
     compress_frame(f, Compression::Zstd).body[4..].to_vec()
 }

@@ -388,7 +388,7 @@ impl Handler for Service {
         };
         let span = info_span!("storage", %node, op, block = %block.map(|b| b.to_string()).unwrap_or_default(), peer = %req.peer);
         let result = async {
-            self.serve(request, req.body).await.map_err(|e| {
+            self.serve(request, req.body, req.pieces).await.map_err(|e| {
                 match &e {
                     StorageError::NotFound { .. } => debug!(error = %e, "request failed"),
                     // Already logged at ERROR with the path when the file was quarantined.
@@ -409,14 +409,20 @@ impl Handler for Service {
 }
 
 impl Service {
-    async fn serve(&self, req: StorageRequest, body: bytes::Bytes) -> Result<Reply, StorageError> {
+    /// `pieces`: the CRC32C of the body's 64 KiB pieces, computed as it arrived.
+    async fn serve(
+        &self,
+        req: StorageRequest,
+        body: bytes::Bytes,
+        pieces: Option<std::sync::Arc<[u32]>>,
+    ) -> Result<Reply, StorageError> {
         let store = &self.shared.store;
         match req {
             StorageRequest::PutBlock { block, crcs } => {
                 let _client = self.shared.copy_gate.client();
                 let _slot = self.write_slot().await?;
                 let len = body.len() as u64;
-                let outcome = store.put(block, crcs, body).await?;
+                let outcome = store.put_received(block, crcs, body, None, pieces).await?;
                 self.shared.ops.bytes_written.add(len);
                 debug!(?outcome, "block stored");
                 Ok(Reply::new(&StorageResponse::Stored))
@@ -430,7 +436,7 @@ impl Service {
                 let _slot = self.write_slot().await?;
                 let len = body.len() as u64;
                 let (block, crcs, packed) = unpack_put(p);
-                let outcome = store.put_packed(block, crcs, body, packed).await?;
+                let outcome = store.put_received(block, crcs, body, Some(packed), pieces).await?;
                 self.shared.ops.bytes_written.add(len);
                 debug!(?outcome, "compressed block stored");
                 Ok(Reply::new(&StorageResponse::Stored))
@@ -445,7 +451,8 @@ impl Service {
                         plain_len: p.plain_len as u32,
                         plain_crcs: p.plain_crcs,
                     };
-                    Ok(Reply::with_body(&StorageResponse::Packed(put), stored))
+                    let crcs = put.crcs.clone();
+                    Ok(Reply::with_block(&StorageResponse::Packed(put), stored, &crcs))
                 }
                 None => self.get(block, 0, u32::MAX).await,
             },
@@ -466,7 +473,7 @@ impl Service {
         let r = self.shared.store.get(block, offset.into(), len.into()).await?;
         let offset = u32::try_from(r.offset)
             .map_err(|_| StorageError::Internal(format!("offset {} of block {block} exceeds u32", r.offset)))?;
-        Ok(Reply::with_body(&StorageResponse::Block { offset, crcs: r.crcs }, r.data))
+        Ok(Reply::with_block(&StorageResponse::Block { offset, crcs: r.crcs.clone() }, r.data, &r.crcs))
     }
 
     /// Fetches `block` from the first source that delivers a verified copy and stores it

@@ -157,7 +157,10 @@ async fn node_registers_serves_heartbeats_and_collects_garbage() {
 
     let mut bad = crcs(&da);
     bad[0] ^= 1;
-    let e = rpc.storage(&addr, &StorageRequest::PutBlock { block: BlockId(3), crcs: bad }, da.clone(), None).await;
+    // Sent as another client might (`RpcClient::storage` would derive the frame's checksum
+    // from these CRCs, and the frame itself would be refused as corrupt).
+    let req = StorageRequest::PutBlock { block: BlockId(3), crcs: bad };
+    let e = rpc.call::<_, StorageResponse>(&addr, Kind::Storage, &req, da.clone(), None).await;
     assert!(matches!(e, Err(RpcError::Remote(FsError::InvalidArgument { .. }))), "{e:?}");
     let e = rpc
         .storage(&addr, &StorageRequest::GetBlock { block: BlockId(3), offset: 0, len: 1 }, Bytes::new(), None)

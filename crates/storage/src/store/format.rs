@@ -63,7 +63,7 @@ pub fn pieces(len: u64) -> usize {
 
 /// CRC32C of each 64 KiB piece of `data`.
 pub fn piece_crcs(data: &[u8]) -> Vec<u32> {
-    data.chunks(CRC_CHUNK as usize).map(crc32c::crc32c).collect()
+    distfs_proto::pieces::piece_crcs(data)
 }
 
 impl Header {

@@ -49,7 +49,21 @@ impl BlockStore {
     /// the body is checked against them first. Returns once the block is durable per
     /// the sync policy.
     pub async fn put(&self, id: BlockId, crcs: Vec<u32>, body: Bytes) -> Result<PutOutcome, StorageError> {
-        self.put_maybe_packed(id, crcs, body, None).await
+        self.put_maybe_packed(id, crcs, body, None, None).await
+    }
+
+    /// `put` (`packed`: `put_packed`) of a body whose pieces' CRC32C were computed from its
+    /// bytes as they arrived (`Incoming::pieces`): checked against `crcs` without reading
+    /// the body again.
+    pub async fn put_received(
+        &self,
+        id: BlockId,
+        crcs: Vec<u32>,
+        body: Bytes,
+        packed: Option<Packed>,
+        pieces: Option<Arc<[u32]>>,
+    ) -> Result<PutOutcome, StorageError> {
+        self.put_maybe_packed(id, crcs, body, packed, pieces).await
     }
 
     /// `put` of a compressed block: `body` is the stored (compressed) bytes with `crcs`
@@ -61,7 +75,7 @@ impl BlockStore {
         body: Bytes,
         packed: Packed,
     ) -> Result<PutOutcome, StorageError> {
-        self.put_maybe_packed(id, crcs, body, Some(packed)).await
+        self.put_maybe_packed(id, crcs, body, Some(packed), None).await
     }
 
     async fn put_maybe_packed(
@@ -70,9 +84,10 @@ impl BlockStore {
         crcs: Vec<u32>,
         body: Bytes,
         packed: Option<Packed>,
+        pieces: Option<Arc<[u32]>>,
     ) -> Result<PutOutcome, StorageError> {
         let this = self.clone();
-        match run_blocking(move || this.prepare(id, crcs, body, packed)).await? {
+        match run_blocking(move || this.prepare(id, crcs, body, packed, pieces)).await? {
             Prepared::Done(o) => Ok(o),
             Prepared::Batch(job, rx) => {
                 self.inner.batch_tx.send(job).await.map_err(|_| StorageError::ShuttingDown)?;
@@ -88,6 +103,7 @@ impl BlockStore {
         crcs: Vec<u32>,
         body: Bytes,
         packed: Option<Packed>,
+        received: Option<Arc<[u32]>>,
     ) -> Result<Prepared, StorageError> {
         let len = body.len() as u64;
         if len > MAX_BLOCK {
@@ -96,7 +112,12 @@ impl BlockStore {
         if crcs.len() != pieces(len) {
             return Err(StorageError::CrcCount { block: id, len, got: crcs.len(), expected: pieces(len) });
         }
-        let computed = piece_crcs(&body);
+        // The pieces computed as the body arrived are of these very bytes (the frame's
+        // checksum was verified with them); anything else is computed here.
+        let computed: Arc<[u32]> = match received {
+            Some(p) if p.len() == crcs.len() => p,
+            _ => piece_crcs(&body).into(),
+        };
         if let Some(i) = (0..crcs.len()).find(|&i| crcs[i] != computed[i]) {
             return Err(StorageError::BodyChecksum {
                 block: id,
