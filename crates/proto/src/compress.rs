@@ -211,14 +211,7 @@ mod tests {
     use crate::frame::{read_frame, Kind};
 
     fn frame(body: Vec<u8>) -> Frame {
-        Frame {
-            kind: Kind::Storage as u16,
-            flags: 0,
-            request_id: 3,
-            header: Bytes::from_static(b"h"),
-            body: body.into(),
-            pieces: None,
-        }
+        Frame::new(Kind::Storage as u16, 0, 3, Bytes::from_static(b"h"), body.into())
     }
 
     fn text(n: usize) -> Vec<u8> {

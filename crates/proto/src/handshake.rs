@@ -178,27 +178,15 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
     .await;
     let reply = match &result {
-        Ok((_, n)) => Frame {
-            kind: Kind::Hello as u16,
-            flags: FLAG_RESPONSE,
-            request_id: 0,
-            header: crate::encode(&HelloAck {
-                version: n.version,
-                compression: n.compression,
-                identity: identity.clone(),
-            }),
-            body: Bytes::new(),
-            pieces: None,
-        },
+        Ok((_, n)) => Frame::new(
+            Kind::Hello as u16,
+            FLAG_RESPONSE,
+            0,
+            crate::encode(&HelloAck { version: n.version, compression: n.compression, identity: identity.clone() }),
+            Bytes::new(),
+        ),
         Err(FsError::Io { .. }) => return result,
-        Err(e) => Frame {
-            kind: Kind::Hello as u16,
-            flags: FLAG_RESPONSE | FLAG_ERROR,
-            request_id: 0,
-            header: crate::encode(e),
-            body: Bytes::new(),
-            pieces: None,
-        },
+        Err(e) => Frame::new(Kind::Hello as u16, FLAG_RESPONSE | FLAG_ERROR, 0, crate::encode(e), Bytes::new()),
     };
     let _ = write_frame(s, &reply).await;
     let _ = s.flush().await;
@@ -261,14 +249,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_before_hello_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let f = Frame {
-            kind: Kind::Storage as u16,
-            flags: 0,
-            request_id: 5,
-            header: crate::encode(&crate::StorageRequest::Ping),
-            body: Bytes::new(),
-            pieces: None,
-        };
+        let f = Frame::new(Kind::Storage as u16, 0, 5, crate::encode(&crate::StorageRequest::Ping), Bytes::new());
         write_frame(&mut a, &f).await.unwrap();
         let r = server_handshake(&mut b, &Identity::unauthenticated(), &[], &Limits::default()).await;
         assert!(r.unwrap_err().to_string().contains("expected a Hello frame first"));

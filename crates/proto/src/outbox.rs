@@ -277,14 +277,7 @@ mod tests {
 
     fn frame(sender: u64, seq: u64, len: usize) -> Frame {
         let body: Vec<u8> = (0..len).map(|i| (sender as usize * 31 + seq as usize * 7 + i) as u8).collect();
-        Frame {
-            kind: 2,
-            flags: 0,
-            request_id: sender << 32 | seq,
-            header: Bytes::from(vec![sender as u8; 3]),
-            body: body.into(),
-            pieces: None,
-        }
+        Frame::new(2, 0, sender << 32 | seq, Bytes::from(vec![sender as u8; 3]), body.into())
     }
 
     /// A pipe far smaller than the frames: almost every write blocks part way, so frames

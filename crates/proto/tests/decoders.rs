@@ -106,14 +106,13 @@ fn typed_headers_survive_mutation() {
 #[tokio::test]
 async fn frames_and_compressed_bodies_survive_mutation() {
     let text: Vec<u8> = b"acknowledged bytes read back exactly ".iter().copied().cycle().take(5000).collect();
-    let plain = Frame {
-        kind: Kind::Storage as u16,
-        flags: 0,
-        request_id: 9,
-        header: encode(&StorageRequest::PutBlock { block: BlockId(3), crcs: vec![1] }),
-        body: Bytes::from(text),
-        pieces: None,
-    };
+    let plain = Frame::new(
+        Kind::Storage as u16,
+        0,
+        9,
+        encode(&StorageRequest::PutBlock { block: BlockId(3), crcs: vec![1] }),
+        Bytes::from(text),
+    );
     let seeds: Vec<Vec<u8>> = [Compression::None, Compression::Lz4, Compression::Zstd]
         .into_iter()
         .map(|c| compress_frame(plain.clone(), c).to_bytes())
@@ -148,39 +147,18 @@ fn decompression_bombs_are_refused_by_the_bound() {
         for raw in [zeros.len() as u32, 1000] {
             let mut body = raw.to_le_bytes().to_vec();
             body.extend_from_slice(&packed);
-            let f = Frame {
-                kind: 2,
-                flags: flag,
-                request_id: 1,
-                header: Bytes::new(),
-                body: Bytes::from(body),
-                pieces: None,
-            };
+            let f = Frame::new(2, flag, 1, Bytes::new(), Bytes::from(body));
             assert!(decompress_frame(f, &limits).is_err(), "{algo} bomb with prefix {raw} accepted");
         }
     }
 }
 
 fn lz4_block(data: &[u8]) -> Vec<u8> {
-    let f = Frame {
-        kind: 2,
-        flags: 0,
-        request_id: 1,
-        header: Bytes::new(),
-        body: Bytes::copy_from_slice(data),
-        pieces: None,
-    };
+    let f = Frame::new(2, 0, 1, Bytes::new(), Bytes::copy_from_slice(data));
     compress_frame(f, Compression::Lz4).body[4..].to_vec()
 }
 
 fn zstd_block(data: &[u8]) -> Vec<u8> {
-    let f = Frame {
-        kind: 2,
-        flags: 0,
-        request_id: 1,
-        header: Bytes::new(),
-        body: Bytes::copy_from_slice(data),
-        pieces: None,
-    };
+    let f = Frame::new(2, 0, 1, Bytes::new(), Bytes::copy_from_slice(data));
     compress_frame(f, Compression::Zstd).body[4..].to_vec()
 }

@@ -62,45 +62,18 @@ async fn garbage_gets_an_error_and_the_server_keeps_serving() {
     let cases: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         {
-            let mut f = Frame {
-                kind: 2,
-                flags: 0,
-                request_id: 9,
-                header: encode(&StorageRequest::Ping),
-                body: Bytes::new(),
-                pieces: None,
-            }
-            .to_bytes();
+            let mut f = Frame::new(2, 0, 9, encode(&StorageRequest::Ping), Bytes::new()).to_bytes();
             f[4] = 77; // wrong version
             f
         },
         {
-            let mut f =
-                Frame { kind: 2, flags: 0, request_id: 9, header: Bytes::new(), body: Bytes::new(), pieces: None }
-                    .to_bytes();
+            let mut f = Frame::new(2, 0, 9, Bytes::new(), Bytes::new()).to_bytes();
             f[24..28].copy_from_slice(&u32::MAX.to_le_bytes()); // oversized body
             f
         },
-        Frame {
-            kind: 2,
-            flags: 0,
-            request_id: 9,
-            header: Bytes::from_static(&[0xff; 40]),
-            body: Bytes::new(),
-            pieces: None,
-        }
-        .to_bytes(),
-        Frame { kind: 999, flags: 0, request_id: 9, header: Bytes::new(), body: Bytes::new(), pieces: None }.to_bytes(),
-        Frame {
-            kind: 2,
-            flags: 0,
-            request_id: 9,
-            header: encode(&StorageRequest::Ping),
-            body: Bytes::new(),
-            pieces: None,
-        }
-        .to_bytes()[..20]
-            .to_vec(),
+        Frame::new(2, 0, 9, Bytes::from_static(&[0xff; 40]), Bytes::new()).to_bytes(),
+        Frame::new(999, 0, 9, Bytes::new(), Bytes::new()).to_bytes(),
+        Frame::new(2, 0, 9, encode(&StorageRequest::Ping), Bytes::new()).to_bytes()[..20].to_vec(),
     ];
     for (i, bytes) in cases.into_iter().enumerate() {
         let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();

@@ -49,21 +49,7 @@ impl BlockStore {
     /// the body is checked against them first. Returns once the block is durable per
     /// the sync policy.
     pub async fn put(&self, id: BlockId, crcs: Vec<u32>, body: Bytes) -> Result<PutOutcome, StorageError> {
-        self.put_maybe_packed(id, crcs, body, None, None).await
-    }
-
-    /// `put` (`packed`: `put_packed`) of a body whose pieces' CRC32C were computed from its
-    /// bytes as they arrived (`Incoming::pieces`): checked against `crcs` without reading
-    /// the body again.
-    pub async fn put_received(
-        &self,
-        id: BlockId,
-        crcs: Vec<u32>,
-        body: Bytes,
-        packed: Option<Packed>,
-        pieces: Option<Arc<[u32]>>,
-    ) -> Result<PutOutcome, StorageError> {
-        self.put_maybe_packed(id, crcs, body, packed, pieces).await
+        self.put_received(id, crcs, body, None, None).await
     }
 
     /// `put` of a compressed block: `body` is the stored (compressed) bytes with `crcs`
@@ -75,10 +61,13 @@ impl BlockStore {
         body: Bytes,
         packed: Packed,
     ) -> Result<PutOutcome, StorageError> {
-        self.put_maybe_packed(id, crcs, body, Some(packed), None).await
+        self.put_received(id, crcs, body, Some(packed), None).await
     }
 
-    async fn put_maybe_packed(
+    /// `put` (`packed`: `put_packed`) of a body whose pieces' CRC32C were computed from its
+    /// bytes as they arrived (`Incoming::pieces`): checked against `crcs` without reading
+    /// the body again.
+    pub async fn put_received(
         &self,
         id: BlockId,
         crcs: Vec<u32>,
