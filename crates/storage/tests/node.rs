@@ -162,6 +162,10 @@ async fn node_registers_serves_heartbeats_and_collects_garbage() {
     let req = StorageRequest::PutBlock { block: BlockId(3), crcs: bad };
     let e = rpc.call::<_, StorageResponse>(&addr, Kind::Storage, &req, da.clone(), None).await;
     assert!(matches!(e, Err(RpcError::Remote(FsError::InvalidArgument { .. }))), "{e:?}");
+    // Through `storage`, the same mismatch makes the frame itself fail its checksum: the
+    // node refuses it (and drops that connection), and stores nothing either way.
+    let e = rpc.storage(&addr, &req, da.clone(), None).await;
+    assert!(matches!(e, Err(RpcError::ConnectionLost { .. } | RpcError::Remote(_))), "{e:?}");
     let e = rpc
         .storage(&addr, &StorageRequest::GetBlock { block: BlockId(3), offset: 0, len: 1 }, Bytes::new(), None)
         .await;
