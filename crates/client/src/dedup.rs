@@ -33,12 +33,12 @@ pub(crate) struct Payload {
 impl Payload {
     /// Compresses `plain` with `codec` when that pays (CPU work: call off the runtime).
     pub fn new(codec: Compression, plain: Bytes) -> Payload {
-        let plain_crcs = crate::write::crcs_of(&plain);
+        let plain_crcs = distfs_proto::pieces::piece_crcs(&plain);
         let plain_len = plain.len() as u32;
         match compress_block(codec, &plain) {
             (Compression::None, _) => Payload { plain_len, body: plain, crcs: plain_crcs, packed: None },
             (used, stored) => {
-                let crcs = crate::write::crcs_of(&stored);
+                let crcs = distfs_proto::pieces::piece_crcs(&stored);
                 Payload { plain_len, body: Bytes::from(stored), crcs, packed: Some((used, plain_crcs)) }
             }
         }
@@ -114,7 +114,7 @@ mod tests {
         let p = Payload::new(Compression::Zstd, Bytes::from(text.clone()));
         let (codec, plain_crcs) = p.packed.clone().expect("text compresses");
         assert_eq!(codec, Compression::Zstd);
-        assert_eq!(plain_crcs, crate::write::crcs_of(&text));
+        assert_eq!(plain_crcs, distfs_proto::pieces::piece_crcs(&text));
         assert!(p.body.len() < text.len() / 10);
         assert_eq!(p.plain_len as usize, text.len());
         let mut x = 1u64;

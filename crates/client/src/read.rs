@@ -326,7 +326,7 @@ fn verify(
     }
     let computed: Vec<u32> = match received {
         Some(r) if r.len() == pieces => r.to_vec(),
-        _ => body.chunks(CRC_CHUNK as usize).map(crc32c::crc32c).collect(),
+        _ => distfs_proto::pieces::piece_crcs(&body),
     };
     for (i, (&got, want)) in computed.iter().zip(crcs).enumerate() {
         if got != *want {
@@ -343,13 +343,13 @@ mod tests {
     #[test]
     fn verify_accepts_good_and_rejects_flipped_bytes() {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
-        let crcs = crate::write::crcs_of(&data);
+        let crcs = distfs_proto::pieces::piece_crcs(&data);
         let body = Bytes::from(data.clone());
         let got = verify(BlockId(1), 70_000, 1000, 65_536, &crcs[1..], body.slice(65_536..), None).unwrap();
         assert_eq!(&got[..], &data[70_000..71_000]);
         let mut bad = data.clone();
         bad[150_000] ^= 1;
-        let bad_pieces = crate::write::crcs_of(&bad);
+        let bad_pieces = distfs_proto::pieces::piece_crcs(&bad);
         assert!(verify(BlockId(1), 0, 200_000, 0, &crcs, Bytes::from(bad.clone()), None).is_err());
         // The pieces computed on arrival stand for the bytes: bad bytes, bad pieces.
         assert!(verify(BlockId(1), 0, 200_000, 0, &crcs, Bytes::from(bad), Some(&bad_pieces)).is_err());

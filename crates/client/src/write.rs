@@ -396,11 +396,6 @@ fn slices_of(mut written: Vec<(u64, WrittenBlock)>, chunk_size: u64) -> Vec<Slic
     out
 }
 
-/// CRC32C of every 64 KiB piece of `data`.
-pub fn crcs_of(data: &[u8]) -> Vec<u32> {
-    distfs_proto::pieces::piece_crcs(data)
-}
-
 /// Writes one block, re-allocating targets and retrying when fewer than W replicas
 /// acknowledged (a node may have died before the metadata noticed).
 async fn put_block_with_retries(

@@ -28,7 +28,7 @@ use distfs_client::write::Geometry;
 use distfs_meta::state::{all_blocks, Command, CommandResult, Format, StateStore};
 use distfs_proto::{BadReplica, SliceWrite, WrittenBlock};
 use distfs_storage::{BlockStore, StorageError, StoreOptions, SyncPolicy};
-use distfs_types::{BlockId, BlockRef, FsError, InodeId, NodeId, Timestamp, CRC_CHUNK};
+use distfs_types::{BlockId, BlockRef, FsError, InodeId, NodeId, Timestamp};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::BTreeMap;
@@ -132,10 +132,6 @@ fn apply_one(store: &StateStore, index: usize, cmd: &Command) -> Result<Result<C
 
 fn now(step: u64) -> Timestamp {
     Timestamp { secs: 1_700_000_000 + step as i64, nanos: 0 }
-}
-
-fn piece_crcs(data: &[u8]) -> Vec<u32> {
-    data.chunks(CRC_CHUNK as usize).map(crc32c::crc32c).collect()
 }
 
 impl Sim {
@@ -301,7 +297,7 @@ impl Sim {
             return false;
         }
         let Some(store) = self.nodes[i].store.clone() else { return false };
-        let r = self.rt.block_on(store.put(id, piece_crcs(data), data.clone()));
+        let r = self.rt.block_on(store.put(id, distfs_proto::pieces::piece_crcs(data), data.clone()));
         if self.nodes[i].disk.is_dead() {
             // The power went during the write: whatever it answered, the node is down.
             self.crash_node(i);

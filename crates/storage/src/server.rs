@@ -482,33 +482,36 @@ impl Service {
         let mut why = Vec::new();
         for src in from {
             let req = StorageRequest::FetchForCopy { block };
-            match self.shared.peers.storage(&src.addr, &req, bytes::Bytes::new(), None).await {
-                Ok((StorageResponse::Block { offset: 0, crcs }, body)) => {
-                    let len = body.len() as u64;
-                    match self.shared.store.put(block, crcs, body).await {
-                        Ok(outcome) => {
-                            self.shared.ops.bytes_written.add(len);
-                            debug!(source = %src.id, ?outcome, "block copied from a peer");
-                            return Ok(());
-                        }
-                        Err(e @ StorageError::NoSpace { .. }) => return Err(e),
-                        Err(e) => why.push(format!("from node {}: {e}", src.id)),
-                    }
+            // The pieces' CRCs computed as the answer arrived check it again in the put.
+            let r = self.shared.peers.storage_with_pieces(&src.addr, &req, bytes::Bytes::new(), None).await;
+            let (crcs, packed, body, pieces) = match r {
+                Ok((StorageResponse::Block { offset: 0, crcs }, body, pieces)) => (crcs, None, body, pieces),
+                Ok((StorageResponse::Packed(p), body, pieces)) if p.block == block => {
+                    let (_, crcs, packed) = unpack_put(p);
+                    (crcs, Some(packed), body, pieces)
                 }
-                Ok((StorageResponse::Packed(p), body)) if p.block == block => {
-                    let len = body.len() as u64;
-                    let (block, crcs, packed) = unpack_put(p);
-                    match self.shared.store.put_packed(block, crcs, body, packed).await {
-                        Ok(outcome) => {
-                            self.shared.ops.bytes_written.add(len);
-                            debug!(source = %src.id, ?outcome, "compressed block copied from a peer as stored");
-                            return Ok(());
-                        }
-                        Err(e @ StorageError::NoSpace { .. }) => return Err(e),
-                        Err(e) => why.push(format!("from node {}: {e}", src.id)),
-                    }
+                Ok((other, _, _)) => {
+                    why.push(format!("from node {}: unexpected answer {other:?}", src.id));
+                    continue;
                 }
-                Ok((other, _)) => why.push(format!("from node {}: unexpected answer {other:?}", src.id)),
+                Err(e) => {
+                    why.push(format!("from node {}: {e}", src.id));
+                    continue;
+                }
+            };
+            let (len, compressed) = (body.len() as u64, packed.is_some());
+            match self.shared.store.put_received(block, crcs, body, packed, pieces).await {
+                Ok(outcome) if compressed => {
+                    self.shared.ops.bytes_written.add(len);
+                    debug!(source = %src.id, ?outcome, "compressed block copied from a peer as stored");
+                    return Ok(());
+                }
+                Ok(outcome) => {
+                    self.shared.ops.bytes_written.add(len);
+                    debug!(source = %src.id, ?outcome, "block copied from a peer");
+                    return Ok(());
+                }
+                Err(e @ StorageError::NoSpace { .. }) => return Err(e),
                 Err(e) => why.push(format!("from node {}: {e}", src.id)),
             }
         }

@@ -62,9 +62,7 @@ pub fn pieces(len: u64) -> usize {
 }
 
 /// CRC32C of each 64 KiB piece of `data`.
-pub fn piece_crcs(data: &[u8]) -> Vec<u32> {
-    distfs_proto::pieces::piece_crcs(data)
-}
+pub use distfs_proto::pieces::piece_crcs;
 
 impl Header {
     /// Bytes the header occupies; the data starts here.
