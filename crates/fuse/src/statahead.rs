@@ -78,6 +78,19 @@ impl Touch {
     }
 }
 
+/// The names and inodes of several changes, to look entries up in.
+#[derive(Default)]
+struct Touched {
+    names: HashSet<(InodeId, String)>,
+    inodes: HashSet<InodeId>,
+}
+
+impl Touched {
+    fn hits(&self, dir: InodeId, name: &str, ino: InodeId) -> bool {
+        self.inodes.contains(&ino) || self.names.contains(&(dir, name.to_string()))
+    }
+}
+
 pub(crate) struct Statahead {
     enabled: bool,
     state: Mutex<State>,
@@ -178,10 +191,16 @@ impl State {
         }
     }
 
-    /// Whether a change under way, or one that ended after `since`, touches the entry.
-    fn touched(&self, dir: InodeId, name: &str, ino: InodeId, since: Option<u64>) -> bool {
-        self.active.values().any(|t| t.hits(dir, name, ino))
-            || since.is_some_and(|s| self.ended.iter().any(|(end, t)| *end > s && t.hits(dir, name, ino)))
+    /// What the changes under way and those that ended after `since` touch, together:
+    /// looked up once per entry of a page instead of scanning every change per entry.
+    fn touched_since(&self, since: u64) -> Touched {
+        let ended = self.ended.iter().filter(|(end, _)| *end > since).map(|(_, t)| t);
+        let mut all = Touched::default();
+        for t in self.active.values().chain(ended) {
+            all.names.extend(t.names.iter().cloned());
+            all.inodes.extend(t.inodes.iter().copied());
+        }
+        all
     }
 
     /// Keeps of `ended` only what the fetches in flight may not have seen.
@@ -246,7 +265,7 @@ impl Statahead {
         let f = s.entries.get(&dir)?.get(name)?;
         let left = ttl.checked_sub(f.at.elapsed())?;
         let attr = f.attr.clone();
-        if s.touched(dir, name, attr.ino, None) {
+        if s.active.values().any(|t| t.hits(dir, name, attr.ino)) {
             return None;
         }
         if let Some(d) = s.dirs.get_mut(&dir) {
@@ -309,9 +328,10 @@ impl Statahead {
                 s.by_ino.clear();
                 s.count = 0;
             }
+            let touched = s.touched_since(f.seq);
             for (name, attr) in page {
                 let linked = attr.kind != FileKind::Dir && attr.nlink > 1;
-                if linked || s.touched(f.dir, &name, attr.ino, Some(f.seq)) {
+                if linked || touched.hits(f.dir, &name, attr.ino) {
                     continue;
                 }
                 if let Some((dir, old)) = s.by_ino.get(&attr.ino).cloned() {
